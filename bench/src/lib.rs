@@ -1,0 +1,1 @@
+//! Molly's benchmark drivers (work in progress).

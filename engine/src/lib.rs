@@ -1,0 +1,1 @@
+//! Molly's ledger engine (work in progress).

@@ -1,0 +1,4 @@
+//! One module per `molly` subcommand.
+
+pub mod bench;
+pub mod demo;

@@ -1,0 +1,39 @@
+//! `molly`: the one binary. Each subcommand lives in its own module under
+//! `src/cmd/`; this file only parses the command line and dispatches.
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+// mimalloc is Molly's allocator: the engine allocates in bulk at start-up, but
+// the edges (CLI, benches, future network code) allocate freely.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "molly",
+    version,
+    about = "Molly: a self-hosted, multi-chain crypto payment gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the in-memory ledger demo: create accounts, move money, print balances.
+    Demo(cmd::demo::Args),
+    /// Benchmarks (`molly bench engine`, ...).
+    #[command(subcommand)]
+    Bench(cmd::bench::Command),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Demo(args) => cmd::demo::run(args),
+        Command::Bench(command) => cmd::bench::run(command),
+    }
+}
