@@ -20,6 +20,11 @@ use crate::types::{
 /// Nanoseconds per second: pending `timeout`s are in seconds, time in ns.
 const NS_PER_S: u64 = 1_000_000_000;
 
+/// The furthest logical time [`Engine::tick`] moves to: later inputs are
+/// clamped here, which leaves room for 2^40 more timestamps after it (one
+/// per event), so timestamps never overflow.
+pub const CLOCK_NS_MAX: u64 = u64::MAX - (1 << 40);
+
 /// How many events ahead a batch prefetches index slots.
 const PREFETCH_DISTANCE: usize = 8;
 
@@ -206,6 +211,8 @@ pub struct Engine {
     /// Undo log of the linked chain being applied, if any.
     undo: Vec<Undo>,
     chain_active: bool,
+    /// `timestamp_last` when the active chain began, restored if it fails.
+    chain_timestamp_last: u64,
 }
 
 impl core::fmt::Debug for Engine {
@@ -239,6 +246,7 @@ impl Engine {
             timestamp_last: 0,
             undo: Vec::new(),
             chain_active: false,
+            chain_timestamp_last: 0,
             config,
         })
     }
@@ -336,6 +344,7 @@ impl Engine {
             if linked && chain_start.is_none() {
                 chain_start = Some(i);
                 self.chain_active = true;
+                self.chain_timestamp_last = self.timestamp_last;
             }
             let result = if chain_failed {
                 R::LINKED_EVENT_FAILED
@@ -366,6 +375,7 @@ impl Engine {
     }
 
     fn rollback(&mut self) {
+        self.timestamp_last = self.chain_timestamp_last;
         while let Some(step) = self.undo.pop() {
             match step {
                 Undo::Account { slot, before } => self.accounts[slot as usize] = before,
@@ -924,12 +934,13 @@ impl Engine {
     // ------------------------------------------------------------------
     // Time.
 
-    /// Advances logical time to `now_ns` (never backwards) and expires every
+    /// Advances logical time to `now_ns` (never backwards, never past
+    /// [`CLOCK_NS_MAX`]) and expires every
     /// pending transfer whose timeout has passed, releasing its reservation.
     /// Appends the ids of the expired transfers to `expired`.
     pub fn tick(&mut self, now_ns: u64, expired: &mut Vec<u128>) {
         assert!(!self.chain_active);
-        self.clock_ns = self.clock_ns.max(now_ns);
+        self.clock_ns = self.clock_ns.max(now_ns.min(CLOCK_NS_MAX));
         while let Some(&Reverse((expires_at, slot))) = self.expiries.peek() {
             if expires_at > self.clock_ns {
                 break;

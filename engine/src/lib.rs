@@ -72,7 +72,9 @@ pub mod types;
 
 pub use asset::{Asset, AssetError, AssetRegistry, Chain};
 pub use config::{Config, ConfigError};
-pub use engine::{BatchError, Engine, InvariantViolation, LedgerTotals, QueryError, TransferState};
+pub use engine::{
+    BatchError, Engine, InvariantViolation, LedgerTotals, QueryError, TransferState, CLOCK_NS_MAX,
+};
 pub use index::IdIndex;
 pub use result::{CreateAccountResult, CreateTransferResult};
 pub use types::{
