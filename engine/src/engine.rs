@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use crate::config::{Config, ConfigError};
 use crate::index::IdIndex;
+use crate::lists::SlotLists;
 use crate::result::{CreateAccountResult, CreateTransferResult};
 use crate::types::{
     Account, AccountBalance, AccountFilter, AccountFilterFlags, AccountFlags, Transfer,
@@ -25,8 +26,11 @@ const NS_PER_S: u64 = 1_000_000_000;
 /// per event), so timestamps never overflow.
 pub const CLOCK_NS_MAX: u64 = u64::MAX - (1 << 40);
 
-/// How many events ahead a batch prefetches index slots.
-const PREFETCH_DISTANCE: usize = 8;
+/// How many events ahead a batch prefetches index slots (far), and then,
+/// with those slots in cache, the records they point to (near).
+const PREFETCH_DISTANCE_FAR: usize = 16;
+const PREFETCH_DISTANCE_NEAR: usize = 6;
+const _: () = assert!(PREFETCH_DISTANCE_NEAR < PREFETCH_DISTANCE_FAR);
 
 /// Where a transfer stands. Pending transfers start in `Pending` and end in
 /// `Posted`, `Voided` or `Expired`; every other transfer is `Final` at once.
@@ -60,7 +64,7 @@ pub enum BatchError {
 }
 
 /// An invalid query: nothing was read.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum QueryError {
     /// `account_id` is 0 or `u128::MAX`.
@@ -196,7 +200,7 @@ pub struct Engine {
     accounts: Vec<Account>,
     account_index: IdIndex,
     /// Per account slot: the slots of its transfers, oldest first.
-    account_transfers: Vec<Vec<u32>>,
+    account_transfers: SlotLists,
     /// Per account slot: its balance after each change (`HISTORY` accounts only).
     account_balances: Vec<Vec<AccountBalance>>,
     transfers: Vec<Transfer>,
@@ -236,7 +240,8 @@ impl Engine {
         Ok(Self {
             accounts: Vec::with_capacity(accounts_max),
             account_index: IdIndex::with_entries_max(accounts_max),
-            account_transfers: Vec::with_capacity(accounts_max),
+            // Every transfer is listed under both of its accounts.
+            account_transfers: SlotLists::new(accounts_max, transfers_max * 2),
             account_balances: Vec::with_capacity(accounts_max),
             transfers: Vec::with_capacity(transfers_max),
             transfer_index: IdIndex::with_entries_max(transfers_max),
@@ -281,9 +286,22 @@ impl Engine {
         if id == 0 {
             return None;
         }
-        self.transfer_index
-            .get(id)
+        self.transfer_slot(id)
             .map(|slot| self.transfer_states[slot as usize])
+    }
+
+    /// The slot of account `id`, if it exists.
+    #[inline(always)]
+    fn account_slot(&self, id: u128) -> Option<u32> {
+        self.account_index
+            .get(id, |slot| self.accounts[slot as usize].id)
+    }
+
+    /// The slot of transfer `id`, if it exists.
+    #[inline(always)]
+    fn transfer_slot(&self, id: u128) -> Option<u32> {
+        self.transfer_index
+            .get(id, |slot| self.transfers[slot as usize].id)
     }
 
     fn next_timestamp(&mut self) -> u64 {
@@ -313,7 +331,8 @@ impl Engine {
         events: &[E],
         results: &mut Vec<R>,
         is_linked: fn(&E) -> bool,
-        prefetch: fn(&Self, &E),
+        prefetch_far: fn(&Self, &E),
+        prefetch_near: fn(&Self, &E),
         apply: fn(&mut Self, &E) -> R,
     ) {
         assert!(!self.chain_active);
@@ -327,8 +346,8 @@ impl Engine {
             open_from -= 1;
         }
 
-        for event in events.iter().take(PREFETCH_DISTANCE.min(open_from)) {
-            prefetch(self, event);
+        for event in events.iter().take(PREFETCH_DISTANCE_FAR.min(open_from)) {
+            prefetch_far(self, event);
         }
         let mut chain_start: Option<usize> = None;
         let mut chain_failed = false;
@@ -337,8 +356,11 @@ impl Engine {
                 results.push(R::LINKED_EVENT_CHAIN_OPEN);
                 continue;
             }
-            if i + PREFETCH_DISTANCE < open_from {
-                prefetch(self, &events[i + PREFETCH_DISTANCE]);
+            if i + PREFETCH_DISTANCE_FAR < open_from {
+                prefetch_far(self, &events[i + PREFETCH_DISTANCE_FAR]);
+            }
+            if i + PREFETCH_DISTANCE_NEAR < open_from {
+                prefetch_near(self, &events[i + PREFETCH_DISTANCE_NEAR]);
             }
             let linked = is_linked(event);
             if linked && chain_start.is_none() {
@@ -381,9 +403,12 @@ impl Engine {
                 Undo::Account { slot, before } => self.accounts[slot as usize] = before,
                 Undo::AccountCreated { slot } => {
                     assert_eq!(slot as usize, self.accounts.len() - 1);
-                    let account = self.accounts.pop().expect("created account present");
-                    self.account_index.remove(account.id);
-                    self.account_transfers.pop();
+                    let id = self.accounts[slot as usize].id;
+                    // The index reads ids from the records: remove before popping.
+                    let accounts = &self.accounts;
+                    self.account_index.remove(id, |s| accounts[s as usize].id);
+                    self.accounts.pop();
+                    self.account_transfers.pop_list();
                     self.account_balances.pop();
                 }
                 Undo::TransferCreated {
@@ -392,11 +417,15 @@ impl Engine {
                     credit,
                 } => {
                     assert_eq!(slot as usize, self.transfers.len() - 1);
-                    let transfer = self.transfers.pop().expect("created transfer present");
+                    let transfer = self.transfers[slot as usize];
+                    let transfers = &self.transfers;
+                    self.transfer_index
+                        .remove(transfer.id, |s| transfers[s as usize].id);
+                    self.transfers.pop();
                     self.transfer_states.pop();
-                    self.transfer_index.remove(transfer.id);
-                    for account in [debit, credit] {
-                        let popped = self.account_transfers[account as usize].pop();
+                    // Pushed debit then credit: pop in reverse.
+                    for account in [credit, debit] {
+                        let popped = self.account_transfers.pop(account);
                         assert_eq!(popped, Some(slot));
                         let balances = &mut self.account_balances[account as usize];
                         if balances
@@ -433,6 +462,7 @@ impl Engine {
                     engine.account_index.prefetch(a.id);
                 }
             },
+            |_, _| {},
             Self::create_account,
         );
         Ok(())
@@ -455,7 +485,7 @@ impl Engine {
         if a.id == u128::MAX {
             return R::IdMustNotBeIntMax;
         }
-        if let Some(slot) = self.account_index.get(a.id) {
+        if let Some(slot) = self.account_slot(a.id) {
             return account_exists(a, &self.accounts[slot as usize]);
         }
         if a.flags.contains(
@@ -496,7 +526,7 @@ impl Engine {
         };
         self.accounts.push(record);
         self.account_index.insert_new(record.id, slot);
-        self.account_transfers.push(Vec::new());
+        self.account_transfers.push_list();
         self.account_balances.push(Vec::new());
         if self.chain_active {
             self.undo.push(Undo::AccountCreated { slot });
@@ -520,14 +550,41 @@ impl Engine {
             transfers,
             results,
             |t| t.flags.contains(TransferFlags::LINKED),
-            |engine, t| {
-                if t.id != 0 {
-                    engine.transfer_index.prefetch(t.id);
-                }
-            },
+            Self::prefetch_transfer_far,
+            Self::prefetch_transfer_near,
             Self::create_transfer,
         );
         Ok(())
+    }
+
+    /// Far ahead: the index slots of the transfer id (and the pending
+    /// transfer it completes) and of both accounts.
+    #[inline(always)]
+    fn prefetch_transfer_far(&self, t: &Transfer) {
+        for id in [t.id, t.pending_id] {
+            if id != 0 {
+                self.transfer_index.prefetch(id);
+            }
+        }
+        for id in [t.debit_account_id, t.credit_account_id] {
+            if id != 0 {
+                self.account_index.prefetch(id);
+            }
+        }
+    }
+
+    /// Near: with the account slots in cache, the account records and the
+    /// chunks their transfer lists append to.
+    #[inline(always)]
+    fn prefetch_transfer_near(&self, t: &Transfer) {
+        for id in [t.debit_account_id, t.credit_account_id] {
+            if id != 0 {
+                if let Some(slot) = self.account_slot(id) {
+                    crate::prefault::prefetch(&self.accounts[slot as usize]);
+                    self.account_transfers.prefetch_head(slot);
+                }
+            }
+        }
     }
 
     fn create_transfer(&mut self, t: &Transfer) -> CreateTransferResult {
@@ -544,7 +601,7 @@ impl Engine {
         if t.id == u128::MAX {
             return R::IdMustNotBeIntMax;
         }
-        if let Some(slot) = self.transfer_index.get(t.id) {
+        if let Some(slot) = self.transfer_slot(t.id) {
             return transfer_exists(t, &self.transfers[slot as usize]);
         }
 
@@ -599,10 +656,10 @@ impl Engine {
         if t.code == 0 {
             return R::CodeMustNotBeZero;
         }
-        let Some(dr_slot) = self.account_index.get(t.debit_account_id) else {
+        let Some(dr_slot) = self.account_slot(t.debit_account_id) else {
             return R::DebitAccountNotFound;
         };
-        let Some(cr_slot) = self.account_index.get(t.credit_account_id) else {
+        let Some(cr_slot) = self.account_slot(t.credit_account_id) else {
             return R::CreditAccountNotFound;
         };
         let dr = &self.accounts[dr_slot as usize];
@@ -741,7 +798,7 @@ impl Engine {
         if t.timeout != 0 {
             return R::TimeoutReservedForPendingTransfer;
         }
-        let Some(p_slot) = self.transfer_index.get(t.pending_id) else {
+        let Some(p_slot) = self.transfer_slot(t.pending_id) else {
             return R::PendingTransferNotFound;
         };
         let p = self.transfers[p_slot as usize];
@@ -781,12 +838,10 @@ impl Engine {
             TransferState::Final => unreachable!("a pending transfer is never final"),
         }
         let dr_slot = self
-            .account_index
-            .get(p.debit_account_id)
+            .account_slot(p.debit_account_id)
             .expect("pending debit account");
         let cr_slot = self
-            .account_index
-            .get(p.credit_account_id)
+            .account_slot(p.credit_account_id)
             .expect("pending credit account");
         let dr = &self.accounts[dr_slot as usize];
         let cr = &self.accounts[cr_slot as usize];
@@ -900,8 +955,8 @@ impl Engine {
         self.transfers.push(record);
         self.transfer_states.push(state);
         self.transfer_index.insert_new(record.id, slot);
-        self.account_transfers[dr_slot as usize].push(slot);
-        self.account_transfers[cr_slot as usize].push(slot);
+        self.account_transfers.push(dr_slot, slot);
+        self.account_transfers.push(cr_slot, slot);
         self.record_balances(dr_slot, cr_slot, record.timestamp);
         if self.chain_active {
             self.undo.push(Undo::TransferCreated {
@@ -963,12 +1018,10 @@ impl Engine {
     fn expire(&mut self, slot: u32) {
         let p = self.transfers[slot as usize];
         let dr_slot = self
-            .account_index
-            .get(p.debit_account_id)
+            .account_slot(p.debit_account_id)
             .expect("pending debit account");
         let cr_slot = self
-            .account_index
-            .get(p.credit_account_id)
+            .account_slot(p.credit_account_id)
             .expect("pending credit account");
         let timestamp = self.next_timestamp();
         let (dr, cr) = self.account_pair_mut(dr_slot, cr_slot);
@@ -994,7 +1047,7 @@ impl Engine {
         out.extend(
             ids.iter()
                 .filter(|&&id| id != 0)
-                .filter_map(|&id| self.account_index.get(id))
+                .filter_map(|&id| self.account_slot(id))
                 .map(|slot| self.accounts[slot as usize]),
         );
         Ok(())
@@ -1010,7 +1063,7 @@ impl Engine {
         out.extend(
             ids.iter()
                 .filter(|&&id| id != 0)
-                .filter_map(|&id| self.transfer_index.get(id))
+                .filter_map(|&id| self.transfer_slot(id))
                 .map(|slot| self.transfers[slot as usize]),
         );
         Ok(())
@@ -1037,7 +1090,7 @@ impl Engine {
         if filter.limit == 0 {
             return Err(QueryError::LimitZero);
         }
-        Ok(self.account_index.get(filter.account_id))
+        Ok(self.account_slot(filter.account_id))
     }
 
     /// Appends to `out` the account's transfers matching `filter`, oldest
@@ -1052,8 +1105,17 @@ impl Engine {
             return Ok(());
         };
         let limit = filter.limit.min(self.config.query_results_max) as usize;
-        let list = &self.account_transfers[slot as usize];
-        let range = timestamp_range(list, filter, |&s| self.transfers[s as usize].timestamp);
+        let lists = &self.account_transfers;
+        let timestamp = |s: u32| self.transfers[s as usize].timestamp;
+        let max = if filter.timestamp_max == 0 {
+            u64::MAX
+        } else {
+            filter.timestamp_max
+        };
+        let start = lists.partition_point(slot, |s| timestamp(s) < filter.timestamp_min);
+        let end = lists
+            .partition_point(slot, |s| timestamp(s) <= max)
+            .max(start);
         let want_debits = filter.flags.contains(AccountFilterFlags::DEBITS);
         let want_credits = filter.flags.contains(AccountFilterFlags::CREDITS);
         let matches = |t: &&Transfer| {
@@ -1064,7 +1126,7 @@ impl Engine {
                 && (filter.user_data_32 == 0 || t.user_data_32 == filter.user_data_32)
                 && (filter.code == 0 || t.code == filter.code)
         };
-        let slots = list[range].iter().map(|&s| &self.transfers[s as usize]);
+        let slots = (start..end).map(|i| &self.transfers[lists.get(slot, i) as usize]);
         if filter.flags.contains(AccountFilterFlags::REVERSED) {
             out.extend(slots.rev().filter(matches).take(limit).copied());
         } else {
@@ -1094,6 +1156,18 @@ impl Engine {
             out.extend(points.take(limit).copied());
         }
         Ok(())
+    }
+
+    /// Touches every page reserved at start-up (record stores, indexes,
+    /// per-account lists) so that later events never wait on a page fault.
+    /// Servers and benchmarks call it once after `new`; it changes no state.
+    pub fn prefault(&mut self) {
+        crate::prefault::spare_capacity(&mut self.accounts);
+        crate::prefault::spare_capacity(&mut self.transfers);
+        crate::prefault::spare_capacity(&mut self.transfer_states);
+        self.account_index.prefault();
+        self.transfer_index.prefault();
+        self.account_transfers.prefault();
     }
 
     // ------------------------------------------------------------------
@@ -1191,7 +1265,7 @@ impl Engine {
                 .accounts
                 .iter()
                 .enumerate()
-                .any(|(i, a)| self.account_index.get(a.id) != Some(i as u32))
+                .any(|(i, a)| self.account_slot(a.id) != Some(i as u32))
         {
             return Err(InvariantViolation::Index("account"));
         }
@@ -1200,7 +1274,7 @@ impl Engine {
                 .transfers
                 .iter()
                 .enumerate()
-                .any(|(i, t)| self.transfer_index.get(t.id) != Some(i as u32))
+                .any(|(i, t)| self.transfer_slot(t.id) != Some(i as u32))
         {
             return Err(InvariantViolation::Index("transfer"));
         }

@@ -1,28 +1,20 @@
-//! `IdIndex`: a fixed-capacity, open-addressing hash index from a u128 id to a
-//! u32 slot.
+//! `IdIndex`: a fixed-capacity, open-addressing hash index from a u128 id to
+//! the u32 slot of the record that holds it.
 //!
-//! Linear probing over a power-of-two table whose capacity is fixed at
-//! start-up (at most half full, so probes stay short), the key stored inline so
-//! a lookup touches one cache line, a fixed hash (the engine must be
-//! deterministic, and ids are non-zero so 0 marks an empty slot), and a
-//! prefetch hint so a batch can warm its slots before it commits. Deletion
-//! (only used to undo a failed linked chain) shifts entries back instead of
-//! leaving tombstones.
+//! Slots are 8 bytes: a 32-bit fingerprint of the id's hash and the record's
+//! slot. The id itself is not stored: the records hold it, and the caller
+//! passes `key_of(slot)` to read it back. A lookup for an absent id (every
+//! create) stops at an empty slot and almost never reads a record; a
+//! fingerprint match is confirmed against the record, which a lookup for a
+//! present id reads anyway. Eight slots share a cache line, the table is at
+//! most ~2/3 full, its capacity is fixed at start-up, the hash is fixed (the
+//! engine must be deterministic), and the table is allocated zeroed (0 marks
+//! an empty slot) so its pages are only touched when used. Deletion (only to
+//! undo a failed linked chain) shifts entries back instead of leaving
+//! tombstones.
 
-/// One table slot: `[key_lo, key_hi, value]`. Key halves are stored as u64
-/// so a slot is 24 bytes, not 32; a plain integer array so the table is
-/// allocated zeroed (pages are only touched when used).
-type Slot = [u64; 3];
-
-#[inline(always)]
-fn slot_key(slot: &Slot) -> u128 {
-    (slot[1] as u128) << 64 | slot[0] as u128
-}
-
-#[inline(always)]
-fn slot_empty(slot: &Slot) -> bool {
-    slot[0] == 0 && slot[1] == 0
-}
+/// One slot: `(value + 1) << 32 | fingerprint`; 0 = empty.
+type Slot = u64;
 
 /// A u128 → u32 index with a fixed maximum number of entries.
 pub struct IdIndex {
@@ -57,19 +49,35 @@ fn hash(key: u128) -> u64 {
     x ^ (x >> 31)
 }
 
+/// The low 32 bits of the hash: kept in the slot to skip most mismatches.
+#[inline(always)]
+fn fingerprint(hash: u64) -> u64 {
+    hash & 0xffff_ffff
+}
+
+#[inline(always)]
+fn slot_value(slot: Slot) -> u32 {
+    ((slot >> 32) - 1) as u32
+}
+
 impl IdIndex {
     /// An index holding up to `entries_max` entries; the table is sized once,
-    /// here, to twice that rounded up to a power of two.
+    /// here, to at least 1.5 × that, rounded up to a power of two.
     pub fn with_entries_max(entries_max: usize) -> Self {
         assert!(entries_max > 0);
-        assert!(entries_max <= u32::MAX as usize);
-        let capacity = (entries_max * 2).next_power_of_two().max(16);
+        assert!(entries_max < u32::MAX as usize);
+        let capacity = (entries_max + entries_max / 2).next_power_of_two().max(16);
         Self {
-            slots: vec![[0u64; 3]; capacity],
+            slots: vec![0; capacity],
             mask: capacity - 1,
             len: 0,
             entries_max,
         }
+    }
+
+    #[inline(always)]
+    fn home(&self, hash: u64) -> usize {
+        hash.rotate_right(32) as usize & self.mask
     }
 
     /// Entries held.
@@ -90,33 +98,36 @@ impl IdIndex {
         self.entries_max
     }
 
-    /// Hints the CPU to load `key`'s home slot; a no-op where unsupported.
-    #[inline(always)]
-    pub fn prefetch(&self, key: u128) {
-        let index = hash(key) as usize & self.mask;
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `index <= mask < slots.len()`, so the pointer is in bounds;
-        // prefetch never faults and has no architectural effect.
-        unsafe {
-            use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            _mm_prefetch::<_MM_HINT_T0>(self.slots.as_ptr().add(index).cast());
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = index;
+    /// Bytes the table occupies.
+    pub fn table_bytes(&self) -> usize {
+        self.slots.len() * core::mem::size_of::<Slot>()
     }
 
-    /// The value for `key`, if present.
+    /// Touches every page of the table (see `Engine::prefault`).
+    pub fn prefault(&mut self) {
+        crate::prefault::slice(&mut self.slots);
+    }
+
+    /// Hints the CPU to load `key`'s home slot.
+    #[inline(always)]
+    pub fn prefetch(&self, key: u128) {
+        crate::prefault::prefetch(&self.slots[self.home(hash(key))]);
+    }
+
+    /// The value for `key`, if present; `key_of(value)` reads the id of the
+    /// record at `value`.
     #[inline]
-    pub fn get(&self, key: u128) -> Option<u32> {
-        debug_assert!(key != 0);
-        let mut index = hash(key) as usize & self.mask;
+    pub fn get(&self, key: u128, key_of: impl Fn(u32) -> u128) -> Option<u32> {
+        let hash = hash(key);
+        let print = fingerprint(hash);
+        let mut index = self.home(hash);
         loop {
-            let slot = &self.slots[index];
-            if slot_empty(slot) {
+            let slot = self.slots[index];
+            if slot == 0 {
                 return None;
             }
-            if slot_key(slot) == key {
-                return Some(slot[2] as u32);
+            if slot & 0xffff_ffff == print && key_of(slot_value(slot)) == key {
+                return Some(slot_value(slot));
             }
             index = (index + 1) & self.mask;
         }
@@ -126,29 +137,25 @@ impl IdIndex {
     /// and that the index is below `entries_max`.
     #[inline]
     pub fn insert_new(&mut self, key: u128, value: u32) {
-        assert!(key != 0);
         assert!(self.len < self.entries_max);
-        let mut index = hash(key) as usize & self.mask;
-        loop {
-            let slot = &mut self.slots[index];
-            if slot_empty(slot) {
-                *slot = [key as u64, (key >> 64) as u64, u64::from(value)];
-                self.len += 1;
-                return;
-            }
-            assert!(slot_key(slot) != key, "insert_new: key is present");
+        assert!(value < u32::MAX);
+        let hash = hash(key);
+        let mut index = self.home(hash);
+        while self.slots[index] != 0 {
             index = (index + 1) & self.mask;
         }
+        self.slots[index] = (u64::from(value) + 1) << 32 | fingerprint(hash);
+        self.len += 1;
     }
 
     /// Removes `key`, which must be present, shifting later entries of its
     /// probe run back so no tombstone is left.
-    pub fn remove(&mut self, key: u128) {
-        let mut hole = hash(key) as usize & self.mask;
+    pub fn remove(&mut self, key: u128, key_of: impl Fn(u32) -> u128) {
+        let mut hole = self.home(hash(key));
         loop {
-            let slot = &self.slots[hole];
-            assert!(!slot_empty(slot), "remove: key is absent");
-            if slot_key(slot) == key {
+            let slot = self.slots[hole];
+            assert!(slot != 0, "remove: key is absent");
+            if key_of(slot_value(slot)) == key {
                 break;
             }
             hole = (hole + 1) & self.mask;
@@ -157,10 +164,10 @@ impl IdIndex {
         loop {
             next = (next + 1) & self.mask;
             let slot = self.slots[next];
-            if slot_empty(&slot) {
+            if slot == 0 {
                 break;
             }
-            let home = hash(slot_key(&slot)) as usize & self.mask;
+            let home = self.home(hash(key_of(slot_value(slot))));
             // Move `slot` into the hole unless its home lies cyclically in (hole, next].
             let home_in_range = if hole <= next {
                 hole < home && home <= next
@@ -172,7 +179,7 @@ impl IdIndex {
                 hole = next;
             }
         }
-        self.slots[hole] = [0; 3];
+        self.slots[hole] = 0;
         self.len -= 1;
     }
 }
@@ -185,21 +192,22 @@ mod tests {
 
     #[test]
     fn insert_get_remove() {
+        let keys: Vec<u128> = (0..100u128).map(|i| (i + 1) << 64 | (i + 1)).collect();
+        let key_of = |v: u32| keys[v as usize];
         let mut index = IdIndex::with_entries_max(100);
-        for id in 1..=100u128 {
-            index.insert_new(id << 64 | id, id as u32);
+        for (i, &key) in keys.iter().enumerate() {
+            index.insert_new(key, i as u32);
         }
         assert_eq!(index.len(), 100);
-        for id in 1..=100u128 {
-            assert_eq!(index.get(id << 64 | id), Some(id as u32));
+        for (i, &key) in keys.iter().enumerate() {
+            assert_eq!(index.get(key, key_of), Some(i as u32));
         }
-        assert_eq!(index.get(101), None);
-        for id in (1..=100u128).step_by(2) {
-            index.remove(id << 64 | id);
+        assert_eq!(index.get(101, key_of), None);
+        for &key in keys.iter().step_by(2) {
+            index.remove(key, key_of);
         }
-        for id in 1..=100u128 {
-            let expected = (id % 2 == 0).then_some(id as u32);
-            assert_eq!(index.get(id << 64 | id), expected);
+        for (i, &key) in keys.iter().enumerate() {
+            assert_eq!(index.get(key, key_of), (i % 2 == 1).then_some(i as u32));
         }
     }
 
@@ -208,21 +216,23 @@ mod tests {
         // including removals inside wrapped probe runs of a tiny table.
         #[test]
         fn agrees_with_hashmap(ops in prop::collection::vec((1u128..64, any::<bool>()), 0..400)) {
+            // Values are the keys themselves here, so key_of is the identity.
+            let key_of = |v: u32| u128::from(v);
             let mut index = IdIndex::with_entries_max(40);
             let mut model: HashMap<u128, u32> = HashMap::new();
-            for (i, (key, insert)) in ops.into_iter().enumerate() {
+            for (key, insert) in ops {
                 if insert {
                     if !model.contains_key(&key) && model.len() < 40 {
-                        index.insert_new(key, i as u32);
-                        model.insert(key, i as u32);
+                        index.insert_new(key, key as u32);
+                        model.insert(key, key as u32);
                     }
                 } else if model.remove(&key).is_some() {
-                    index.remove(key);
+                    index.remove(key, key_of);
                 }
                 prop_assert_eq!(index.len(), model.len());
             }
             for key in 1u128..64 {
-                prop_assert_eq!(index.get(key), model.get(&key).copied());
+                prop_assert_eq!(index.get(key, key_of), model.get(&key).copied());
             }
         }
     }

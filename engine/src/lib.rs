@@ -67,6 +67,8 @@ pub mod asset;
 pub mod config;
 mod engine;
 mod index;
+mod lists;
+mod prefault;
 pub mod result;
 pub mod types;
 

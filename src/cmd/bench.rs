@@ -1,8 +1,141 @@
 //! `molly bench ...`: benchmark drivers from the `molly-bench` crate.
 
+use std::path::PathBuf;
+
+use anyhow::Context;
+use molly_bench::engine::{
+    run_lookups, run_transfers, standard_scenarios, Pairs, TransferScenario,
+};
+use molly_bench::report::Machine;
+
 #[derive(Debug, clap::Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// The ledger engine in memory on one core: create_transfers over 10K and
+    /// 1M accounts, uniform and Zipf pairs, then lookups.
+    Engine(EngineArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EngineArgs {
+    /// Transfers per scenario.
+    #[arg(long, default_value_t = 10_000_000)]
+    transfers: u64,
+    /// Events per batch.
+    #[arg(long, default_value_t = 8190)]
+    batch: u32,
+    /// Run one custom scenario over this many accounts instead of the standard matrix.
+    #[arg(long)]
+    accounts: Option<u32>,
+    /// With --accounts: Zipf exponent for hot-account pairs (default: uniform).
+    #[arg(long, requires = "accounts")]
+    zipf: Option<f64>,
+    /// Lookups measured after the transfer scenarios (0 to skip).
+    #[arg(long, default_value_t = 1_000_000)]
+    lookups: u64,
+    /// Workload seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Write the figures as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
 
 pub fn run(command: Command) -> anyhow::Result<()> {
-    match command {}
+    match command {
+        Command::Engine(args) => engine(args),
+    }
+}
+
+fn progress_bar(total: u64, name: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix:>14} [{bar:40}] {pos}/{len} transfers ({per_sec})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(name.to_string());
+    bar
+}
+
+fn engine(args: EngineArgs) -> anyhow::Result<()> {
+    let scenarios = match args.accounts {
+        Some(accounts) => vec![TransferScenario {
+            name: "custom".into(),
+            accounts,
+            transfers: args.transfers,
+            batch: args.batch,
+            pairs: args.zipf.map_or(Pairs::Uniform, |s| Pairs::Zipf { s }),
+            seed: args.seed,
+        }],
+        None => standard_scenarios(args.transfers, args.batch, args.seed),
+    };
+    let machine = Machine::detect();
+    println!(
+        "molly bench engine: {} scenario(s), {} transfers each, batch {}, one core ({}, {} cpus{})",
+        scenarios.len(),
+        args.transfers,
+        args.batch,
+        machine.cpu_model,
+        machine.cpus,
+        if machine.optimized {
+            ""
+        } else {
+            ", UNOPTIMISED debug build"
+        }
+    );
+    let mut reports = Vec::new();
+    for scenario in &scenarios {
+        let bar = progress_bar(scenario.transfers, &scenario.name);
+        let report = run_transfers(scenario, |done| bar.set_position(done))?;
+        bar.finish_and_clear();
+        println!(
+            "{:>14}: {:>10.0} transfers/s ({:.0}/cpu-s)  batch p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  hottest account in {:.1}% of transfers{}",
+            scenario.name,
+            report.transfers_per_second,
+            report.transfers_per_cpu_second,
+            report.batch_latency.p50_ms,
+            report.batch_latency.p99_ms,
+            report.batch_latency.max_ms,
+            report.hottest_account_share * 100.0,
+            if report.rejected > 0 { format!("  ({} REJECTED)", report.rejected) } else { String::new() },
+        );
+        reports.push(report);
+    }
+    let lookups = if args.lookups > 0 {
+        let accounts = args.accounts.unwrap_or(10_000);
+        let report = run_lookups(
+            accounts,
+            args.transfers,
+            args.batch,
+            args.lookups,
+            args.seed,
+        )?;
+        println!(
+            "{:>14}: {:>12.0} account lookups/s  {:.0} transfer lookups/s (over {} transfers)",
+            "lookups",
+            report.account_lookups_per_second,
+            report.transfer_lookups_per_second,
+            report.transfers
+        );
+        Some(report)
+    } else {
+        None
+    };
+    if let Some(path) = args.json {
+        let headline = reports.first().map_or(0.0, |r| r.transfers_per_second);
+        let json = serde_json::json!({
+            "benchmark": "engine",
+            "transfers_per_second": headline,
+            "headline_scenario": reports.first().map(|r| r.scenario.name.clone()),
+            "scenarios": reports,
+            "lookups": lookups,
+            "machine": machine,
+        });
+        std::fs::write(&path, serde_json::to_string_pretty(&json)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
 }
