@@ -11,11 +11,7 @@ mod cmd;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "molly",
-    version,
-    about = "Molly: a self-hosted, multi-chain crypto payment gateway"
-)]
+#[command(name = "molly", version, about = "Molly: a self-hosted, multi-chain crypto payment gateway")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

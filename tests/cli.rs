@@ -11,28 +11,16 @@ fn molly() -> Command {
 fn demo_moves_money_and_stays_balanced() {
     let out = molly().arg("demo").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("alice tries to send 2 ETH she does not have"),
-        "{stdout}"
-    );
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("alice tries to send 2 ETH she does not have"), "{stdout}");
     assert!(stdout.contains("-> exceeds_credits"), "{stdout}");
     assert!(stdout.contains("-> exists"), "{stdout}");
     // Alice: 1.5 in, 0.4 + 0.001 out.
     assert!(
-        stdout
-            .lines()
-            .any(|l| l.starts_with("alice") && l.trim_end().ends_with(" 1.099000000000000000")),
+        stdout.lines().any(|l| l.starts_with("alice") && l.trim_end().ends_with(" 1.099000000000000000")),
         "{stdout}"
     );
-    assert!(
-        stdout.contains("debits 2.101000000000000000 = credits 2.101000000000000000"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("debits 2.101000000000000000 = credits 2.101000000000000000"), "{stdout}");
 }
 
 #[test]
@@ -55,43 +43,22 @@ fn bench_engine_writes_a_json_report() {
         .arg(&json)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert!(report["transfers_per_second"].as_f64().unwrap() > 0.0);
     assert_eq!(report["scenarios"][0]["transfers"], 50_000);
     assert_eq!(report["scenarios"][0]["rejected"], 0);
-    assert!(
-        report["lookups"]["transfer_lookups_per_second"]
-            .as_f64()
-            .unwrap()
-            > 0.0
-    );
+    assert!(report["lookups"]["transfer_lookups_per_second"].as_f64().unwrap() > 0.0);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn bad_arguments_are_refused_with_a_message() {
-    let out = molly()
-        .args(["bench", "engine", "--zipf", "1.0"])
-        .output()
-        .unwrap();
+    let out = molly().args(["bench", "engine", "--zipf", "1.0"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--accounts"));
     let out = molly()
-        .args([
-            "bench",
-            "engine",
-            "--accounts",
-            "1",
-            "--transfers",
-            "10",
-            "--lookups",
-            "0",
-        ])
+        .args(["bench", "engine", "--accounts", "1", "--transfers", "10", "--lookups", "0"])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -27,12 +27,7 @@ fn engine(accounts: u32) -> Engine {
     for chunk in (1..=accounts).collect::<Vec<_>>().chunks(BATCH) {
         let batch: Vec<Account> = chunk
             .iter()
-            .map(|&id| Account {
-                id: u128::from(id),
-                ledger: 1,
-                code: 1,
-                ..Account::default()
-            })
+            .map(|&id| Account { id: u128::from(id), ledger: 1, code: 1, ..Account::default() })
             .collect();
         engine.create_accounts(&batch, &mut results).unwrap();
     }
@@ -46,10 +41,8 @@ fn create_transfers(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(5));
     for accounts in [10_000u32, 1_000_000] {
         for zipf in [None, Some(1.0)] {
-            let name = format!(
-                "{accounts}-accounts-{}",
-                zipf.map_or("uniform".into(), |s| format!("zipf{s}"))
-            );
+            let name =
+                format!("{accounts}-accounts-{}", zipf.map_or("uniform".into(), |s| format!("zipf{s}")));
             group.bench_function(BenchmarkId::from_parameter(name), |b| {
                 let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
                 let distribution = zipf.map(|s| Zipf::new(f64::from(accounts), s).unwrap());
@@ -86,9 +79,7 @@ fn create_transfers(c: &mut Criterion) {
                             next_id += 1;
                         }
                         let start = Instant::now();
-                        engine
-                            .create_transfers(black_box(&batch), &mut results)
-                            .unwrap();
+                        engine.create_transfers(black_box(&batch), &mut results).unwrap();
                         elapsed += start.elapsed();
                         assert!(results.iter().all(|r| r.is_ok()));
                     }
@@ -123,30 +114,22 @@ fn lookups(c: &mut Criterion) {
             .collect();
         engine.create_transfers(&batch, &mut results).unwrap();
     }
-    let account_ids: Vec<u128> = (0..BATCH)
-        .map(|_| u128::from(rng.random_range(1..=accounts)))
-        .collect();
-    let transfer_ids: Vec<u128> = (0..BATCH)
-        .map(|_| u128::from(rng.random_range(1..=transfers)))
-        .collect();
+    let account_ids: Vec<u128> = (0..BATCH).map(|_| u128::from(rng.random_range(1..=accounts))).collect();
+    let transfer_ids: Vec<u128> = (0..BATCH).map(|_| u128::from(rng.random_range(1..=transfers))).collect();
     let mut group = c.benchmark_group("lookup");
     group.throughput(Throughput::Elements(BATCH as u64));
     let mut out_accounts = Vec::with_capacity(BATCH);
     group.bench_function("accounts-8190-of-10k", |b| {
         b.iter(|| {
             out_accounts.clear();
-            engine
-                .lookup_accounts(black_box(&account_ids), &mut out_accounts)
-                .unwrap();
+            engine.lookup_accounts(black_box(&account_ids), &mut out_accounts).unwrap();
         })
     });
     let mut out_transfers = Vec::with_capacity(BATCH);
     group.bench_function("transfers-8190-of-1m", |b| {
         b.iter(|| {
             out_transfers.clear();
-            engine
-                .lookup_transfers(black_box(&transfer_ids), &mut out_transfers)
-                .unwrap();
+            engine.lookup_transfers(black_box(&transfer_ids), &mut out_transfers).unwrap();
         })
     });
     group.finish();

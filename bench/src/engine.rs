@@ -89,10 +89,7 @@ fn create_accounts(engine: &mut Engine, accounts: u32, batch: u32) -> anyhow::Re
             .collect();
         engine.create_accounts(&events, &mut results)?;
         if let Some((i, r)) = results.iter().enumerate().find(|(_, r)| !r.is_ok()) {
-            bail!(
-                "account {} not created: {r}",
-                u32::try_from(i).unwrap_or(0) + next
-            );
+            bail!("account {} not created: {r}", u32::try_from(i).unwrap_or(0) + next);
         }
         next = end + 1;
     }
@@ -114,21 +111,14 @@ impl PairSource {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
         let zipf = match pairs {
             Pairs::Uniform => None,
-            Pairs::Zipf { s } => {
-                Some(Zipf::new(f64::from(accounts), s).context("zipf parameters")?)
-            }
+            Pairs::Zipf { s } => Some(Zipf::new(f64::from(accounts), s).context("zipf parameters")?),
         };
         let mut rank_to_id: Vec<u32> = (1..=accounts).collect();
         for i in (1..rank_to_id.len()).rev() {
             let j = rng.random_range(0..=i);
             rank_to_id.swap(i, j);
         }
-        Ok(Self {
-            rng,
-            accounts,
-            zipf,
-            rank_to_id,
-        })
+        Ok(Self { rng, accounts, zipf, rank_to_id })
     }
 
     fn account(&mut self) -> u32 {
@@ -213,9 +203,7 @@ pub fn run_transfers(
         done += size;
         progress(done);
     }
-    engine
-        .check_invariants()
-        .map_err(|v| anyhow::anyhow!("invariant broken after the run: {v}"))?;
+    engine.check_invariants().map_err(|v| anyhow::anyhow!("invariant broken after the run: {v}"))?;
     let engine_seconds = engine_ns as f64 / 1e9;
     let hottest = touches.iter().max().copied().unwrap_or(0);
     Ok(TransferReport {
@@ -279,10 +267,7 @@ pub fn run_lookups(
             });
         }
         engine.create_transfers(&events, &mut results)?;
-        ensure!(
-            results.iter().all(|r| r.is_ok()),
-            "lookup setup rejected a transfer"
-        );
+        ensure!(results.iter().all(|r| r.is_ok()), "lookup setup rejected a transfer");
         done += size;
     }
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x5eed);
@@ -327,10 +312,7 @@ pub fn run_lookups(
 pub fn standard_scenarios(transfers: u64, batch: u32, seed: u64) -> Vec<TransferScenario> {
     let mut scenarios = Vec::new();
     for (accounts, label) in [(10_000u32, "10k"), (1_000_000, "1m")] {
-        for (pairs, kind) in [
-            (Pairs::Uniform, "uniform"),
-            (Pairs::Zipf { s: 1.0 }, "zipf1.0"),
-        ] {
+        for (pairs, kind) in [(Pairs::Uniform, "uniform"), (Pairs::Zipf { s: 1.0 }, "zipf1.0")] {
             scenarios.push(TransferScenario {
                 name: format!("{kind}-{label}"),
                 accounts,
@@ -368,16 +350,8 @@ mod tests {
         let zipf = run(Pairs::Zipf { s: 1.0 });
         assert_eq!((uniform.rejected, zipf.rejected), (0, 0));
         // Uniform: each account is in ~0.2% of transfers; Zipf(1.0) over 1000 ranks: the top one in ~13%.
-        assert!(
-            uniform.hottest_account_share < 0.01,
-            "{}",
-            uniform.hottest_account_share
-        );
-        assert!(
-            zipf.hottest_account_share > 0.08,
-            "{}",
-            zipf.hottest_account_share
-        );
+        assert!(uniform.hottest_account_share < 0.01, "{}", uniform.hottest_account_share);
+        assert!(zipf.hottest_account_share > 0.08, "{}", zipf.hottest_account_share);
     }
 
     #[test]
@@ -387,9 +361,7 @@ mod tests {
         let pairs_a: Vec<_> = (0..100).map(|_| a.pair()).collect();
         let pairs_b: Vec<_> = (0..100).map(|_| b.pair()).collect();
         assert_eq!(pairs_a, pairs_b);
-        assert!(pairs_a
-            .iter()
-            .all(|(d, c)| d != c && (1..=50).contains(d) && (1..=50).contains(c)));
+        assert!(pairs_a.iter().all(|(d, c)| d != c && (1..=50).contains(d) && (1..=50).contains(c)));
     }
 
     #[test]

@@ -69,10 +69,7 @@ impl Machine {
 /// time it excludes time the thread spent descheduled, so figures stay
 /// comparable on a busy machine (the report gives both).
 pub fn thread_cpu_ns() -> u128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID is
     // supported on every Linux Molly runs on.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };

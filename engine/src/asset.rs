@@ -115,36 +115,24 @@ impl Asset {
             return Err(bad());
         }
         let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-        if !all_digits(whole)
-            || !all_digits(fraction)
-            || (text.contains('.') && fraction.is_empty())
-        {
+        if !all_digits(whole) || !all_digits(fraction) || (text.contains('.') && fraction.is_empty()) {
             return Err(bad());
         }
         let fraction = fraction.trim_end_matches('0');
         if fraction.len() > self.decimals as usize {
-            return Err(AssetError::TooPrecise {
-                amount: text.to_string(),
-                decimals: self.decimals,
-            });
+            return Err(AssetError::TooPrecise { amount: text.to_string(), decimals: self.decimals });
         }
         let overflow = || AssetError::AmountOverflow(text.to_string());
         let scale = 10u128.pow(u32::from(self.decimals));
-        let whole_units: u128 = if whole.is_empty() {
-            0
-        } else {
-            whole.parse::<u128>().map_err(|_| overflow())?
-        };
+        let whole_units: u128 =
+            if whole.is_empty() { 0 } else { whole.parse::<u128>().map_err(|_| overflow())? };
         let fraction_units: u128 = if fraction.is_empty() {
             0
         } else {
             let pad = self.decimals as usize - fraction.len();
             fraction.parse::<u128>().map_err(|_| bad())? * 10u128.pow(pad as u32)
         };
-        whole_units
-            .checked_mul(scale)
-            .and_then(|w| w.checked_add(fraction_units))
-            .ok_or_else(overflow)
+        whole_units.checked_mul(scale).and_then(|w| w.checked_add(fraction_units)).ok_or_else(overflow)
     }
 }
 
@@ -176,36 +164,12 @@ impl AssetRegistry {
         let mut registry = Self::empty();
         let builtin: [(u32, Chain, &str, u8, Option<&str>); 8] = [
             (1, Chain::Ethereum, "ETH", 18, None),
-            (
-                2,
-                Chain::Ethereum,
-                "USDT-ERC20",
-                6,
-                Some("0xdAC17F958D2ee523a2206206994597C13D831ec7"),
-            ),
-            (
-                3,
-                Chain::Ethereum,
-                "USDC-ERC20",
-                6,
-                Some("0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48"),
-            ),
+            (2, Chain::Ethereum, "USDT-ERC20", 6, Some("0xdAC17F958D2ee523a2206206994597C13D831ec7")),
+            (3, Chain::Ethereum, "USDC-ERC20", 6, Some("0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48")),
             (10, Chain::Tron, "TRX", 6, None),
-            (
-                11,
-                Chain::Tron,
-                "USDT-TRC20",
-                6,
-                Some("TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t"),
-            ),
+            (11, Chain::Tron, "USDT-TRC20", 6, Some("TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t")),
             (20, Chain::Solana, "SOL", 9, None),
-            (
-                21,
-                Chain::Solana,
-                "USDC-SPL",
-                6,
-                Some("EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v"),
-            ),
+            (21, Chain::Solana, "USDC-SPL", 6, Some("EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v")),
             (30, Chain::Bitcoin, "BTC", 8, None),
         ];
         for (ledger, chain, symbol, decimals, contract) in builtin {
@@ -239,10 +203,7 @@ impl AssetRegistry {
             return Err(AssetError::TooManyDecimals(asset.decimals));
         }
         if let Some(existing) = self.by_ledger.get(&asset.ledger) {
-            return Err(AssetError::LedgerTaken {
-                ledger: asset.ledger,
-                symbol: existing.symbol.clone(),
-            });
+            return Err(AssetError::LedgerTaken { ledger: asset.ledger, symbol: existing.symbol.clone() });
         }
         if self.by_symbol(&asset.symbol).is_some() {
             return Err(AssetError::SymbolTaken(asset.symbol));
@@ -278,38 +239,23 @@ mod tests {
     use super::*;
 
     fn asset(decimals: u8) -> Asset {
-        Asset {
-            ledger: 99,
-            chain: Chain::Ethereum,
-            symbol: "T".into(),
-            decimals,
-            contract: None,
-        }
+        Asset { ledger: 99, chain: Chain::Ethereum, symbol: "T".into(), decimals, contract: None }
     }
 
     #[test]
     fn formats_and_parses_exactly() {
         let eth = AssetRegistry::builtin().get(1).unwrap().clone();
-        assert_eq!(
-            eth.format_amount(1_500_000_000_000_000_000),
-            "1.500000000000000000"
-        );
+        assert_eq!(eth.format_amount(1_500_000_000_000_000_000), "1.500000000000000000");
         assert_eq!(eth.format_amount(1), "0.000000000000000001");
         assert_eq!(eth.parse_amount("1.5").unwrap(), 1_500_000_000_000_000_000);
         assert_eq!(eth.parse_amount(".25").unwrap(), 250_000_000_000_000_000);
         assert_eq!(eth.parse_amount("0.000000000000000001").unwrap(), 1);
-        assert_eq!(
-            eth.parse_amount("1.500000000000000000000").unwrap(),
-            1_500_000_000_000_000_000
-        );
+        assert_eq!(eth.parse_amount("1.500000000000000000000").unwrap(), 1_500_000_000_000_000_000);
         let btc = AssetRegistry::builtin().by_symbol("BTC").unwrap().clone();
         assert_eq!(btc.parse_amount("21000000").unwrap(), 2_100_000_000_000_000);
         assert_eq!(asset(0).format_amount(42), "42");
         for amount in [0u128, 1, 999, 10u128.pow(18), u128::MAX] {
-            assert_eq!(
-                eth.parse_amount(&eth.format_amount(amount)).unwrap(),
-                amount
-            );
+            assert_eq!(eth.parse_amount(&eth.format_amount(amount)).unwrap(), amount);
         }
     }
 
@@ -317,15 +263,9 @@ mod tests {
     fn rejects_bad_amounts() {
         let usdt = AssetRegistry::builtin().get(2).unwrap().clone();
         for bad in ["", ".", "1.", "-1", "1e6", "1,5", " 1", "0x10", "1.2.3"] {
-            assert!(
-                matches!(usdt.parse_amount(bad), Err(AssetError::BadAmount(_))),
-                "{bad:?}"
-            );
+            assert!(matches!(usdt.parse_amount(bad), Err(AssetError::BadAmount(_))), "{bad:?}");
         }
-        assert!(matches!(
-            usdt.parse_amount("0.0000001"),
-            Err(AssetError::TooPrecise { decimals: 6, .. })
-        ));
+        assert!(matches!(usdt.parse_amount("0.0000001"), Err(AssetError::TooPrecise { decimals: 6, .. })));
         assert!(matches!(
             usdt.parse_amount("999999999999999999999999999999999999999"),
             Err(AssetError::AmountOverflow(_))
@@ -338,29 +278,17 @@ mod tests {
         assert_eq!(registry.iter().count(), 8);
         let mut dup = asset(6);
         dup.ledger = 1;
-        assert!(matches!(
-            registry.register(dup),
-            Err(AssetError::LedgerTaken { ledger: 1, .. })
-        ));
+        assert!(matches!(registry.register(dup), Err(AssetError::LedgerTaken { ledger: 1, .. })));
         let mut dup = asset(6);
         dup.symbol = "ETH".into();
-        assert_eq!(
-            registry.register(dup),
-            Err(AssetError::SymbolTaken("ETH".into()))
-        );
+        assert_eq!(registry.register(dup), Err(AssetError::SymbolTaken("ETH".into())));
         let mut zero = asset(6);
         zero.ledger = 0;
         assert_eq!(registry.register(zero), Err(AssetError::LedgerZero));
         let mut lower = asset(6);
         lower.symbol = "eth".into();
-        assert!(matches!(
-            registry.register(lower),
-            Err(AssetError::BadSymbol(_))
-        ));
-        assert_eq!(
-            registry.register(asset(39)),
-            Err(AssetError::TooManyDecimals(39))
-        );
+        assert!(matches!(registry.register(lower), Err(AssetError::BadSymbol(_))));
+        assert_eq!(registry.register(asset(39)), Err(AssetError::TooManyDecimals(39)));
         registry.register(asset(6)).unwrap();
         assert_eq!(registry.get(99).unwrap().symbol, "T");
     }

@@ -12,9 +12,8 @@ pub const RECORD_SIZE: usize = 128;
 pub const MESSAGE_SIZE_MAX: usize = 1 << 20;
 /// The message header the batch limit leaves room for.
 pub const MESSAGE_HEADER_SIZE: usize = 256;
-const _: () = assert!(
-    BATCH_EVENTS_MAX_DEFAULT as usize * RECORD_SIZE + MESSAGE_HEADER_SIZE == MESSAGE_SIZE_MAX
-);
+const _: () =
+    assert!(BATCH_EVENTS_MAX_DEFAULT as usize * RECORD_SIZE + MESSAGE_HEADER_SIZE == MESSAGE_SIZE_MAX);
 
 /// Default maximum accounts one engine holds.
 pub const ACCOUNTS_MAX_DEFAULT: u32 = 1 << 20;
@@ -85,11 +84,7 @@ impl Config {
                 return Err(ConfigError::Zero(name));
             }
             if value > SLOTS_MAX {
-                return Err(ConfigError::TooLarge {
-                    name,
-                    value,
-                    max: SLOTS_MAX,
-                });
+                return Err(ConfigError::TooLarge { name, value, max: SLOTS_MAX });
             }
         }
         Ok(())

@@ -14,8 +14,7 @@ use crate::index::IdIndex;
 use crate::lists::SlotLists;
 use crate::result::{CreateAccountResult, CreateTransferResult};
 use crate::types::{
-    Account, AccountBalance, AccountFilter, AccountFilterFlags, AccountFlags, Transfer,
-    TransferFlags,
+    Account, AccountBalance, AccountFilter, AccountFilterFlags, AccountFlags, Transfer, TransferFlags,
 };
 
 /// Nanoseconds per second: pending `timeout`s are in seconds, time in ns.
@@ -286,22 +285,19 @@ impl Engine {
         if id == 0 {
             return None;
         }
-        self.transfer_slot(id)
-            .map(|slot| self.transfer_states[slot as usize])
+        self.transfer_slot(id).map(|slot| self.transfer_states[slot as usize])
     }
 
     /// The slot of account `id`, if it exists.
     #[inline(always)]
     fn account_slot(&self, id: u128) -> Option<u32> {
-        self.account_index
-            .get(id, |slot| self.accounts[slot as usize].id)
+        self.account_index.get(id, |slot| self.accounts[slot as usize].id)
     }
 
     /// The slot of transfer `id`, if it exists.
     #[inline(always)]
     fn transfer_slot(&self, id: u128) -> Option<u32> {
-        self.transfer_index
-            .get(id, |slot| self.transfers[slot as usize].id)
+        self.transfer_index.get(id, |slot| self.transfers[slot as usize].id)
     }
 
     fn next_timestamp(&mut self) -> u64 {
@@ -313,10 +309,7 @@ impl Engine {
 
     fn check_batch(&self, events: usize) -> Result<(), BatchError> {
         if events > self.config.batch_events_max as usize {
-            return Err(BatchError::TooManyEvents {
-                events,
-                max: self.config.batch_events_max,
-            });
+            return Err(BatchError::TooManyEvents { events, max: self.config.batch_events_max });
         }
         Ok(())
     }
@@ -368,11 +361,7 @@ impl Engine {
                 self.chain_active = true;
                 self.chain_timestamp_last = self.timestamp_last;
             }
-            let result = if chain_failed {
-                R::LINKED_EVENT_FAILED
-            } else {
-                apply(self, event)
-            };
+            let result = if chain_failed { R::LINKED_EVENT_FAILED } else { apply(self, event) };
             results.push(result);
             if let Some(start) = chain_start {
                 if !chain_failed && !result.ok() {
@@ -411,16 +400,11 @@ impl Engine {
                     self.account_transfers.pop_list();
                     self.account_balances.pop();
                 }
-                Undo::TransferCreated {
-                    slot,
-                    debit,
-                    credit,
-                } => {
+                Undo::TransferCreated { slot, debit, credit } => {
                     assert_eq!(slot as usize, self.transfers.len() - 1);
                     let transfer = self.transfers[slot as usize];
                     let transfers = &self.transfers;
-                    self.transfer_index
-                        .remove(transfer.id, |s| transfers[s as usize].id);
+                    self.transfer_index.remove(transfer.id, |s| transfers[s as usize].id);
                     self.transfers.pop();
                     self.transfer_states.pop();
                     // Pushed debit then credit: pop in reverse.
@@ -428,10 +412,7 @@ impl Engine {
                         let popped = self.account_transfers.pop(account);
                         assert_eq!(popped, Some(slot));
                         let balances = &mut self.account_balances[account as usize];
-                        if balances
-                            .last()
-                            .is_some_and(|b| b.timestamp == transfer.timestamp)
-                        {
+                        if balances.last().is_some_and(|b| b.timestamp == transfer.timestamp) {
                             balances.pop();
                         }
                     }
@@ -489,8 +470,7 @@ impl Engine {
             return account_exists(a, &self.accounts[slot as usize]);
         }
         if a.flags.contains(
-            AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS
-                | AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS,
+            AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS,
         ) {
             return R::FlagsAreMutuallyExclusive;
         }
@@ -520,10 +500,7 @@ impl Engine {
         }
 
         let slot = self.accounts.len() as u32;
-        let record = Account {
-            timestamp: self.next_timestamp(),
-            ..*a
-        };
+        let record = Account { timestamp: self.next_timestamp(), ..*a };
         self.accounts.push(record);
         self.account_index.insert_new(record.id, slot);
         self.account_transfers.push_list();
@@ -605,14 +582,11 @@ impl Engine {
             return transfer_exists(t, &self.transfers[slot as usize]);
         }
 
-        let phase =
-            TransferFlags::PENDING | TransferFlags::POST_PENDING | TransferFlags::VOID_PENDING;
+        let phase = TransferFlags::PENDING | TransferFlags::POST_PENDING | TransferFlags::VOID_PENDING;
         if (t.flags.0 & phase.0).count_ones() > 1 {
             return R::FlagsAreMutuallyExclusive;
         }
-        let post_or_void = t
-            .flags
-            .intersects(TransferFlags::POST_PENDING | TransferFlags::VOID_PENDING);
+        let post_or_void = t.flags.intersects(TransferFlags::POST_PENDING | TransferFlags::VOID_PENDING);
         let balancing = TransferFlags::BALANCING_DEBIT | TransferFlags::BALANCING_CREDIT;
         let closing = TransferFlags::CLOSING_DEBIT | TransferFlags::CLOSING_CREDIT;
         if post_or_void && t.flags.intersects(balancing | closing) {
@@ -702,42 +676,25 @@ impl Engine {
                 return R::OverflowsCreditsPosted;
             }
         }
-        let Some(dr_debits) = dr
-            .debits_pending
-            .checked_add(dr.debits_posted)
-            .and_then(|d| d.checked_add(amount))
+        let Some(dr_debits) =
+            dr.debits_pending.checked_add(dr.debits_posted).and_then(|d| d.checked_add(amount))
         else {
             return R::OverflowsDebits;
         };
-        let Some(cr_credits) = cr
-            .credits_pending
-            .checked_add(cr.credits_posted)
-            .and_then(|c| c.checked_add(amount))
+        let Some(cr_credits) =
+            cr.credits_pending.checked_add(cr.credits_posted).and_then(|c| c.checked_add(amount))
         else {
             return R::OverflowsCredits;
         };
         // The timestamp this transfer will get if it applies.
         let timestamp = self.clock_ns.max(self.timestamp_last) + 1;
-        if pending
-            && t.timeout != 0
-            && timestamp
-                .checked_add(u64::from(t.timeout) * NS_PER_S)
-                .is_none()
-        {
+        if pending && t.timeout != 0 && timestamp.checked_add(u64::from(t.timeout) * NS_PER_S).is_none() {
             return R::OverflowsTimeout;
         }
-        if dr
-            .flags
-            .contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS)
-            && dr_debits > dr.credits_posted
-        {
+        if dr.flags.contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS) && dr_debits > dr.credits_posted {
             return R::ExceedsCredits;
         }
-        if cr
-            .flags
-            .contains(AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS)
-            && cr_credits > cr.debits_posted
-        {
+        if cr.flags.contains(AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS) && cr_credits > cr.debits_posted {
             return R::ExceedsDebits;
         }
         if self.transfers.len() >= self.config.transfers_max as usize {
@@ -765,16 +722,8 @@ impl Engine {
         assert_within_limits(dr);
         assert_within_limits(cr);
 
-        let record = Transfer {
-            amount,
-            timestamp,
-            ..*t
-        };
-        let state = if pending {
-            TransferState::Pending
-        } else {
-            TransferState::Final
-        };
+        let record = Transfer { amount, timestamp, ..*t };
+        let state = if pending { TransferState::Pending } else { TransferState::Final };
         let slot = self.insert_transfer(record, state, dr_slot, cr_slot);
         if pending && t.timeout != 0 {
             let expires_at = timestamp + u64::from(t.timeout) * NS_PER_S;
@@ -837,12 +786,8 @@ impl Engine {
             TransferState::Expired => return R::PendingTransferExpired,
             TransferState::Final => unreachable!("a pending transfer is never final"),
         }
-        let dr_slot = self
-            .account_slot(p.debit_account_id)
-            .expect("pending debit account");
-        let cr_slot = self
-            .account_slot(p.credit_account_id)
-            .expect("pending credit account");
+        let dr_slot = self.account_slot(p.debit_account_id).expect("pending debit account");
+        let cr_slot = self.account_slot(p.credit_account_id).expect("pending credit account");
         let dr = &self.accounts[dr_slot as usize];
         let cr = &self.accounts[cr_slot as usize];
         assert!(dr.debits_pending >= p.amount);
@@ -875,37 +820,19 @@ impl Engine {
         assert_within_limits(cr);
 
         if self.chain_active {
-            self.undo.push(Undo::State {
-                slot: p_slot,
-                before: TransferState::Pending,
-            });
+            self.undo.push(Undo::State { slot: p_slot, before: TransferState::Pending });
         }
-        self.transfer_states[p_slot as usize] = if post {
-            TransferState::Posted
-        } else {
-            TransferState::Voided
-        };
+        self.transfer_states[p_slot as usize] =
+            if post { TransferState::Posted } else { TransferState::Voided };
         let record = Transfer {
             id: t.id,
             debit_account_id: p.debit_account_id,
             credit_account_id: p.credit_account_id,
             amount,
             pending_id: t.pending_id,
-            user_data_128: if t.user_data_128 == 0 {
-                p.user_data_128
-            } else {
-                t.user_data_128
-            },
-            user_data_64: if t.user_data_64 == 0 {
-                p.user_data_64
-            } else {
-                t.user_data_64
-            },
-            user_data_32: if t.user_data_32 == 0 {
-                p.user_data_32
-            } else {
-                t.user_data_32
-            },
+            user_data_128: if t.user_data_128 == 0 { p.user_data_128 } else { t.user_data_128 },
+            user_data_64: if t.user_data_64 == 0 { p.user_data_64 } else { t.user_data_64 },
+            user_data_32: if t.user_data_32 == 0 { p.user_data_32 } else { t.user_data_32 },
             timeout: 0,
             ledger: p.ledger,
             code: p.code,
@@ -921,10 +848,7 @@ impl Engine {
     fn save_accounts(&mut self, dr_slot: u32, cr_slot: u32) {
         if self.chain_active {
             for slot in [dr_slot, cr_slot] {
-                self.undo.push(Undo::Account {
-                    slot,
-                    before: self.accounts[slot as usize],
-                });
+                self.undo.push(Undo::Account { slot, before: self.accounts[slot as usize] });
             }
         }
     }
@@ -944,13 +868,7 @@ impl Engine {
 
     /// Stores a new transfer record and indexes it; returns its slot.
     #[inline(always)]
-    fn insert_transfer(
-        &mut self,
-        record: Transfer,
-        state: TransferState,
-        dr_slot: u32,
-        cr_slot: u32,
-    ) -> u32 {
+    fn insert_transfer(&mut self, record: Transfer, state: TransferState, dr_slot: u32, cr_slot: u32) -> u32 {
         let slot = self.transfers.len() as u32;
         self.transfers.push(record);
         self.transfer_states.push(state);
@@ -959,11 +877,7 @@ impl Engine {
         self.account_transfers.push(cr_slot, slot);
         self.record_balances(dr_slot, cr_slot, record.timestamp);
         if self.chain_active {
-            self.undo.push(Undo::TransferCreated {
-                slot,
-                debit: dr_slot,
-                credit: cr_slot,
-            });
+            self.undo.push(Undo::TransferCreated { slot, debit: dr_slot, credit: cr_slot });
         }
         slot
     }
@@ -1017,22 +931,12 @@ impl Engine {
 
     fn expire(&mut self, slot: u32) {
         let p = self.transfers[slot as usize];
-        let dr_slot = self
-            .account_slot(p.debit_account_id)
-            .expect("pending debit account");
-        let cr_slot = self
-            .account_slot(p.credit_account_id)
-            .expect("pending credit account");
+        let dr_slot = self.account_slot(p.debit_account_id).expect("pending debit account");
+        let cr_slot = self.account_slot(p.credit_account_id).expect("pending credit account");
         let timestamp = self.next_timestamp();
         let (dr, cr) = self.account_pair_mut(dr_slot, cr_slot);
-        dr.debits_pending = dr
-            .debits_pending
-            .checked_sub(p.amount)
-            .expect("reserved amount");
-        cr.credits_pending = cr
-            .credits_pending
-            .checked_sub(p.amount)
-            .expect("reserved amount");
+        dr.debits_pending = dr.debits_pending.checked_sub(p.amount).expect("reserved amount");
+        cr.credits_pending = cr.credits_pending.checked_sub(p.amount).expect("reserved amount");
         reopen_if_closing(&p, dr, cr);
         self.transfer_states[slot as usize] = TransferState::Expired;
         self.record_balances(dr_slot, cr_slot, timestamp);
@@ -1054,11 +958,7 @@ impl Engine {
     }
 
     /// Appends the transfers found among `ids` to `out`, in `ids` order.
-    pub fn lookup_transfers(
-        &self,
-        ids: &[u128],
-        out: &mut Vec<Transfer>,
-    ) -> Result<(), BatchError> {
+    pub fn lookup_transfers(&self, ids: &[u128], out: &mut Vec<Transfer>) -> Result<(), BatchError> {
         self.check_batch(ids.len())?;
         out.extend(
             ids.iter()
@@ -1107,15 +1007,9 @@ impl Engine {
         let limit = filter.limit.min(self.config.query_results_max) as usize;
         let lists = &self.account_transfers;
         let timestamp = |s: u32| self.transfers[s as usize].timestamp;
-        let max = if filter.timestamp_max == 0 {
-            u64::MAX
-        } else {
-            filter.timestamp_max
-        };
+        let max = if filter.timestamp_max == 0 { u64::MAX } else { filter.timestamp_max };
         let start = lists.partition_point(slot, |s| timestamp(s) < filter.timestamp_min);
-        let end = lists
-            .partition_point(slot, |s| timestamp(s) <= max)
-            .max(start);
+        let end = lists.partition_point(slot, |s| timestamp(s) <= max).max(start);
         let want_debits = filter.flags.contains(AccountFilterFlags::DEBITS);
         let want_credits = filter.flags.contains(AccountFilterFlags::CREDITS);
         let matches = |t: &&Transfer| {
@@ -1232,49 +1126,23 @@ impl Engine {
             }
         }
         for (kind, stamps) in [
-            (
-                "account",
-                self.accounts
-                    .iter()
-                    .map(|a| a.timestamp)
-                    .collect::<Vec<_>>(),
-            ),
-            (
-                "transfer",
-                self.transfers.iter().map(|t| t.timestamp).collect(),
-            ),
+            ("account", self.accounts.iter().map(|a| a.timestamp).collect::<Vec<_>>()),
+            ("transfer", self.transfers.iter().map(|t| t.timestamp).collect()),
         ] {
             if let Some(slot) = stamps.windows(2).position(|w| w[0] >= w[1]) {
-                return Err(InvariantViolation::TimestampOrder {
-                    kind,
-                    slot: slot + 1,
-                });
+                return Err(InvariantViolation::TimestampOrder { kind, slot: slot + 1 });
             }
-            if stamps
-                .last()
-                .is_some_and(|&last| last > self.timestamp_last)
-            {
-                return Err(InvariantViolation::TimestampOrder {
-                    kind,
-                    slot: stamps.len() - 1,
-                });
+            if stamps.last().is_some_and(|&last| last > self.timestamp_last) {
+                return Err(InvariantViolation::TimestampOrder { kind, slot: stamps.len() - 1 });
             }
         }
         if self.account_index.len() != self.accounts.len()
-            || self
-                .accounts
-                .iter()
-                .enumerate()
-                .any(|(i, a)| self.account_slot(a.id) != Some(i as u32))
+            || self.accounts.iter().enumerate().any(|(i, a)| self.account_slot(a.id) != Some(i as u32))
         {
             return Err(InvariantViolation::Index("account"));
         }
         if self.transfer_index.len() != self.transfers.len()
-            || self
-                .transfers
-                .iter()
-                .enumerate()
-                .any(|(i, t)| self.transfer_slot(t.id) != Some(i as u32))
+            || self.transfers.iter().enumerate().any(|(i, t)| self.transfer_slot(t.id) != Some(i as u32))
         {
             return Err(InvariantViolation::Index("transfer"));
         }
@@ -1288,11 +1156,7 @@ fn timestamp_range<T>(
     filter: &AccountFilter,
     timestamp: impl Fn(&T) -> u64,
 ) -> core::ops::Range<usize> {
-    let max = if filter.timestamp_max == 0 {
-        u64::MAX
-    } else {
-        filter.timestamp_max
-    };
+    let max = if filter.timestamp_max == 0 { u64::MAX } else { filter.timestamp_max };
     let start = list.partition_point(|x| timestamp(x) < filter.timestamp_min);
     let end = list.partition_point(|x| timestamp(x) <= max);
     start..end.max(start)
@@ -1300,18 +1164,10 @@ fn timestamp_range<T>(
 
 #[inline(always)]
 fn within_limits(a: &Account) -> bool {
-    let debits_ok = !a
-        .flags
-        .contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS)
-        || a.debits_pending
-            .checked_add(a.debits_posted)
-            .is_some_and(|d| d <= a.credits_posted);
-    let credits_ok = !a
-        .flags
-        .contains(AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS)
-        || a.credits_pending
-            .checked_add(a.credits_posted)
-            .is_some_and(|c| c <= a.debits_posted);
+    let debits_ok = !a.flags.contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS)
+        || a.debits_pending.checked_add(a.debits_posted).is_some_and(|d| d <= a.credits_posted);
+    let credits_ok = !a.flags.contains(AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS)
+        || a.credits_pending.checked_add(a.credits_posted).is_some_and(|c| c <= a.debits_posted);
     debits_ok && credits_ok
 }
 
@@ -1319,11 +1175,7 @@ fn within_limits(a: &Account) -> bool {
 /// transfer leaves an account past its flag's limit.
 #[inline(always)]
 fn assert_within_limits(a: &Account) {
-    assert!(
-        within_limits(a),
-        "account {} crossed its balance limit",
-        a.id
-    );
+    assert!(within_limits(a), "account {} crossed its balance limit", a.id);
 }
 
 fn reopen_if_closing(p: &Transfer, dr: &mut Account, cr: &mut Account) {
@@ -1367,9 +1219,7 @@ fn transfer_exists(t: &Transfer, e: &Transfer) -> CreateTransferResult {
     }
     // Post and void inherit accounts, amount, ledger, code and user data from
     // the pending transfer when sent as 0: a 0 matches what was stored.
-    let inherits = t
-        .flags
-        .intersects(TransferFlags::POST_PENDING | TransferFlags::VOID_PENDING);
+    let inherits = t.flags.intersects(TransferFlags::POST_PENDING | TransferFlags::VOID_PENDING);
     let same_u128 = |sent: u128, stored: u128| sent == stored || (inherits && sent == 0);
     if t.pending_id != e.pending_id {
         return R::ExistsWithDifferentPendingId;
@@ -1383,15 +1233,9 @@ fn transfer_exists(t: &Transfer, e: &Transfer) -> CreateTransferResult {
     if !same_u128(t.credit_account_id, e.credit_account_id) {
         return R::ExistsWithDifferentCreditAccountId;
     }
-    let balancing = t
-        .flags
-        .intersects(TransferFlags::BALANCING_DEBIT | TransferFlags::BALANCING_CREDIT);
+    let balancing = t.flags.intersects(TransferFlags::BALANCING_DEBIT | TransferFlags::BALANCING_CREDIT);
     // A balancing transfer's amount is a cap; the stored amount is what applied.
-    let amount_ok = if balancing {
-        t.amount >= e.amount
-    } else {
-        same_u128(t.amount, e.amount)
-    };
+    let amount_ok = if balancing { t.amount >= e.amount } else { same_u128(t.amount, e.amount) };
     if !amount_ok {
         return R::ExistsWithDifferentAmount;
     }

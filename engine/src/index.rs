@@ -67,12 +67,7 @@ impl IdIndex {
         assert!(entries_max > 0);
         assert!(entries_max < u32::MAX as usize);
         let capacity = (entries_max + entries_max / 2).next_power_of_two().max(16);
-        Self {
-            slots: vec![0; capacity],
-            mask: capacity - 1,
-            len: 0,
-            entries_max,
-        }
+        Self { slots: vec![0; capacity], mask: capacity - 1, len: 0, entries_max }
     }
 
     #[inline(always)]
@@ -169,11 +164,8 @@ impl IdIndex {
             }
             let home = self.home(hash(key_of(slot_value(slot))));
             // Move `slot` into the hole unless its home lies cyclically in (hole, next].
-            let home_in_range = if hole <= next {
-                hole < home && home <= next
-            } else {
-                hole < home || home <= next
-            };
+            let home_in_range =
+                if hole <= next { hole < home && home <= next } else { hole < home || home <= next };
             if !home_in_range {
                 self.slots[hole] = slot;
                 hole = next;

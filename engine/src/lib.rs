@@ -80,6 +80,6 @@ pub use engine::{
 pub use index::IdIndex;
 pub use result::{CreateAccountResult, CreateTransferResult};
 pub use types::{
-    Account, AccountBalance, AccountCode, AccountFilter, AccountFilterFlags, AccountFlags,
-    Transfer, TransferCode, TransferFlags,
+    Account, AccountBalance, AccountCode, AccountFilter, AccountFilterFlags, AccountFlags, Transfer,
+    TransferCode, TransferFlags,
 };

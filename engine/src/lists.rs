@@ -64,10 +64,7 @@ impl SlotLists {
         let len = self.lens[list] as usize;
         let offset = len % CHUNK_ENTRIES;
         if offset == 0 {
-            assert!(
-                self.chunks.len() < self.chunks_max,
-                "slot list arena exhausted"
-            );
+            assert!(self.chunks.len() < self.chunks_max, "slot list arena exhausted");
             let chunk = self.chunks.len() as u32;
             self.directories[list].push(chunk);
             self.heads[list] = chunk;
@@ -91,11 +88,7 @@ impl SlotLists {
         let chunk = self.directories[list][last / CHUNK_ENTRIES] as usize;
         let slot = self.chunks[chunk][last % CHUNK_ENTRIES];
         if last.is_multiple_of(CHUNK_ENTRIES) {
-            assert_eq!(
-                chunk,
-                self.chunks.len() - 1,
-                "chunks are freed newest first"
-            );
+            assert_eq!(chunk, self.chunks.len() - 1, "chunks are freed newest first");
             self.chunks.pop();
             self.directories[list].pop();
             self.heads[list] = self.directories[list].last().copied().unwrap_or(u32::MAX);

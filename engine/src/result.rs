@@ -250,9 +250,6 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), CreateTransferResult::ALL.len());
         assert_eq!(CreateTransferResult::from_u32(61), None);
-        assert_eq!(
-            CreateTransferResult::ExceedsCredits.to_string(),
-            "exceeds_credits"
-        );
+        assert_eq!(CreateTransferResult::ExceedsCredits.to_string(), "exceeds_credits");
     }
 }

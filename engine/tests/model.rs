@@ -169,10 +169,7 @@ impl Model {
             return AR::AccountsLimitReached;
         }
         let ts = self.next_ts();
-        self.accounts.push(Account {
-            timestamp: ts,
-            ..*a
-        });
+        self.accounts.push(Account { timestamp: ts, ..*a });
         AR::Ok
     }
 
@@ -208,8 +205,7 @@ impl Model {
         let post = t.flags.contains(TF::POST_PENDING);
         let void = t.flags.contains(TF::VOID_PENDING);
         let is_pending = t.flags.contains(TF::PENDING);
-        let balancing =
-            t.flags.contains(TF::BALANCING_DEBIT) || t.flags.contains(TF::BALANCING_CREDIT);
+        let balancing = t.flags.contains(TF::BALANCING_DEBIT) || t.flags.contains(TF::BALANCING_CREDIT);
         let closing = t.flags.contains(TF::CLOSING_DEBIT) || t.flags.contains(TF::CLOSING_CREDIT);
         if let Some(e) = self.transfer(t.id) {
             let inherit = post || void;
@@ -224,11 +220,7 @@ impl Model {
                 TR::ExistsWithDifferentDebitAccountId
             } else if !same(t.credit_account_id, e.credit_account_id) {
                 TR::ExistsWithDifferentCreditAccountId
-            } else if if balancing {
-                t.amount < e.amount
-            } else {
-                !same(t.amount, e.amount)
-            } {
+            } else if if balancing { t.amount < e.amount } else { !same(t.amount, e.amount) } {
                 TR::ExistsWithDifferentAmount
             } else if !same(t.user_data_128, e.user_data_128) {
                 TR::ExistsWithDifferentUserData128
@@ -306,15 +298,13 @@ impl Model {
         // Work in u256-ish space with checked ops on small terms.
         let mut amount = t.amount;
         if t.flags.contains(TF::BALANCING_DEBIT) {
-            let available = dr
-                .credits_posted
-                .saturating_sub(dr.debits_pending.saturating_add(dr.debits_posted));
+            let available =
+                dr.credits_posted.saturating_sub(dr.debits_pending.saturating_add(dr.debits_posted));
             amount = amount.min(available);
         }
         if t.flags.contains(TF::BALANCING_CREDIT) {
-            let available = cr
-                .debits_posted
-                .saturating_sub(cr.credits_pending.saturating_add(cr.credits_posted));
+            let available =
+                cr.debits_posted.saturating_sub(cr.credits_pending.saturating_add(cr.credits_posted));
             amount = amount.min(available);
         }
         if is_pending {
@@ -332,17 +322,13 @@ impl Model {
                 return TR::OverflowsCreditsPosted;
             }
         }
-        let Some(debits) = dr
-            .debits_pending
-            .checked_add(dr.debits_posted)
-            .and_then(|x| x.checked_add(amount))
+        let Some(debits) =
+            dr.debits_pending.checked_add(dr.debits_posted).and_then(|x| x.checked_add(amount))
         else {
             return TR::OverflowsDebits;
         };
-        let Some(credits) = cr
-            .credits_pending
-            .checked_add(cr.credits_posted)
-            .and_then(|x| x.checked_add(amount))
+        let Some(credits) =
+            cr.credits_pending.checked_add(cr.credits_posted).and_then(|x| x.checked_add(amount))
         else {
             return TR::OverflowsCredits;
         };
@@ -382,13 +368,8 @@ impl Model {
                 cr.credits_posted += amount;
             }
         }
-        self.transfers.push(Transfer {
-            amount,
-            timestamp: ts,
-            ..*t
-        });
-        self.states
-            .insert(t.id, if is_pending { S::Pending } else { S::Final });
+        self.transfers.push(Transfer { amount, timestamp: ts, ..*t });
+        self.states.insert(t.id, if is_pending { S::Pending } else { S::Final });
         self.snapshot_history([t.debit_account_id, t.credit_account_id], ts);
         TR::Ok
     }
@@ -462,8 +443,7 @@ impl Model {
             self.account_mut(p.debit_account_id).debits_posted += amount;
             self.account_mut(p.credit_account_id).credits_posted += amount;
         }
-        self.states
-            .insert(p.id, if post { S::Posted } else { S::Voided });
+        self.states.insert(p.id, if post { S::Posted } else { S::Voided });
         let or = |a: u128, b: u128| if a == 0 { b } else { a };
         self.transfers.push(Transfer {
             id: t.id,
@@ -556,17 +536,15 @@ fn account_strategy() -> impl Strategy<Value = Account> {
         prop_oneof![20 => Just(0u128), 1 => 1u128..3],
         prop_oneof![20 => Just(0u64), 1 => Just(1u64)],
     )
-        .prop_map(
-            |(id, ledger, code, flags, user_data_128, timestamp)| Account {
-                id,
-                ledger,
-                code,
-                flags: AF(flags),
-                user_data_128,
-                timestamp,
-                ..Account::default()
-            },
-        )
+        .prop_map(|(id, ledger, code, flags, user_data_128, timestamp)| Account {
+            id,
+            ledger,
+            code,
+            flags: AF(flags),
+            user_data_128,
+            timestamp,
+            ..Account::default()
+        })
 }
 
 fn transfer_strategy() -> impl Strategy<Value = Transfer> {
@@ -595,21 +573,20 @@ fn transfer_strategy() -> impl Strategy<Value = Transfer> {
         ),
     )
         .prop_map(
-            |(
-                (id, debit, credit, amount),
-                (pending_id, timeout, ledger, code, flags, user_data_64),
-            )| Transfer {
-                id,
-                debit_account_id: debit,
-                credit_account_id: credit,
-                amount,
-                pending_id,
-                timeout,
-                ledger,
-                code,
-                flags: TF(flags),
-                user_data_64,
-                ..Transfer::default()
+            |((id, debit, credit, amount), (pending_id, timeout, ledger, code, flags, user_data_64))| {
+                Transfer {
+                    id,
+                    debit_account_id: debit,
+                    credit_account_id: credit,
+                    amount,
+                    pending_id,
+                    timeout,
+                    ledger,
+                    code,
+                    flags: TF(flags),
+                    user_data_64,
+                    ..Transfer::default()
+                }
             },
         )
 }
@@ -623,11 +600,7 @@ fn command_strategy() -> impl Strategy<Value = Command> {
 }
 
 fn config() -> Config {
-    Config {
-        accounts_max: 8,
-        transfers_max: 48,
-        ..Config::default()
-    }
+    Config { accounts_max: 8, transfers_max: 48, ..Config::default() }
 }
 
 /// Applies one command to both and checks that they agree on everything.
@@ -675,9 +648,7 @@ fn step(engine: &mut Engine, model: &mut Model, command: &Command) -> Result<(),
     for account in &model.accounts {
         let mut filter = AccountFilter::for_account(account.id, 1000);
         let mut transfers = Vec::new();
-        engine
-            .get_account_transfers(&filter, &mut transfers)
-            .unwrap();
+        engine.get_account_transfers(&filter, &mut transfers).unwrap();
         let expected: Vec<Transfer> = model
             .transfers
             .iter()
@@ -686,33 +657,16 @@ fn step(engine: &mut Engine, model: &mut Model, command: &Command) -> Result<(),
             .collect();
         prop_assert_eq!(&transfers, &expected);
         // Debits only, newest first, limited.
-        filter.flags =
-            AccountFilterFlags(AccountFilterFlags::DEBITS.0 | AccountFilterFlags::REVERSED.0);
+        filter.flags = AccountFilterFlags(AccountFilterFlags::DEBITS.0 | AccountFilterFlags::REVERSED.0);
         filter.limit = 3;
         transfers.clear();
-        engine
-            .get_account_transfers(&filter, &mut transfers)
-            .unwrap();
-        let expected: Vec<Transfer> = expected
-            .iter()
-            .rev()
-            .filter(|t| t.debit_account_id == account.id)
-            .take(3)
-            .copied()
-            .collect();
+        engine.get_account_transfers(&filter, &mut transfers).unwrap();
+        let expected: Vec<Transfer> =
+            expected.iter().rev().filter(|t| t.debit_account_id == account.id).take(3).copied().collect();
         prop_assert_eq!(&transfers, &expected);
         let mut balances = Vec::new();
-        engine
-            .get_account_balances(&AccountFilter::for_account(account.id, 1000), &mut balances)
-            .unwrap();
-        prop_assert_eq!(
-            &balances,
-            model
-                .history
-                .get(&account.id)
-                .map(Vec::as_slice)
-                .unwrap_or(&[])
-        );
+        engine.get_account_balances(&AccountFilter::for_account(account.id, 1000), &mut balances).unwrap();
+        prop_assert_eq!(&balances, model.history.get(&account.id).map(Vec::as_slice).unwrap_or(&[]));
     }
     if let Err(violation) = engine.check_invariants() {
         return Err(TestCaseError::fail(format!("invariant: {violation}")));

@@ -3,21 +3,15 @@
 //! state must be exactly as before (nothing half-applied).
 
 use molly_engine::{
-    Account, AccountFlags as AF, Config, CreateAccountResult as AR, CreateTransferResult as TR,
-    Engine, Transfer, TransferFlags as TF, TransferState,
+    Account, AccountFlags as AF, Config, CreateAccountResult as AR, CreateTransferResult as TR, Engine,
+    Transfer, TransferFlags as TF, TransferState,
 };
 
 const ETH: u32 = 1;
 const USDT: u32 = 2;
 
 fn account(id: u128, ledger: u32, flags: AF) -> Account {
-    Account {
-        id,
-        ledger,
-        code: 1,
-        flags,
-        ..Account::default()
-    }
+    Account { id, ledger, code: 1, flags, ..Account::default() }
 }
 
 fn transfer(id: u128, debit: u128, credit: u128, amount: u128) -> Transfer {
@@ -33,30 +27,15 @@ fn transfer(id: u128, debit: u128, credit: u128, amount: u128) -> Transfer {
 }
 
 fn pending(id: u128, debit: u128, credit: u128, amount: u128, timeout: u32) -> Transfer {
-    Transfer {
-        flags: TF::PENDING,
-        timeout,
-        ..transfer(id, debit, credit, amount)
-    }
+    Transfer { flags: TF::PENDING, timeout, ..transfer(id, debit, credit, amount) }
 }
 
 fn post(id: u128, pending_id: u128, amount: u128) -> Transfer {
-    Transfer {
-        id,
-        pending_id,
-        amount,
-        flags: TF::POST_PENDING,
-        ledger: 0,
-        code: 0,
-        ..Transfer::default()
-    }
+    Transfer { id, pending_id, amount, flags: TF::POST_PENDING, ledger: 0, code: 0, ..Transfer::default() }
 }
 
 fn void(id: u128, pending_id: u128) -> Transfer {
-    Transfer {
-        flags: TF::VOID_PENDING,
-        ..post(id, pending_id, 0)
-    }
+    Transfer { flags: TF::VOID_PENDING, ..post(id, pending_id, 0) }
 }
 
 fn snapshot(engine: &Engine) -> (Vec<Account>, Vec<Transfer>) {
@@ -105,54 +84,21 @@ fn balances(engine: &Engine, id: u128) -> [u128; 4] {
     let mut out = Vec::new();
     engine.lookup_accounts(&[id], &mut out).unwrap();
     let a = out[0];
-    [
-        a.debits_pending,
-        a.debits_posted,
-        a.credits_pending,
-        a.credits_posted,
-    ]
+    [a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted]
 }
 
 #[test]
 fn create_account_result_codes() {
-    let mut engine = Engine::new(Config {
-        accounts_max: 3,
-        ..Config::default()
-    })
-    .unwrap();
+    let mut engine = Engine::new(Config { accounts_max: 3, ..Config::default() }).unwrap();
     let base = account(1, ETH, AF::NONE);
     run_accounts(
         &mut engine,
         &[
-            (
-                Account {
-                    timestamp: 1,
-                    ..base
-                },
-                AR::TimestampMustBeZero,
-            ),
-            (
-                Account {
-                    reserved: 1,
-                    ..base
-                },
-                AR::ReservedField,
-            ),
-            (
-                Account {
-                    flags: AF(1 << 9),
-                    ..base
-                },
-                AR::ReservedFlag,
-            ),
+            (Account { timestamp: 1, ..base }, AR::TimestampMustBeZero),
+            (Account { reserved: 1, ..base }, AR::ReservedField),
+            (Account { flags: AF(1 << 9), ..base }, AR::ReservedFlag),
             (Account { id: 0, ..base }, AR::IdMustNotBeZero),
-            (
-                Account {
-                    id: u128::MAX,
-                    ..base
-                },
-                AR::IdMustNotBeIntMax,
-            ),
+            (Account { id: u128::MAX, ..base }, AR::IdMustNotBeIntMax),
             (
                 Account {
                     flags: AF::DEBITS_MUST_NOT_EXCEED_CREDITS | AF::CREDITS_MUST_NOT_EXCEED_DEBITS,
@@ -160,80 +106,20 @@ fn create_account_result_codes() {
                 },
                 AR::FlagsAreMutuallyExclusive,
             ),
-            (
-                Account {
-                    debits_pending: 1,
-                    ..base
-                },
-                AR::DebitsPendingMustBeZero,
-            ),
-            (
-                Account {
-                    debits_posted: 1,
-                    ..base
-                },
-                AR::DebitsPostedMustBeZero,
-            ),
-            (
-                Account {
-                    credits_pending: 1,
-                    ..base
-                },
-                AR::CreditsPendingMustBeZero,
-            ),
-            (
-                Account {
-                    credits_posted: 1,
-                    ..base
-                },
-                AR::CreditsPostedMustBeZero,
-            ),
+            (Account { debits_pending: 1, ..base }, AR::DebitsPendingMustBeZero),
+            (Account { debits_posted: 1, ..base }, AR::DebitsPostedMustBeZero),
+            (Account { credits_pending: 1, ..base }, AR::CreditsPendingMustBeZero),
+            (Account { credits_posted: 1, ..base }, AR::CreditsPostedMustBeZero),
             (Account { ledger: 0, ..base }, AR::LedgerMustNotBeZero),
             (Account { code: 0, ..base }, AR::CodeMustNotBeZero),
-            (
-                Account {
-                    ledger: 4242,
-                    ..base
-                },
-                AR::LedgerNotRegistered,
-            ),
+            (Account { ledger: 4242, ..base }, AR::LedgerNotRegistered),
             (base, AR::Ok),
             (base, AR::Exists),
-            (
-                Account {
-                    flags: AF::HISTORY,
-                    ..base
-                },
-                AR::ExistsWithDifferentFlags,
-            ),
-            (
-                Account {
-                    user_data_128: 9,
-                    ..base
-                },
-                AR::ExistsWithDifferentUserData128,
-            ),
-            (
-                Account {
-                    user_data_64: 9,
-                    ..base
-                },
-                AR::ExistsWithDifferentUserData64,
-            ),
-            (
-                Account {
-                    user_data_32: 9,
-                    ..base
-                },
-                AR::ExistsWithDifferentUserData32,
-            ),
-            (
-                Account {
-                    ledger: USDT,
-                    ..base
-                },
-                AR::ExistsWithDifferentLedger,
-            ),
+            (Account { flags: AF::HISTORY, ..base }, AR::ExistsWithDifferentFlags),
+            (Account { user_data_128: 9, ..base }, AR::ExistsWithDifferentUserData128),
+            (Account { user_data_64: 9, ..base }, AR::ExistsWithDifferentUserData64),
+            (Account { user_data_32: 9, ..base }, AR::ExistsWithDifferentUserData32),
+            (Account { ledger: USDT, ..base }, AR::ExistsWithDifferentLedger),
             (Account { code: 2, ..base }, AR::ExistsWithDifferentCode),
             (account(2, ETH, AF::NONE), AR::Ok),
             (account(3, USDT, AF::NONE), AR::Ok),
@@ -280,9 +166,7 @@ fn linked_account_chains_apply_all_or_nothing() {
         ]
     );
     let mut found = Vec::new();
-    engine
-        .lookup_accounts(&[1, 2, 3, 4, 5, 6, 7], &mut found)
-        .unwrap();
+    engine.lookup_accounts(&[1, 2, 3, 4, 5, 6, 7], &mut found).unwrap();
     assert_eq!(found.iter().map(|a| a.id).collect::<Vec<_>>(), [4, 5, 6]);
     engine.check_invariants().unwrap();
 }
@@ -299,146 +183,37 @@ fn create_transfer_validation_codes() {
     run_transfers(
         &mut engine,
         &[
-            (
-                Transfer {
-                    timestamp: 1,
-                    ..base
-                },
-                TR::TimestampMustBeZero,
-            ),
-            (
-                Transfer {
-                    flags: TF(1 << 10),
-                    ..base
-                },
-                TR::ReservedFlag,
-            ),
+            (Transfer { timestamp: 1, ..base }, TR::TimestampMustBeZero),
+            (Transfer { flags: TF(1 << 10), ..base }, TR::ReservedFlag),
             (Transfer { id: 0, ..base }, TR::IdMustNotBeZero),
+            (Transfer { id: u128::MAX, ..base }, TR::IdMustNotBeIntMax),
+            (Transfer { flags: TF::PENDING | TF::POST_PENDING, ..base }, TR::FlagsAreMutuallyExclusive),
+            (Transfer { flags: TF::POST_PENDING | TF::VOID_PENDING, ..base }, TR::FlagsAreMutuallyExclusive),
             (
-                Transfer {
-                    id: u128::MAX,
-                    ..base
-                },
-                TR::IdMustNotBeIntMax,
-            ),
-            (
-                Transfer {
-                    flags: TF::PENDING | TF::POST_PENDING,
-                    ..base
-                },
+                Transfer { flags: TF::VOID_PENDING | TF::BALANCING_DEBIT, ..base },
                 TR::FlagsAreMutuallyExclusive,
             ),
             (
-                Transfer {
-                    flags: TF::POST_PENDING | TF::VOID_PENDING,
-                    ..base
-                },
+                Transfer { flags: TF::POST_PENDING | TF::CLOSING_CREDIT, ..base },
                 TR::FlagsAreMutuallyExclusive,
             ),
-            (
-                Transfer {
-                    flags: TF::VOID_PENDING | TF::BALANCING_DEBIT,
-                    ..base
-                },
-                TR::FlagsAreMutuallyExclusive,
-            ),
-            (
-                Transfer {
-                    flags: TF::POST_PENDING | TF::CLOSING_CREDIT,
-                    ..base
-                },
-                TR::FlagsAreMutuallyExclusive,
-            ),
-            (
-                Transfer {
-                    debit_account_id: 0,
-                    ..base
-                },
-                TR::DebitAccountIdMustNotBeZero,
-            ),
-            (
-                Transfer {
-                    debit_account_id: u128::MAX,
-                    ..base
-                },
-                TR::DebitAccountIdMustNotBeIntMax,
-            ),
-            (
-                Transfer {
-                    credit_account_id: 0,
-                    ..base
-                },
-                TR::CreditAccountIdMustNotBeZero,
-            ),
-            (
-                Transfer {
-                    credit_account_id: u128::MAX,
-                    ..base
-                },
-                TR::CreditAccountIdMustNotBeIntMax,
-            ),
-            (
-                Transfer {
-                    credit_account_id: 1,
-                    ..base
-                },
-                TR::AccountsMustBeDifferent,
-            ),
-            (
-                Transfer {
-                    pending_id: 7,
-                    ..base
-                },
-                TR::PendingIdMustBeZero,
-            ),
-            (
-                Transfer { timeout: 5, ..base },
-                TR::TimeoutReservedForPendingTransfer,
-            ),
-            (
-                Transfer {
-                    flags: TF::CLOSING_DEBIT,
-                    ..base
-                },
-                TR::ClosingTransferMustBePending,
-            ),
+            (Transfer { debit_account_id: 0, ..base }, TR::DebitAccountIdMustNotBeZero),
+            (Transfer { debit_account_id: u128::MAX, ..base }, TR::DebitAccountIdMustNotBeIntMax),
+            (Transfer { credit_account_id: 0, ..base }, TR::CreditAccountIdMustNotBeZero),
+            (Transfer { credit_account_id: u128::MAX, ..base }, TR::CreditAccountIdMustNotBeIntMax),
+            (Transfer { credit_account_id: 1, ..base }, TR::AccountsMustBeDifferent),
+            (Transfer { pending_id: 7, ..base }, TR::PendingIdMustBeZero),
+            (Transfer { timeout: 5, ..base }, TR::TimeoutReservedForPendingTransfer),
+            (Transfer { flags: TF::CLOSING_DEBIT, ..base }, TR::ClosingTransferMustBePending),
             (Transfer { amount: 0, ..base }, TR::AmountMustNotBeZero),
             (Transfer { ledger: 0, ..base }, TR::LedgerMustNotBeZero),
             (Transfer { code: 0, ..base }, TR::CodeMustNotBeZero),
+            (Transfer { debit_account_id: 99, ..base }, TR::DebitAccountNotFound),
+            (Transfer { credit_account_id: 99, ..base }, TR::CreditAccountNotFound),
+            (Transfer { credit_account_id: 3, ..base }, TR::AccountsMustHaveTheSameLedger),
+            (Transfer { ledger: USDT, ..base }, TR::TransferMustHaveTheSameLedgerAsAccounts),
             (
-                Transfer {
-                    debit_account_id: 99,
-                    ..base
-                },
-                TR::DebitAccountNotFound,
-            ),
-            (
-                Transfer {
-                    credit_account_id: 99,
-                    ..base
-                },
-                TR::CreditAccountNotFound,
-            ),
-            (
-                Transfer {
-                    credit_account_id: 3,
-                    ..base
-                },
-                TR::AccountsMustHaveTheSameLedger,
-            ),
-            (
-                Transfer {
-                    ledger: USDT,
-                    ..base
-                },
-                TR::TransferMustHaveTheSameLedgerAsAccounts,
-            ),
-            (
-                Transfer {
-                    debit_account_id: 3,
-                    credit_account_id: 4,
-                    ..base
-                },
+                Transfer { debit_account_id: 3, credit_account_id: 4, ..base },
                 TR::TransferMustHaveTheSameLedgerAsAccounts,
             ),
         ],
@@ -453,80 +228,24 @@ fn exists_codes_make_retries_safe() {
         account(2, ETH, AF::NONE),
         account(3, ETH, AF::NONE),
     ]);
-    let base = Transfer {
-        user_data_128: 5,
-        user_data_64: 6,
-        user_data_32: 7,
-        ..transfer(100, 1, 2, 10)
-    };
+    let base = Transfer { user_data_128: 5, user_data_64: 6, user_data_32: 7, ..transfer(100, 1, 2, 10) };
     let held = pending(200, 1, 2, 50, 60);
     run_transfers(
         &mut engine,
         &[
             (base, TR::Ok),
             (base, TR::Exists),
-            (
-                Transfer {
-                    flags: TF::PENDING,
-                    ..base
-                },
-                TR::ExistsWithDifferentFlags,
-            ),
-            (
-                Transfer {
-                    debit_account_id: 3,
-                    ..base
-                },
-                TR::ExistsWithDifferentDebitAccountId,
-            ),
-            (
-                Transfer {
-                    credit_account_id: 3,
-                    ..base
-                },
-                TR::ExistsWithDifferentCreditAccountId,
-            ),
-            (
-                Transfer { amount: 11, ..base },
-                TR::ExistsWithDifferentAmount,
-            ),
-            (
-                Transfer {
-                    user_data_128: 0,
-                    ..base
-                },
-                TR::ExistsWithDifferentUserData128,
-            ),
-            (
-                Transfer {
-                    user_data_64: 0,
-                    ..base
-                },
-                TR::ExistsWithDifferentUserData64,
-            ),
-            (
-                Transfer {
-                    user_data_32: 0,
-                    ..base
-                },
-                TR::ExistsWithDifferentUserData32,
-            ),
-            (
-                Transfer {
-                    ledger: USDT,
-                    ..base
-                },
-                TR::ExistsWithDifferentLedger,
-            ),
+            (Transfer { flags: TF::PENDING, ..base }, TR::ExistsWithDifferentFlags),
+            (Transfer { debit_account_id: 3, ..base }, TR::ExistsWithDifferentDebitAccountId),
+            (Transfer { credit_account_id: 3, ..base }, TR::ExistsWithDifferentCreditAccountId),
+            (Transfer { amount: 11, ..base }, TR::ExistsWithDifferentAmount),
+            (Transfer { user_data_128: 0, ..base }, TR::ExistsWithDifferentUserData128),
+            (Transfer { user_data_64: 0, ..base }, TR::ExistsWithDifferentUserData64),
+            (Transfer { user_data_32: 0, ..base }, TR::ExistsWithDifferentUserData32),
+            (Transfer { ledger: USDT, ..base }, TR::ExistsWithDifferentLedger),
             (Transfer { code: 9, ..base }, TR::ExistsWithDifferentCode),
             (held, TR::Ok),
-            (
-                Transfer {
-                    timeout: 61,
-                    ..held
-                },
-                TR::ExistsWithDifferentTimeout,
-            ),
+            (Transfer { timeout: 61, ..held }, TR::ExistsWithDifferentTimeout),
             (post(201, 200, 0), TR::Ok),
             // A retried post that names a different pending transfer.
             (post(201, 100, 0), TR::ExistsWithDifferentPendingId),
@@ -556,51 +275,21 @@ fn two_phase_codes() {
             (post(11, 0, 0), TR::PendingIdMustNotBeZero),
             (post(11, u128::MAX, 0), TR::PendingIdMustNotBeIntMax),
             (post(11, 11, 0), TR::PendingIdMustBeDifferent),
-            (
-                Transfer {
-                    timeout: 1,
-                    ..post(11, 10, 0)
-                },
-                TR::TimeoutReservedForPendingTransfer,
-            ),
+            (Transfer { timeout: 1, ..post(11, 10, 0) }, TR::TimeoutReservedForPendingTransfer),
             (post(11, 12, 0), TR::PendingTransferNotFound),
             (post(11, 1, 0), TR::PendingTransferNotPending),
             (
-                Transfer {
-                    debit_account_id: 3,
-                    ..post(11, 10, 0)
-                },
+                Transfer { debit_account_id: 3, ..post(11, 10, 0) },
                 TR::PendingTransferHasDifferentDebitAccountId,
             ),
             (
-                Transfer {
-                    credit_account_id: 3,
-                    ..post(11, 10, 0)
-                },
+                Transfer { credit_account_id: 3, ..post(11, 10, 0) },
                 TR::PendingTransferHasDifferentCreditAccountId,
             ),
-            (
-                Transfer {
-                    ledger: USDT,
-                    ..post(11, 10, 0)
-                },
-                TR::PendingTransferHasDifferentLedger,
-            ),
-            (
-                Transfer {
-                    code: 2,
-                    ..post(11, 10, 0)
-                },
-                TR::PendingTransferHasDifferentCode,
-            ),
+            (Transfer { ledger: USDT, ..post(11, 10, 0) }, TR::PendingTransferHasDifferentLedger),
+            (Transfer { code: 2, ..post(11, 10, 0) }, TR::PendingTransferHasDifferentCode),
             (post(11, 10, 101), TR::AmountExceedsPending),
-            (
-                Transfer {
-                    amount: 99,
-                    ..void(11, 10)
-                },
-                TR::PendingTransferHasDifferentAmount,
-            ),
+            (Transfer { amount: 99, ..void(11, 10) }, TR::PendingTransferHasDifferentAmount),
             // A partial post: 60 moves, the other 40 is released.
             (post(11, 10, 60), TR::Ok),
             (post(12, 10, 0), TR::PendingTransferAlreadyPosted),
@@ -617,12 +306,7 @@ fn two_phase_codes() {
     assert_eq!(engine.transfer_state(20), Some(TransferState::Voided));
 
     // Expiry follows logical time only: 10 s after the transfer's timestamp.
-    let created = engine
-        .transfers()
-        .iter()
-        .find(|t| t.id == 30)
-        .unwrap()
-        .timestamp;
+    let created = engine.transfers().iter().find(|t| t.id == 30).unwrap().timestamp;
     let mut expired = Vec::new();
     engine.tick(created + 10_000_000_000 - 1, &mut expired);
     assert!(expired.is_empty());
@@ -633,10 +317,7 @@ fn two_phase_codes() {
     assert_eq!(balances(&engine, 1), [0, 70, 0, 0]);
     run_transfers(
         &mut engine,
-        &[
-            (post(31, 30, 0), TR::PendingTransferExpired),
-            (void(31, 30), TR::PendingTransferExpired),
-        ],
+        &[(post(31, 30, 0), TR::PendingTransferExpired), (void(31, 30), TR::PendingTransferExpired)],
     );
 }
 
@@ -678,51 +359,18 @@ fn balancing_transfers_clamp_to_what_is_available() {
         &[
             (transfer(1, 1, 2, 75), TR::Ok),
             // Sweep "everything" from 2 to 3: clamped to 75.
-            (
-                Transfer {
-                    flags: TF::BALANCING_DEBIT,
-                    ..transfer(2, 2, 3, u128::MAX)
-                },
-                TR::Ok,
-            ),
+            (Transfer { flags: TF::BALANCING_DEBIT, ..transfer(2, 2, 3, u128::MAX) }, TR::Ok),
             // Nothing left: a zero-amount balancing transfer is recorded.
-            (
-                Transfer {
-                    flags: TF::BALANCING_DEBIT,
-                    ..transfer(3, 2, 3, 10)
-                },
-                TR::Ok,
-            ),
+            (Transfer { flags: TF::BALANCING_DEBIT, ..transfer(3, 2, 3, 10) }, TR::Ok),
             // Balancing credit: 3 may receive only up to its debits (0 - 75 -> 0).
-            (
-                Transfer {
-                    flags: TF::BALANCING_CREDIT,
-                    ..transfer(4, 1, 3, 5)
-                },
-                TR::Ok,
-            ),
-            (
-                Transfer {
-                    flags: TF::BALANCING_DEBIT,
-                    ..transfer(2, 2, 3, u128::MAX)
-                },
-                TR::Exists,
-            ),
-            (
-                Transfer {
-                    flags: TF::BALANCING_DEBIT,
-                    ..transfer(2, 2, 3, 74)
-                },
-                TR::ExistsWithDifferentAmount,
-            ),
+            (Transfer { flags: TF::BALANCING_CREDIT, ..transfer(4, 1, 3, 5) }, TR::Ok),
+            (Transfer { flags: TF::BALANCING_DEBIT, ..transfer(2, 2, 3, u128::MAX) }, TR::Exists),
+            (Transfer { flags: TF::BALANCING_DEBIT, ..transfer(2, 2, 3, 74) }, TR::ExistsWithDifferentAmount),
         ],
     );
     let mut found = Vec::new();
     engine.lookup_transfers(&[2, 3, 4], &mut found).unwrap();
-    assert_eq!(
-        found.iter().map(|t| t.amount).collect::<Vec<_>>(),
-        [75, 0, 0]
-    );
+    assert_eq!(found.iter().map(|t| t.amount).collect::<Vec<_>>(), [75, 0, 0]);
     assert_eq!(balances(&engine, 3), [0, 0, 0, 75]);
 }
 
@@ -732,25 +380,13 @@ fn closing_codes_and_reopening() {
     run_transfers(
         &mut engine,
         &[
-            (
-                Transfer {
-                    flags: TF::PENDING | TF::CLOSING_DEBIT,
-                    ..transfer(1, 1, 2, 1)
-                },
-                TR::Ok,
-            ),
+            (Transfer { flags: TF::PENDING | TF::CLOSING_DEBIT, ..transfer(1, 1, 2, 1) }, TR::Ok),
             (transfer(2, 1, 2, 1), TR::DebitAccountAlreadyClosed),
             (transfer(3, 2, 1, 1), TR::CreditAccountAlreadyClosed),
             // Voiding the closing transfer reopens the account.
             (void(4, 1), TR::Ok),
             (transfer(5, 1, 2, 1), TR::Ok),
-            (
-                Transfer {
-                    flags: TF::PENDING | TF::CLOSING_CREDIT,
-                    ..transfer(6, 1, 2, 1)
-                },
-                TR::Ok,
-            ),
+            (Transfer { flags: TF::PENDING | TF::CLOSING_CREDIT, ..transfer(6, 1, 2, 1) }, TR::Ok),
             (post(7, 6, 0), TR::Ok),
             (transfer(8, 1, 2, 1), TR::CreditAccountAlreadyClosed),
         ],
@@ -762,11 +398,8 @@ fn closing_codes_and_reopening() {
 #[test]
 fn overflow_codes() {
     let max = u128::MAX;
-    let mut engine = engine_with_accounts(
-        &(10..=18)
-            .map(|id| account(id, ETH, AF::NONE))
-            .collect::<Vec<_>>(),
-    );
+    let mut engine =
+        engine_with_accounts(&(10..=18).map(|id| account(id, ETH, AF::NONE)).collect::<Vec<_>>());
     run_transfers(
         &mut engine,
         &[
@@ -788,27 +421,15 @@ fn overflow_codes() {
     assert_eq!(engine.clock_ns(), molly_engine::CLOCK_NS_MAX);
     run_transfers(
         &mut engine,
-        &[
-            (pending(1, 1, 2, 1, 1100), TR::OverflowsTimeout),
-            (pending(2, 1, 2, 1, 1000), TR::Ok),
-        ],
+        &[(pending(1, 1, 2, 1, 1100), TR::OverflowsTimeout), (pending(2, 1, 2, 1, 1000), TR::Ok)],
     );
 }
 
 #[test]
 fn transfers_limit_code() {
-    let mut engine = Engine::new(Config {
-        transfers_max: 2,
-        ..Config::default()
-    })
-    .unwrap();
+    let mut engine = Engine::new(Config { transfers_max: 2, ..Config::default() }).unwrap();
     let mut results = Vec::new();
-    engine
-        .create_accounts(
-            &[account(1, ETH, AF::NONE), account(2, ETH, AF::NONE)],
-            &mut results,
-        )
-        .unwrap();
+    engine.create_accounts(&[account(1, ETH, AF::NONE), account(2, ETH, AF::NONE)], &mut results).unwrap();
     run_transfers(
         &mut engine,
         &[
@@ -828,10 +449,7 @@ fn linked_transfer_chains_apply_all_or_nothing() {
         account(2, ETH, AF::DEBITS_MUST_NOT_EXCEED_CREDITS),
         account(3, ETH, AF::HISTORY),
     ]);
-    let linked = |t: Transfer| Transfer {
-        flags: t.flags | TF::LINKED,
-        ..t
-    };
+    let linked = |t: Transfer| Transfer { flags: t.flags | TF::LINKED, ..t };
     let mut results = Vec::new();
     engine
         .create_transfers(
@@ -865,31 +483,20 @@ fn linked_transfer_chains_apply_all_or_nothing() {
         ]
     );
     let mut found = Vec::new();
-    engine
-        .lookup_transfers(&[1, 2, 3, 4, 5, 6, 7, 8], &mut found)
-        .unwrap();
+    engine.lookup_transfers(&[1, 2, 3, 4, 5, 6, 7, 8], &mut found).unwrap();
     assert_eq!(found.iter().map(|t| t.id).collect::<Vec<_>>(), [1, 6, 7]);
     assert_eq!(balances(&engine, 2), [0, 10, 0, 100]);
     assert_eq!(balances(&engine, 3), [0, 10, 0, 10]);
     assert_eq!(engine.transfer_state(3), None);
     // The undone chain left no history behind.
     let mut history = Vec::new();
-    engine
-        .get_account_balances(
-            &molly_engine::AccountFilter::for_account(3, 100),
-            &mut history,
-        )
-        .unwrap();
+    engine.get_account_balances(&molly_engine::AccountFilter::for_account(3, 100), &mut history).unwrap();
     assert_eq!(history.len(), 2);
     // A failing event after a successful chain does not undo the chain.
     let mut results = Vec::new();
     engine
         .create_transfers(
-            &[
-                linked(transfer(9, 1, 3, 1)),
-                transfer(10, 1, 3, 1),
-                transfer(10, 1, 3, 2),
-            ],
+            &[linked(transfer(9, 1, 3, 1)), transfer(10, 1, 3, 1), transfer(10, 1, 3, 2)],
             &mut results,
         )
         .unwrap();
@@ -899,26 +506,15 @@ fn linked_transfer_chains_apply_all_or_nothing() {
 
 #[test]
 fn batches_over_the_limit_apply_nothing() {
-    let mut engine = Engine::new(Config {
-        batch_events_max: 2,
-        ..Config::default()
-    })
-    .unwrap();
+    let mut engine = Engine::new(Config { batch_events_max: 2, ..Config::default() }).unwrap();
     let mut results = Vec::new();
     let err = engine
         .create_accounts(
-            &[
-                account(1, ETH, AF::NONE),
-                account(2, ETH, AF::NONE),
-                account(3, ETH, AF::NONE),
-            ],
+            &[account(1, ETH, AF::NONE), account(2, ETH, AF::NONE), account(3, ETH, AF::NONE)],
             &mut results,
         )
         .unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "batch of 3 events exceeds the maximum of 2"
-    );
+    assert_eq!(err.to_string(), "batch of 3 events exceeds the maximum of 2");
     assert!(engine.accounts().is_empty());
     assert!(engine.lookup_accounts(&[1, 2, 3], &mut Vec::new()).is_err());
 }

@@ -3,9 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use molly_bench::engine::{
-    run_lookups, run_transfers, standard_scenarios, Pairs, TransferScenario,
-};
+use molly_bench::engine::{run_lookups, run_transfers, standard_scenarios, Pairs, TransferScenario};
 use molly_bench::report::Machine;
 
 #[derive(Debug, clap::Subcommand)]
@@ -49,11 +47,9 @@ pub fn run(command: Command) -> anyhow::Result<()> {
 fn progress_bar(total: u64, name: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{prefix:>14} [{bar:40}] {pos}/{len} transfers ({per_sec})",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template("{prefix:>14} [{bar:40}] {pos}/{len} transfers ({per_sec})")
+            .expect("valid template")
+            .progress_chars("=> "),
     );
     bar.set_prefix(name.to_string());
     bar
@@ -79,11 +75,7 @@ fn engine(args: EngineArgs) -> anyhow::Result<()> {
         args.batch,
         machine.cpu_model,
         machine.cpus,
-        if machine.optimized {
-            ""
-        } else {
-            ", UNOPTIMISED debug build"
-        }
+        if machine.optimized { "" } else { ", UNOPTIMISED debug build" }
     );
     let mut reports = Vec::new();
     for scenario in &scenarios {
@@ -105,13 +97,7 @@ fn engine(args: EngineArgs) -> anyhow::Result<()> {
     }
     let lookups = if args.lookups > 0 {
         let accounts = args.accounts.unwrap_or(10_000);
-        let report = run_lookups(
-            accounts,
-            args.transfers,
-            args.batch,
-            args.lookups,
-            args.seed,
-        )?;
+        let report = run_lookups(accounts, args.transfers, args.batch, args.lookups, args.seed)?;
         println!(
             "{:>14}: {:>12.0} account lookups/s  {:.0} transfer lookups/s (over {} transfers)",
             "lookups",

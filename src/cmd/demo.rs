@@ -5,8 +5,8 @@
 
 use anyhow::{ensure, Context};
 use molly_engine::{
-    Account, AccountCode, AccountFlags, Config, CreateTransferResult, Engine, Transfer,
-    TransferCode, TransferFlags,
+    Account, AccountCode, AccountFlags, Config, CreateTransferResult, Engine, Transfer, TransferCode,
+    TransferFlags,
 };
 
 #[derive(Debug, clap::Args)]
@@ -19,12 +19,7 @@ const BOB: u128 = 101;
 
 pub fn run(_args: Args) -> anyhow::Result<()> {
     let mut engine = Engine::new(Config::default())?;
-    let eth = engine
-        .config()
-        .assets
-        .by_symbol("ETH")
-        .context("ETH is built in")?
-        .clone();
+    let eth = engine.config().assets.by_symbol("ETH").context("ETH is built in")?.clone();
     let units = |text: &str| eth.parse_amount(text);
 
     let account = |id, code: AccountCode, flags| Account {
@@ -46,10 +41,7 @@ pub fn run(_args: Args) -> anyhow::Result<()> {
         &mut results,
     )?;
     ensure!(results.iter().all(|r| r.is_ok()), "accounts: {results:?}");
-    println!(
-        "opened accounts: chain, fees, alice, bob (ledger {} = {})",
-        eth.ledger, eth.symbol
-    );
+    println!("opened accounts: chain, fees, alice, bob (ledger {} = {})", eth.ledger, eth.symbol);
 
     let transfer = |id, debit, credit, amount, code: TransferCode| Transfer {
         id,
@@ -60,99 +52,56 @@ pub fn run(_args: Args) -> anyhow::Result<()> {
         code: code as u16,
         ..Transfer::default()
     };
-    let step = |engine: &mut Engine,
-                what: &str,
-                batch: &[Transfer]|
-     -> anyhow::Result<Vec<CreateTransferResult>> {
-        let mut results = Vec::new();
-        engine.create_transfers(batch, &mut results)?;
-        let codes: Vec<&str> = results.iter().map(|r| r.name()).collect();
-        println!("{what:<58} -> {}", codes.join(", "));
-        Ok(results)
-    };
+    let step =
+        |engine: &mut Engine, what: &str, batch: &[Transfer]| -> anyhow::Result<Vec<CreateTransferResult>> {
+            let mut results = Vec::new();
+            engine.create_transfers(batch, &mut results)?;
+            let codes: Vec<&str> = results.iter().map(|r| r.name()).collect();
+            println!("{what:<58} -> {}", codes.join(", "));
+            Ok(results)
+        };
 
     step(
         &mut engine,
         "deposit 1.5 ETH to alice (confirmed on chain)",
-        &[transfer(
-            1,
-            CHAIN,
-            ALICE,
-            units("1.5")?,
-            TransferCode::Deposit,
-        )],
+        &[transfer(1, CHAIN, ALICE, units("1.5")?, TransferCode::Deposit)],
     )?;
     let pay = Transfer {
         flags: TransferFlags::LINKED,
         ..transfer(2, ALICE, BOB, units("0.4")?, TransferCode::Internal)
     };
     let fee = transfer(3, ALICE, FEES, units("0.001")?, TransferCode::Fee);
-    step(
-        &mut engine,
-        "alice pays bob 0.4 ETH + 0.001 fee (one linked chain)",
-        &[pay, fee],
-    )?;
+    step(&mut engine, "alice pays bob 0.4 ETH + 0.001 fee (one linked chain)", &[pay, fee])?;
     let hold = Transfer {
         flags: TransferFlags::PENDING,
         timeout: 3600,
         ..transfer(4, BOB, CHAIN, units("0.2")?, TransferCode::Withdrawal)
     };
-    step(
-        &mut engine,
-        "bob withdraws 0.2 ETH: funds held (pending, 1 h)",
-        &[hold],
-    )?;
-    let post = Transfer {
-        id: 5,
-        pending_id: 4,
-        flags: TransferFlags::POST_PENDING,
-        ..Transfer::default()
-    };
-    step(
-        &mut engine,
-        "withdrawal broadcast and final: hold posted",
-        &[post],
-    )?;
+    step(&mut engine, "bob withdraws 0.2 ETH: funds held (pending, 1 h)", &[hold])?;
+    let post = Transfer { id: 5, pending_id: 4, flags: TransferFlags::POST_PENDING, ..Transfer::default() };
+    step(&mut engine, "withdrawal broadcast and final: hold posted", &[post])?;
     let overdraft = step(
         &mut engine,
         "alice tries to send 2 ETH she does not have",
         &[transfer(6, ALICE, BOB, units("2")?, TransferCode::Internal)],
     )?;
-    ensure!(
-        overdraft == [CreateTransferResult::ExceedsCredits],
-        "overdraft must be refused"
-    );
+    ensure!(overdraft == [CreateTransferResult::ExceedsCredits], "overdraft must be refused");
     let retry = step(
         &mut engine,
         "the deposit is retried after a timeout (same id)",
-        &[transfer(
-            1,
-            CHAIN,
-            ALICE,
-            units("1.5")?,
-            TransferCode::Deposit,
-        )],
+        &[transfer(1, CHAIN, ALICE, units("1.5")?, TransferCode::Deposit)],
     )?;
-    ensure!(
-        retry == [CreateTransferResult::Exists],
-        "a retry must not credit twice"
-    );
+    ensure!(retry == [CreateTransferResult::Exists], "a retry must not credit twice");
 
     println!();
-    println!(
-        "{:<8} {:>24} {:>24} {:>24}",
-        "account", "debits", "credits", "balance"
-    );
+    println!("{:<8} {:>24} {:>24} {:>24}", "account", "debits", "credits", "balance");
     let mut found = Vec::new();
     engine.lookup_accounts(&[CHAIN, FEES, ALICE, BOB], &mut found)?;
     for (name, a) in ["chain", "fees", "alice", "bob"].iter().zip(&found) {
         let debits = a.debits_posted + a.debits_pending;
         let credits = a.credits_posted;
-        let (sign, magnitude) = if credits >= debits {
-            ("", credits - debits)
-        } else {
-            ("-", debits - credits)
-        };
+        let (sign, magnitude) =
+            if credits >= debits { ("", credits - debits) } else { ("-", debits - credits) };
         println!(
             "{name:<8} {:>24} {:>24} {:>24}",
             eth.format_amount(debits),
@@ -160,9 +109,7 @@ pub fn run(_args: Args) -> anyhow::Result<()> {
             format!("{sign}{}", eth.format_amount(magnitude))
         );
     }
-    engine
-        .check_invariants()
-        .map_err(|v| anyhow::anyhow!("invariant violated: {v}"))?;
+    engine.check_invariants().map_err(|v| anyhow::anyhow!("invariant violated: {v}"))?;
     let totals = engine.ledger_totals();
     let t = totals.get(&eth.ledger).context("ledger totals")?;
     println!(
