@@ -46,6 +46,9 @@ pub struct TransferScenario {
     pub pairs: Pairs,
     /// PRNG seed: the same seed gives the same workload.
     pub seed: u64,
+    /// Touch the engine's reserved memory before the timed run, as a server
+    /// does at start-up.
+    pub prefault: bool,
 }
 
 /// The figures of one scenario.
@@ -143,7 +146,7 @@ impl PairSource {
 }
 
 /// An engine sized for a scenario.
-fn engine_for(accounts: u32, transfers: u64, batch: u32) -> anyhow::Result<Engine> {
+fn engine_for(accounts: u32, transfers: u64, batch: u32, prefault: bool) -> anyhow::Result<Engine> {
     let transfers_max =
         u32::try_from(transfers.max(1)).context("at most u32::MAX - 1 transfers per scenario")?;
     let mut engine = Engine::new(Config {
@@ -154,7 +157,9 @@ fn engine_for(accounts: u32, transfers: u64, batch: u32) -> anyhow::Result<Engin
     })?;
     // As a server does at start-up: fault in the memory reserved for the
     // limits, so the measurement is of the engine, not of first page touches.
-    engine.prefault();
+    if prefault {
+        engine.prefault();
+    }
     Ok(engine)
 }
 
@@ -164,7 +169,7 @@ pub fn run_transfers(
     mut progress: impl FnMut(u64),
 ) -> anyhow::Result<TransferReport> {
     ensure!(scenario.batch >= 1, "batch must be at least 1");
-    let mut engine = engine_for(scenario.accounts, scenario.transfers, scenario.batch)?;
+    let mut engine = engine_for(scenario.accounts, scenario.transfers, scenario.batch, scenario.prefault)?;
     create_accounts(&mut engine, scenario.accounts, scenario.batch)?;
     let mut source = PairSource::new(scenario.accounts, scenario.pairs, scenario.seed)?;
     let mut touches = vec![0u64; scenario.accounts as usize + 1];
@@ -245,7 +250,7 @@ pub fn run_lookups(
     lookups: u64,
     seed: u64,
 ) -> anyhow::Result<LookupReport> {
-    let mut engine = engine_for(accounts, transfers, batch)?;
+    let mut engine = engine_for(accounts, transfers, batch, true)?;
     create_accounts(&mut engine, accounts, batch)?;
     let mut source = PairSource::new(accounts, Pairs::Uniform, seed)?;
     let mut results = Vec::new();
@@ -309,7 +314,7 @@ pub fn run_lookups(
 }
 
 /// The standard matrix: 10K and 1M accounts, uniform and Zipf(1.0) pairs.
-pub fn standard_scenarios(transfers: u64, batch: u32, seed: u64) -> Vec<TransferScenario> {
+pub fn standard_scenarios(transfers: u64, batch: u32, seed: u64, prefault: bool) -> Vec<TransferScenario> {
     let mut scenarios = Vec::new();
     for (accounts, label) in [(10_000u32, "10k"), (1_000_000, "1m")] {
         for (pairs, kind) in [(Pairs::Uniform, "uniform"), (Pairs::Zipf { s: 1.0 }, "zipf1.0")] {
@@ -320,6 +325,7 @@ pub fn standard_scenarios(transfers: u64, batch: u32, seed: u64) -> Vec<Transfer
                 batch,
                 pairs,
                 seed,
+                prefault,
             });
         }
     }
@@ -341,6 +347,7 @@ mod tests {
                     batch: 1000,
                     pairs,
                     seed: 1,
+                    prefault: false,
                 },
                 |_| {},
             )

@@ -17,7 +17,7 @@
 //! ```
 //! use molly_bench::engine::{run_transfers, Pairs, TransferScenario};
 //! let report = run_transfers(&TransferScenario {
-//!     name: "doc".into(), accounts: 100, transfers: 20_000, batch: 8190, pairs: Pairs::Uniform, seed: 7,
+//!     name: "doc".into(), accounts: 100, transfers: 20_000, batch: 8190, pairs: Pairs::Uniform, seed: 7, prefault: false,
 //! }, |_| {}).unwrap();
 //! assert_eq!(report.transfers, 20_000);
 //! assert_eq!(report.rejected, 0);

@@ -36,6 +36,10 @@ pub struct EngineArgs {
     /// Write the figures as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Skip touching the engine's reserved memory before the run (to measure
+    /// what first-touch page faults cost; see tuning/README.md).
+    #[arg(long)]
+    no_prefault: bool,
 }
 
 pub fn run(command: Command) -> anyhow::Result<()> {
@@ -64,8 +68,9 @@ fn engine(args: EngineArgs) -> anyhow::Result<()> {
             batch: args.batch,
             pairs: args.zipf.map_or(Pairs::Uniform, |s| Pairs::Zipf { s }),
             seed: args.seed,
+            prefault: !args.no_prefault,
         }],
-        None => standard_scenarios(args.transfers, args.batch, args.seed),
+        None => standard_scenarios(args.transfers, args.batch, args.seed, !args.no_prefault),
     };
     let machine = Machine::detect();
     println!(
