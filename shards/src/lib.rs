@@ -1,0 +1,41 @@
+//! # molly-shards: durability and (to come) the thread-per-core runtime
+//!
+//! **Owns**: the write-ahead journal format ([`journal`]), group commit and
+//! recovery of one engine ([`durable::DurableLedger`]). The thread-per-core
+//! runtime (pinned io_uring executors, partitioning, cross-shard two-phase
+//! transfers), snapshots and `molly serve` build on these.
+//!
+//! **Must not**: change engine state except by applying journaled commands,
+//! acknowledge a command before its journal entry is durable, or drop a
+//! journal entry that may have been acknowledged (a corrupt entry with valid
+//! entries after it stops recovery with the file and offset).
+//!
+//! ```text
+//!  commands ─► GroupBuffer (entries, checksummed) ─► write + fdatasync ─► apply ─► outcomes
+//!  open: journal ─► scan (validate, stop at the first bad entry) ─► replay ─► engine
+//!                     └─ torn tail: cut · corrupt middle: refuse
+//! ```
+//!
+//! **Limits**: an entry holds at most `batch_events_max` records; a group at
+//! most `group_bytes_max` bytes ([`durable::GROUP_BYTES_MAX_DEFAULT`] = 8 MiB).
+//!
+//! ```
+//! use molly_engine::{Account, Config};
+//! use molly_shards::durable::{DurableLedger, Outcome, GROUP_BYTES_MAX_DEFAULT};
+//! use molly_shards::journal::Command;
+//!
+//! let dir = std::env::temp_dir().join(format!("molly-doc-{}", std::process::id()));
+//! let account = Account { id: 1, ledger: 1, code: 1, ..Account::default() };
+//! {
+//!     let mut ledger = DurableLedger::open(&dir, Config::default(), GROUP_BYTES_MAX_DEFAULT).unwrap();
+//!     let outcomes = ledger.execute(&[Command::CreateAccounts(&[account])]).unwrap();
+//!     assert!(matches!(&outcomes[0], Outcome::Accounts(r) if r[0].is_ok()));
+//! }
+//! // Reopening replays the journal: the account is back.
+//! let ledger = DurableLedger::open(&dir, Config::default(), GROUP_BYTES_MAX_DEFAULT).unwrap();
+//! assert_eq!(ledger.engine().accounts().len(), 1);
+//! std::fs::remove_dir_all(&dir).unwrap();
+//! ```
+
+pub mod durable;
+pub mod journal;

@@ -1,0 +1,293 @@
+//! The journal against crashes and corruption: whatever happens to the
+//! file, reopening gives exactly the state of a prefix of the acknowledged
+//! commands (a torn tail is cut), or refuses with the file and offset (a
+//! corrupt entry with valid entries after it). Never wrong balances.
+
+use std::path::{Path, PathBuf};
+
+use molly_engine::{Account, AccountFlags, Config, Transfer, TransferFlags};
+use molly_shards::durable::{
+    replay, DurableError, DurableLedger, Outcome, GROUP_BYTES_MAX_DEFAULT, JOURNAL_FILE,
+};
+use molly_shards::journal::{Command, CommandBuf, JournalError, StopReason, SECTOR_SIZE};
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "molly-{name}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A small deterministic PRNG for workloads (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Groups of commands: accounts first, then transfers of every kind and ticks.
+fn workload(seed: u64, groups: usize) -> Vec<Vec<CommandBuf>> {
+    let mut rng = Rng(seed | 1);
+    let accounts: Vec<Account> = (1..=12u128)
+        .map(|id| Account {
+            id,
+            ledger: 1,
+            code: 1,
+            flags: if id % 3 == 0 {
+                AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS
+            } else {
+                AccountFlags::NONE
+            },
+            ..Account::default()
+        })
+        .collect();
+    let mut out = vec![vec![CommandBuf::CreateAccounts(accounts)]];
+    let mut next_id = 1u128;
+    let mut clock = 0u64;
+    for _ in 0..groups {
+        let mut group = Vec::new();
+        for _ in 0..1 + rng.below(3) {
+            if rng.below(5) == 0 {
+                clock += rng.below(3_000_000_000);
+                group.push(CommandBuf::Tick { now_ns: clock });
+                continue;
+            }
+            let batch: Vec<Transfer> = (0..1 + rng.below(40))
+                .map(|_| {
+                    let debit = 1 + rng.below(12) as u128;
+                    let credit = 1 + (debit + u128::from(rng.below(11))) % 12;
+                    let kind = rng.below(10);
+                    let id = next_id;
+                    next_id += 1;
+                    let mut t = Transfer {
+                        id,
+                        debit_account_id: debit,
+                        credit_account_id: credit,
+                        amount: 1 + u128::from(rng.below(1000)),
+                        ledger: 1,
+                        code: 1,
+                        ..Transfer::default()
+                    };
+                    if kind < 2 {
+                        t.flags = TransferFlags::PENDING;
+                        t.timeout = rng.below(3) as u32;
+                    } else if kind == 2 && id > 1 {
+                        t = Transfer {
+                            id,
+                            pending_id: 1 + u128::from(rng.below(id as u64 - 1)),
+                            flags: TransferFlags::POST_PENDING,
+                            ..Transfer::default()
+                        };
+                    } else if kind == 3 {
+                        t.flags = TransferFlags::LINKED;
+                    }
+                    t
+                })
+                .collect();
+            group.push(CommandBuf::CreateTransfers(batch));
+        }
+        out.push(group);
+    }
+    out
+}
+
+fn open(dir: &Path) -> Result<DurableLedger, DurableError> {
+    DurableLedger::open(dir, Config::default(), GROUP_BYTES_MAX_DEFAULT)
+}
+
+fn run(ledger: &mut DurableLedger, group: &[CommandBuf]) -> Vec<Outcome> {
+    let commands: Vec<Command<'_>> = group.iter().map(CommandBuf::as_command).collect();
+    ledger.execute(&commands).unwrap()
+}
+
+/// The recovered ledger must equal a replay of exactly the commands it says it holds.
+fn assert_is_prefix(ledger: &DurableLedger, all: &[CommandBuf], at_least: usize) {
+    let held = (ledger.next_sequence() - 1) as usize;
+    assert!(held >= at_least, "recovered {held} commands, {at_least} were acknowledged");
+    let expected = replay(Config::default(), &all[..held]).unwrap();
+    assert_eq!(ledger.engine().accounts(), expected.accounts());
+    assert_eq!(ledger.engine().transfers(), expected.transfers());
+    ledger.engine().check_invariants().unwrap();
+}
+
+#[test]
+fn reopening_replays_to_the_same_state_and_results() {
+    let dir = TempDir::new("reopen");
+    let groups = workload(7, 30);
+    let all: Vec<CommandBuf> = groups.concat();
+    let mut outcomes = Vec::new();
+    {
+        let mut ledger = open(&dir.0).unwrap();
+        for group in &groups {
+            outcomes.extend(run(&mut ledger, group));
+        }
+        assert!(outcomes.iter().any(|o| matches!(o, Outcome::Transfers(r) if r.iter().any(|r| !r.is_ok()))));
+    }
+    let ledger = open(&dir.0).unwrap();
+    let report = ledger.recovery();
+    assert_eq!(report.scan.entries as usize, all.len());
+    assert!(!report.scan.torn_tail);
+    // Only the last group's zero padding is cut.
+    assert!(report.truncated_bytes < SECTOR_SIZE as u64);
+    assert_is_prefix(&ledger, &all, all.len());
+    // Replaying gives the same results, not only the same state.
+    let mut engine = molly_engine::Engine::new(Config::default()).unwrap();
+    let mut expired = Vec::new();
+    let replayed: Vec<Outcome> = all
+        .iter()
+        .map(|c| molly_shards::durable::apply(&mut engine, &c.as_command(), &mut expired).unwrap())
+        .collect();
+    assert_eq!(replayed, outcomes);
+}
+
+#[test]
+fn a_torn_tail_is_cut_at_every_offset_and_writing_resumes() {
+    let dir = TempDir::new("torn");
+    let groups = workload(11, 12);
+    let all: Vec<CommandBuf> = groups.concat();
+    let journal = dir.0.join(JOURNAL_FILE);
+    let mut acknowledged_before_last = 0;
+    {
+        let mut ledger = open(&dir.0).unwrap();
+        for (i, group) in groups.iter().enumerate() {
+            if i == groups.len() - 1 {
+                acknowledged_before_last = (ledger.next_sequence() - 1) as usize;
+            }
+            run(&mut ledger, group);
+        }
+    }
+    let full = std::fs::read(&journal).unwrap();
+    let last_group_start = {
+        // Replay the group boundaries: reopen a copy cut just before the last group.
+        let mut offset = 0usize;
+        let mut ledger_len = Vec::new();
+        let probe = TempDir::new("torn-probe");
+        let mut ledger = open(&probe.0).unwrap();
+        for group in &groups {
+            ledger_len.push(offset);
+            run(&mut ledger, group);
+            offset = std::fs::metadata(probe.0.join(JOURNAL_FILE)).unwrap().len() as usize;
+        }
+        *ledger_len.last().unwrap()
+    };
+    // Cut the file at many points inside the last group (a write that never completed).
+    for cut in (last_group_start..full.len()).step_by(61) {
+        std::fs::write(&journal, &full[..cut]).unwrap();
+        let mut ledger = open(&dir.0).unwrap();
+        assert_is_prefix(&ledger, &all, acknowledged_before_last);
+        let report = ledger.recovery();
+        assert!(report.scan.valid_end as usize <= cut);
+        // The ledger keeps working after the cut, and reopens cleanly.
+        let held = (ledger.next_sequence() - 1) as usize;
+        let extra = vec![CommandBuf::Tick { now_ns: u64::MAX / 4 }];
+        run(&mut ledger, &extra);
+        drop(ledger);
+        let ledger = open(&dir.0).unwrap();
+        assert!(!ledger.recovery().scan.torn_tail, "cut at {cut}: {:?}", ledger.recovery());
+        assert_eq!(ledger.next_sequence() as usize, held + 2);
+    }
+}
+
+#[test]
+fn a_corrupt_middle_entry_is_refused_with_file_and_offset() {
+    let dir = TempDir::new("middle");
+    let groups = workload(3, 10);
+    {
+        let mut ledger = open(&dir.0).unwrap();
+        for group in &groups {
+            run(&mut ledger, group);
+        }
+    }
+    let journal = dir.0.join(JOURNAL_FILE);
+    let mut bytes = std::fs::read(&journal).unwrap();
+    let original = bytes.clone();
+    // Flip one bit in the second group's first entry (header, then body).
+    for (position, expected_reason) in
+        [(SECTOR_SIZE + 40, StopReason::BadHeader), (SECTOR_SIZE + 64 + 5, StopReason::BadBody)]
+    {
+        bytes.copy_from_slice(&original);
+        bytes[position] ^= 0x10;
+        std::fs::write(&journal, &bytes).unwrap();
+        let err = open(&dir.0).unwrap_err();
+        let DurableError::Journal(JournalError::CorruptInTheMiddle { name, offset, reason, next_valid }) =
+            &err
+        else {
+            panic!("expected a refusal, got {err:?}");
+        };
+        assert_eq!(*offset, SECTOR_SIZE as u64);
+        assert_eq!(*reason, expected_reason);
+        assert!(*next_valid > *offset);
+        assert!(name.ends_with(JOURNAL_FILE));
+        let message = err.to_string();
+        assert!(
+            message.contains(&journal.display().to_string()) && message.contains("offset 4096"),
+            "{message}"
+        );
+        // The refusal changed nothing on disk.
+        assert_eq!(std::fs::read(&journal).unwrap(), bytes);
+    }
+}
+
+#[test]
+fn a_flipped_bit_in_the_last_group_is_cut_like_a_torn_write() {
+    let dir = TempDir::new("last");
+    let groups = workload(5, 6);
+    let all: Vec<CommandBuf> = groups.concat();
+    let before_last: usize;
+    {
+        let mut ledger = open(&dir.0).unwrap();
+        for group in &groups[..groups.len() - 1] {
+            run(&mut ledger, group);
+        }
+        before_last = (ledger.next_sequence() - 1) as usize;
+        run(&mut ledger, groups.last().unwrap());
+    }
+    let journal = dir.0.join(JOURNAL_FILE);
+    let mut bytes = std::fs::read(&journal).unwrap();
+    let last = bytes.len() - SECTOR_SIZE;
+    bytes[last + 70] ^= 1;
+    std::fs::write(&journal, &bytes).unwrap();
+    let ledger = open(&dir.0).unwrap();
+    assert_is_prefix(&ledger, &all, before_last);
+    assert!(ledger.recovery().scan.torn_tail);
+}
+
+#[test]
+fn a_batch_over_the_limit_writes_nothing() {
+    let dir = TempDir::new("limit");
+    let config = Config { batch_events_max: 4, ..Config::default() };
+    let mut ledger = DurableLedger::open(&dir.0, config.clone(), GROUP_BYTES_MAX_DEFAULT).unwrap();
+    let accounts: Vec<Account> =
+        (1..=5u128).map(|id| Account { id, ledger: 1, code: 1, ..Account::default() }).collect();
+    let err = ledger
+        .execute(&[Command::CreateAccounts(&accounts[..4]), Command::CreateAccounts(&accounts)])
+        .unwrap_err();
+    assert!(matches!(err, DurableError::Batch(_)), "{err}");
+    assert_eq!(std::fs::metadata(dir.0.join(JOURNAL_FILE)).unwrap().len(), 0);
+    assert!(ledger.engine().accounts().is_empty());
+    // A group over the byte limit is refused too.
+    let mut small = DurableLedger::open(&dir.0.join("small"), config, 4096).unwrap();
+    let err = small.execute(&vec![Command::CreateAccounts(&accounts[..4]); 10]).unwrap_err();
+    assert!(matches!(err, DurableError::GroupTooLarge { .. }), "{err}");
+}
