@@ -235,7 +235,7 @@ fn glommio_spawn(
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu))
-            .spawn(move || task())
+            .spawn(task)
             .expect("glommio executor")
             .join()
             .expect("join");
