@@ -81,63 +81,161 @@ pub struct RecoveryReport {
     pub micros: u128,
 }
 
-/// One engine, durable through its journal.
+/// Stages commands into sector-aligned groups and tracks where the next one
+/// goes: the I/O-free half of group commit, shared by the synchronous
+/// [`DurableLedger`] and the io_uring shard runtime.
 #[derive(Debug)]
-pub struct DurableLedger {
-    engine: Engine,
-    file: File,
-    path: PathBuf,
+pub struct JournalWriter {
     /// Sector-aligned offset of the next group.
     write_offset: u64,
     next_sequence: u64,
     group: GroupBuffer,
+    /// Entries staged in the current group.
+    staged: u64,
+    batch_events_max: usize,
+}
+
+impl JournalWriter {
+    /// A writer appending after `valid_end` with sequence `next_sequence`.
+    pub fn new(valid_end: u64, next_sequence: u64, group_bytes_max: usize, batch_events_max: usize) -> Self {
+        Self {
+            write_offset: valid_end.next_multiple_of(journal::SECTOR_SIZE as u64),
+            next_sequence,
+            group: GroupBuffer::new(group_bytes_max),
+            staged: 0,
+            batch_events_max,
+        }
+    }
+
+    /// The sequence the next entry gets.
+    pub fn next_sequence(&self) -> u64 {
+        self.next_sequence + self.staged
+    }
+
+    /// Checks that `commands` are within the batch limit and fit one group
+    /// on their own; returns the bytes they take.
+    pub fn check(&self, commands: &[Command<'_>]) -> Result<usize, DurableError> {
+        let mut bytes = 0;
+        for command in commands {
+            let events = match command {
+                Command::Tick { .. } => 0,
+                Command::CreateAccounts(a) => a.len(),
+                Command::CreateTransfers(t) => t.len(),
+            };
+            if events > self.batch_events_max {
+                return Err(BatchError::TooManyEvents { events, max: self.batch_events_max as u32 }.into());
+            }
+            bytes += GroupBuffer::entry_size(command);
+        }
+        if bytes > self.group.capacity() {
+            return Err(DurableError::GroupTooLarge { bytes, max: self.group.capacity() });
+        }
+        Ok(bytes)
+    }
+
+    /// True when `bytes` more fit in the current group.
+    pub fn has_room(&self, bytes: usize) -> bool {
+        self.group.len() + bytes <= self.group.capacity()
+    }
+
+    /// True when nothing is staged.
+    pub fn is_empty(&self) -> bool {
+        self.staged == 0
+    }
+
+    /// Appends checked commands to the current group.
+    pub fn stage(&mut self, commands: &[Command<'_>], now_ns: u64) {
+        for command in commands {
+            self.group.push(self.next_sequence + self.staged, now_ns, command);
+            self.staged += 1;
+        }
+    }
+
+    /// The current group, padded: write it at the returned offset.
+    pub fn seal(&mut self) -> (u64, &[u8]) {
+        (self.write_offset, self.group.sealed())
+    }
+
+    /// The sealed group is durable: move past it and start the next one.
+    pub fn committed(&mut self) {
+        let sealed = self.group.sealed().len() as u64;
+        self.write_offset += sealed;
+        self.next_sequence += self.staged;
+        self.staged = 0;
+        self.group.clear();
+    }
+}
+
+/// A data directory's journal, recovered.
+#[derive(Debug)]
+pub struct Recovered {
+    /// The engine with every journaled command applied.
+    pub engine: Engine,
+    /// Where appends continue.
+    pub writer: JournalWriter,
+    /// The journal file (read-write).
+    pub file: File,
+    /// Its path.
+    pub path: PathBuf,
+    /// What recovery did.
+    pub report: RecoveryReport,
+}
+
+/// Recovers the journal in `dir` (creating both if missing) into a fresh
+/// engine: cuts a torn tail, refuses a corrupt middle.
+pub fn recover(dir: &Path, config: Config, group_bytes_max: usize) -> Result<Recovered, DurableError> {
+    let started = Instant::now();
+    std::fs::create_dir_all(dir).map_err(io_error(dir, "creating the data directory"))?;
+    let path = dir.join(JOURNAL_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_error(&path, "opening the journal"))?;
+    // Make the file's directory entry durable too (a no-op after the first time).
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir, "syncing the data directory"))?;
+
+    let batch_events_max = config.batch_events_max as usize;
+    let body_len_max = (batch_events_max * journal::RECORD_SIZE) as u32;
+    let mut engine = Engine::new(config)?;
+    let mut scratch = Vec::new();
+    let name = path.display().to_string();
+    let scan = journal::scan(&name, &file, 0, 1, body_len_max, |_, command| {
+        apply(&mut engine, &command.as_command(), &mut scratch)
+            .expect("journaled batches are within the limits they were checked against");
+    })?;
+    let len = file.metadata().map_err(io_error(&path, "reading the journal's length"))?.len();
+    let truncated_bytes = len - scan.valid_end;
+    if truncated_bytes > 0 {
+        file.set_len(scan.valid_end).map_err(io_error(&path, "cutting the torn tail"))?;
+        file.sync_all().map_err(io_error(&path, "syncing the cut journal"))?;
+    }
+    Ok(Recovered {
+        engine,
+        writer: JournalWriter::new(scan.valid_end, scan.next_sequence, group_bytes_max, batch_events_max),
+        file,
+        path,
+        report: RecoveryReport { scan, truncated_bytes, micros: started.elapsed().as_micros() },
+    })
+}
+
+/// One engine, durable through its journal, with synchronous file I/O.
+#[derive(Debug)]
+pub struct DurableLedger {
+    engine: Engine,
+    writer: JournalWriter,
+    file: File,
+    path: PathBuf,
     recovery: RecoveryReport,
 }
 
-fn io_error<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(std::io::Error) -> DurableError + 'a {
-    move |source| DurableError::Io { path: path.to_path_buf(), what, source }
-}
-
 impl DurableLedger {
-    /// Opens (or creates) the ledger in `dir`: recovers the journal into a
-    /// fresh engine, cutting a torn tail, refusing a corrupt middle.
+    /// Opens (or creates) the ledger in `dir`: see [`recover`].
     pub fn open(dir: &Path, config: Config, group_bytes_max: usize) -> Result<Self, DurableError> {
-        let started = Instant::now();
-        std::fs::create_dir_all(dir).map_err(io_error(dir, "creating the data directory"))?;
-        let path = dir.join(JOURNAL_FILE);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_error(&path, "opening the journal"))?;
-        // Make the file's directory entry durable too (a no-op after the first time).
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir, "syncing the data directory"))?;
-
-        let body_len_max = (config.batch_events_max as usize * journal::RECORD_SIZE) as u32;
-        let mut engine = Engine::new(config)?;
-        let mut scratch = Vec::new();
-        let name = path.display().to_string();
-        let scan = journal::scan(&name, &file, 0, 1, body_len_max, |_, command| {
-            apply(&mut engine, &command.as_command(), &mut scratch)
-                .expect("journaled batches are within the limits they were checked against");
-        })?;
-        let len = file.metadata().map_err(io_error(&path, "reading the journal's length"))?.len();
-        let truncated_bytes = len - scan.valid_end;
-        if truncated_bytes > 0 {
-            file.set_len(scan.valid_end).map_err(io_error(&path, "cutting the torn tail"))?;
-            file.sync_all().map_err(io_error(&path, "syncing the cut journal"))?;
-        }
-        Ok(Self {
-            engine,
-            file,
-            path,
-            write_offset: scan.valid_end.next_multiple_of(journal::SECTOR_SIZE as u64),
-            next_sequence: scan.next_sequence,
-            group: GroupBuffer::new(group_bytes_max),
-            recovery: RecoveryReport { scan, truncated_bytes, micros: started.elapsed().as_micros() },
-        })
+        let Recovered { engine, writer, file, path, report } = recover(dir, config, group_bytes_max)?;
+        Ok(Self { engine, writer, file, path, recovery: report })
     }
 
     /// The engine, for queries.
@@ -152,49 +250,32 @@ impl DurableLedger {
 
     /// The sequence the next journal entry gets.
     pub fn next_sequence(&self) -> u64 {
-        self.next_sequence
+        self.writer.next_sequence()
     }
 
     /// Journals `commands` as one group, makes it durable (`fdatasync`), then
     /// applies them in order and returns one outcome per command. A batch
     /// over the limit is refused before anything is written.
     pub fn execute(&mut self, commands: &[Command<'_>]) -> Result<Vec<Outcome>, DurableError> {
-        let batch_max = self.engine.config().batch_events_max as usize;
-        let mut bytes = 0;
-        for command in commands {
-            let events = match command {
-                Command::Tick { .. } => 0,
-                Command::CreateAccounts(a) => a.len(),
-                Command::CreateTransfers(t) => t.len(),
-            };
-            if events > batch_max {
-                return Err(BatchError::TooManyEvents { events, max: batch_max as u32 }.into());
-            }
-            bytes += GroupBuffer::entry_size(command);
-        }
-        self.group.clear();
-        if bytes > self.group.capacity() {
-            return Err(DurableError::GroupTooLarge { bytes, max: self.group.capacity() });
-        }
-        let now_ns = self.engine.clock_ns();
-        for (i, command) in commands.iter().enumerate() {
-            self.group.push(self.next_sequence + i as u64, now_ns, command);
-        }
-        let sealed = self.group.sealed();
-        self.file
-            .write_all_at(sealed, self.write_offset)
-            .map_err(io_error(&self.path, "writing the journal"))?;
+        self.writer.check(commands)?;
+        self.writer.stage(commands, self.engine.clock_ns());
+        let (offset, sealed) = self.writer.seal();
+        self.file.write_all_at(sealed, offset).map_err(io_error(&self.path, "writing the journal"))?;
         self.file.sync_data().map_err(io_error(&self.path, "syncing the journal"))?;
-        self.write_offset += sealed.len() as u64;
-        self.next_sequence += commands.len() as u64;
-
-        let mut outcomes = Vec::with_capacity(commands.len());
-        for command in commands {
-            let mut expired = Vec::new();
-            outcomes.push(apply(&mut self.engine, command, &mut expired).expect("batch sizes were checked"));
-        }
-        Ok(outcomes)
+        self.writer.committed();
+        let mut expired = Vec::new();
+        Ok(commands
+            .iter()
+            .map(|command| apply(&mut self.engine, command, &mut expired).expect("batch sizes were checked"))
+            .collect())
     }
+}
+
+pub(crate) fn io_error<'a>(
+    path: &'a Path,
+    what: &'static str,
+) -> impl FnOnce(std::io::Error) -> DurableError + 'a {
+    move |source| DurableError::Io { path: path.to_path_buf(), what, source }
 }
 
 /// Applies one command to the engine.
