@@ -929,6 +929,12 @@ impl Engine {
         }
     }
 
+    /// The earliest time a pending transfer may expire, if any is waiting
+    /// (it may belong to one since posted or voided: a tick then does nothing).
+    pub fn next_expiry_ns(&self) -> Option<u64> {
+        self.expiries.peek().map(|Reverse((at, _))| *at)
+    }
+
     fn expire(&mut self, slot: u32) {
         let p = self.transfers[slot as usize];
         let dr_slot = self.account_slot(p.debit_account_id).expect("pending debit account");

@@ -39,3 +39,5 @@
 
 pub mod durable;
 pub mod journal;
+pub mod metrics;
+pub mod runtime;

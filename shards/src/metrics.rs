@@ -1,0 +1,106 @@
+//! Per-shard metrics, exported in the Prometheus text format by `molly serve`.
+//! Updated once per group or batch, never per event.
+
+use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry};
+
+use crate::durable::Outcome;
+
+/// Latency buckets (seconds): 50 µs … 1 s.
+const BUCKETS: [f64; 14] =
+    [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.5, 1.0];
+
+/// One shard's metrics (each carries the label `shard`).
+#[derive(Debug)]
+pub struct ShardMetrics {
+    /// Transfers created (`ok`).
+    pub transfers_ok: IntCounter,
+    /// Transfers rejected with a result code.
+    pub transfers_rejected: IntCounter,
+    /// Accounts created.
+    pub accounts_created: IntCounter,
+    /// Journal groups made durable.
+    pub groups: IntCounter,
+    /// Journal bytes written.
+    pub journal_bytes: IntCounter,
+    /// Write + fdatasync time per group.
+    pub fsync_seconds: Histogram,
+    /// Time from a write request leaving the inbox to its reply.
+    pub batch_seconds: Histogram,
+    /// Requests waiting in the inbox.
+    pub inbox_depth: IntGauge,
+    /// How long recovery took at start.
+    pub recovery_seconds: Gauge,
+}
+
+impl ShardMetrics {
+    /// Metrics for `shard`.
+    pub fn new(shard: usize) -> Self {
+        let label = shard.to_string();
+        let opts = |name: &str, help: &str| Opts::new(name, help).const_label("shard", &label);
+        let hopts = |name: &str, help: &str| {
+            HistogramOpts::new(name, help).const_label("shard", &label).buckets(BUCKETS.to_vec())
+        };
+        let counter = |name, help| IntCounter::with_opts(opts(name, help)).expect("valid counter");
+        Self {
+            transfers_ok: counter("molly_transfers_created_total", "Transfers created (result ok)."),
+            transfers_rejected: counter(
+                "molly_transfers_rejected_total",
+                "Transfers rejected with a result code.",
+            ),
+            accounts_created: counter("molly_accounts_created_total", "Accounts created."),
+            groups: counter("molly_journal_groups_total", "Journal groups made durable."),
+            journal_bytes: counter("molly_journal_bytes_total", "Journal bytes written."),
+            fsync_seconds: Histogram::with_opts(hopts(
+                "molly_journal_fsync_seconds",
+                "Write plus fdatasync time of one journal group.",
+            ))
+            .expect("valid histogram"),
+            batch_seconds: Histogram::with_opts(hopts(
+                "molly_batch_seconds",
+                "Time from a write request leaving the inbox to its durable reply.",
+            ))
+            .expect("valid histogram"),
+            inbox_depth: IntGauge::with_opts(opts(
+                "molly_inbox_depth",
+                "Requests waiting in the shard's inbox.",
+            ))
+            .expect("valid gauge"),
+            recovery_seconds: Gauge::with_opts(opts(
+                "molly_recovery_seconds",
+                "Time the shard's journal recovery took at start.",
+            ))
+            .expect("valid gauge"),
+        }
+    }
+
+    /// Registers every metric with `registry`.
+    pub fn register(&self, registry: &Registry) -> prometheus::Result<()> {
+        registry.register(Box::new(self.transfers_ok.clone()))?;
+        registry.register(Box::new(self.transfers_rejected.clone()))?;
+        registry.register(Box::new(self.accounts_created.clone()))?;
+        registry.register(Box::new(self.groups.clone()))?;
+        registry.register(Box::new(self.journal_bytes.clone()))?;
+        registry.register(Box::new(self.fsync_seconds.clone()))?;
+        registry.register(Box::new(self.batch_seconds.clone()))?;
+        registry.register(Box::new(self.inbox_depth.clone()))?;
+        registry.register(Box::new(self.recovery_seconds.clone()))?;
+        Ok(())
+    }
+
+    /// Counts one request's outcomes.
+    pub fn record(&self, outcomes: &[Outcome]) {
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Transfers(results) => {
+                    let ok = results.iter().filter(|r| r.is_ok()).count() as u64;
+                    self.transfers_ok.inc_by(ok);
+                    self.transfers_rejected.inc_by(results.len() as u64 - ok);
+                }
+                Outcome::Accounts(results) => {
+                    self.accounts_created.inc_by(results.iter().filter(|r| r.is_ok()).count() as u64);
+                }
+                Outcome::Ticked { .. } => {}
+            }
+        }
+    }
+}
