@@ -9,10 +9,13 @@
 //! things this module avoids, using only `k256`'s group operations:
 //!
 //! * **Scalar multiplication by `G`.** `I_L·G` is a *fixed-base* product, so
-//!   it is computed with a precomputed comb: a table holding `b·256^j·G` for
-//!   every byte value `b` and byte position `j` (32 × 255 affine points,
-//!   ~0.7 MB, built once), after which `I_L·G` is at most 32 mixed additions
-//!   and no doublings. The table lookups depend on `I_L`, so this is not
+//!   it is computed with a precomputed comb: `I_L` is recoded into 22 signed
+//!   12-bit digits `d_j` and a table holds `d·2^(12j)·G` for every window `j`
+//!   and magnitude `1 ≤ d ≤ 2048` (22 × 2048 affine points, ~4 MB, built
+//!   once in a few milliseconds; negative digits use the negated point), after
+//!   which `I_L·G` is at most 22 mixed additions and no doublings. (Measured
+//!   on the 2-core dev machine, single thread: 8-bit windows 6.3 µs/key,
+//!   10-bit 5.2, 12-bit 4.9, 14-bit 5.5 as cache misses take over.) The lookups depend on `I_L`, so this is not
 //!   constant-time; that is acceptable here because `I_L` is computed from
 //!   the account xpub, which the deposit side holds in the clear: timing can
 //!   reveal nothing that the xpub itself does not.
@@ -72,22 +75,60 @@ pub enum DeriveError {
     },
 }
 
-/// `b·256^j·G` at `[j * 255 + (b - 1)]` for `j < 32`, `1 ≤ b ≤ 255`.
+/// Bits per comb window.
+const WINDOW: usize = 12;
+/// Windows needed for 256 bits plus the final carry of the signed recoding.
+const WINDOWS: usize = (256usize + 1).div_ceil(WINDOW);
+/// Table entries per window: digit magnitudes `1..=2^(WINDOW-1)`.
+const HALF: usize = 1 << (WINDOW - 1);
+
+/// `d·2^(WINDOW·j)·G` at `[j * HALF + (d - 1)]` for `j < WINDOWS`, `1 ≤ d ≤ HALF`.
 fn comb_table() -> &'static [AffinePoint] {
     static TABLE: OnceLock<Vec<AffinePoint>> = OnceLock::new();
     TABLE.get_or_init(|| {
-        let mut points = Vec::with_capacity(32 * 255);
+        let mut points = Vec::with_capacity(WINDOWS * HALF);
         let mut base = ProjectivePoint::GENERATOR;
-        for _ in 0..32 {
+        for _ in 0..WINDOWS {
             let mut acc = base;
-            for _ in 0..255 {
+            for _ in 0..HALF {
                 points.push(acc);
                 acc += base;
             }
-            base = acc; // 256 · base
+            // acc = (HALF + 1)·base; the next window's base is 2^WINDOW·base.
+            base = points[points.len() - 1].double();
         }
         <ProjectivePoint as BatchNormalize<[ProjectivePoint]>>::batch_normalize(&points[..])
     })
+}
+
+/// Signed base-2^WINDOW digits of a 256-bit big-endian number, least
+/// significant first: `n = Σ d_j·2^(WINDOW·j)` with `-HALF < d_j ≤ HALF`.
+/// (Plain integer recoding; the group arithmetic is k256's.)
+fn signed_digits(be: &[u8; 32]) -> [i32; WINDOWS] {
+    let mut limbs = [0u64; 5]; // little-endian, one spare limb for the top window
+    for (k, chunk) in be.rchunks(8).enumerate() {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(chunk);
+        limbs[k] = u64::from_be_bytes(b);
+    }
+    let mut digits = [0i32; WINDOWS];
+    let mut carry = 0i64;
+    for (j, d) in digits.iter_mut().enumerate() {
+        let bit = j * WINDOW;
+        let (limb, shift) = (bit / 64, bit % 64);
+        let mut v = limbs[limb] >> shift;
+        if shift + WINDOW > 64 && limb + 1 < limbs.len() {
+            v |= limbs[limb + 1] << (64 - shift);
+        }
+        let mut v = (v & ((1 << WINDOW) - 1)) as i64 + carry;
+        carry = 0;
+        if v > HALF as i64 {
+            v -= 1 << WINDOW;
+            carry = 1;
+        }
+        *d = v as i32;
+    }
+    digits
 }
 
 /// Fast public derivation of deposit keys `account/0/i` of one secp256k1 account.
@@ -144,10 +185,12 @@ impl SecpDeriver {
             return None;
         }
         let mut point = ProjectivePoint::from(self.parent);
-        // il is big-endian: byte 31 is the least significant (window 0).
-        for (j, &b) in il.iter().rev().enumerate() {
-            if b != 0 {
-                point += &self.table[j * 255 + usize::from(b) - 1];
+        for (j, &d) in signed_digits(&il).iter().enumerate() {
+            let entry = j * HALF + d.unsigned_abs() as usize;
+            if d > 0 {
+                point += &self.table[entry - 1];
+            } else if d < 0 {
+                point += -self.table[entry - 1];
             }
         }
         Some(point)
@@ -206,6 +249,60 @@ fn encode_point(chain: Chain, network: Network, p: &AffinePoint, out: &mut Addre
             } else {
                 address::encode_eth(&u, out);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value_of(digits: &[i32; WINDOWS]) -> [i128; WINDOWS] {
+        // Each digit scaled into its window, as exact integers per window.
+        let mut out = [0i128; WINDOWS];
+        for (o, d) in out.iter_mut().zip(digits) {
+            *o = i128::from(*d);
+        }
+        out
+    }
+
+    #[test]
+    fn signed_digits_reconstruct_the_number_within_range() {
+        let mut cases = vec![[0u8; 32], [0xff; 32], [0x80; 32]];
+        let mut x = [0u8; 32];
+        for (i, b) in x.iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(73).wrapping_add(11);
+        }
+        cases.push(x);
+        let mut one = [0u8; 32];
+        one[31] = 1;
+        cases.push(one);
+        for n in cases {
+            let digits = signed_digits(&n);
+            for &d in &digits {
+                assert!(d > -(HALF as i32) && d <= HALF as i32, "{d}");
+            }
+            // Rebuild n from the digits, base 2^WINDOW, with big-integer limbs of WINDOW bits.
+            let mut acc = value_of(&digits);
+            for j in 0..WINDOWS - 1 {
+                let carry = acc[j].div_euclid(1 << WINDOW);
+                acc[j] = acc[j].rem_euclid(1 << WINDOW);
+                acc[j + 1] += carry;
+            }
+            let mut bits = Vec::new();
+            for v in acc {
+                for b in 0..WINDOW {
+                    bits.push((v >> b) & 1 == 1);
+                }
+            }
+            let mut want = Vec::new();
+            for byte in n.iter().rev() {
+                for b in 0..8 {
+                    want.push((byte >> b) & 1 == 1);
+                }
+            }
+            assert!(bits[256..].iter().all(|b| !b));
+            assert_eq!(&bits[..256], &want[..]);
         }
     }
 }
