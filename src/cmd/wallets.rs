@@ -198,6 +198,17 @@ fn validate(a: ValidateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The chains in the order given, each once.
+fn unique(chains: &[Chain]) -> Vec<Chain> {
+    let mut out: Vec<Chain> = Vec::new();
+    for &c in chains {
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn threads(requested: Option<usize>) -> usize {
     requested
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -239,9 +250,7 @@ fn generate(a: GenerateArgs) -> anyhow::Result<()> {
             a.count
         )
     })?;
-    let mut chains = a.chains.clone();
-    chains.dedup();
-    let plans: Vec<WalletPlan> = chains
+    let plans: Vec<WalletPlan> = unique(&a.chains)
         .iter()
         .map(|&chain| WalletPlan {
             chain,
@@ -352,7 +361,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
         "mnemonic".into(),
         "bip39 test mnemonic (abandon x11 about)".into(),
     );
-    for &chain in &a.chains {
+    for chain in unique(&a.chains) {
         let plan = WalletPlan::new(chain, Network::Mainnet, a.count);
         let done = AtomicU64::new(0);
         let t = Instant::now();
