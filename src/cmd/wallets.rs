@@ -274,7 +274,7 @@ fn generate(a: GenerateArgs) -> anyhow::Result<()> {
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
-            "{spinner} {msg} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})",
+            "{spinner} {msg} [{bar:40}] {human_pos}/{human_len} (elapsed {elapsed}, eta {eta})",
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
         .progress_chars("=> "),
