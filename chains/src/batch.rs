@@ -403,6 +403,12 @@ impl DepositKeys {
         })
     }
 
+    /// Deposit keys of a secp256k1 account from its xpub alone: what the
+    /// deposit side uses, with no seed and no private key.
+    pub fn from_account_xpub(account: &AccountXpub) -> Result<DepositKeys, DeriveError> {
+        Ok(DepositKeys::Secp(SecpDeriver::new(account)?))
+    }
+
     /// Addresses of wallets `start..start + out.len()`.
     pub fn encode_range(&self, start: u32, out: &mut [AddressBuf]) -> Result<(), DeriveError> {
         match self {

@@ -56,6 +56,25 @@ proptest! {
 }
 
 #[test]
+fn deposit_side_needs_only_the_xpub_text() {
+    for (chain, net) in [
+        (Chain::Eth, Network::Mainnet),
+        (Chain::Tron, Network::Mainnet),
+        (Chain::Btc, Network::Mainnet),
+        (Chain::Btc, Network::Regtest),
+    ] {
+        let text = AccountXpub::from_seed(&seed(), chain, net, 3)
+            .unwrap()
+            .to_string();
+        // From here on: no seed.
+        let acct = AccountXpub::parse(&text, chain, net).unwrap();
+        let keys = DepositKeys::from_account_xpub(&acct).unwrap();
+        let from_seed = DepositKeys::from_seed(&seed(), chain, net, 3).unwrap();
+        assert_eq!(bulk(&keys, 40, 5), bulk(&from_seed, 40, 5), "{chain} {net}");
+    }
+}
+
+#[test]
 fn ranges_past_the_hardened_boundary_are_refused() {
     let keys = DepositKeys::from_seed(&seed(), Chain::Eth, Network::Mainnet, 0).unwrap();
     let mut out = vec![AddressBuf::default(); 2];
