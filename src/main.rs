@@ -24,6 +24,9 @@ enum Command {
     /// Benchmarks (`molly bench engine`, ...).
     #[command(subcommand)]
     Bench(cmd::bench::Command),
+    /// Chain keys and addresses (`molly wallets derive|xpub|validate|generate`).
+    #[command(subcommand)]
+    Wallets(cmd::wallets::Command),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -31,5 +34,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Demo(args) => cmd::demo::run(args),
         Command::Bench(command) => cmd::bench::run(command),
+        Command::Wallets(command) => cmd::wallets::run(command),
     }
 }

@@ -11,6 +11,8 @@ pub enum Command {
     /// The ledger engine in memory on one core: create_transfers over 10K and
     /// 1M accounts, uniform and Zipf pairs, then lookups.
     Engine(EngineArgs),
+    /// Time to derive and encode N deposit addresses per chain (`<chain>_seconds`).
+    Wallets(crate::cmd::wallets::BenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -45,6 +47,7 @@ pub struct EngineArgs {
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Engine(args) => engine(args),
+        Command::Wallets(args) => crate::cmd::wallets::bench(args),
     }
 }
 
