@@ -19,6 +19,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the server: one pinned shard per core, durable journals, metrics.
+    Serve(cmd::serve::Args),
     /// Run the in-memory ledger demo: create accounts, move money, print balances.
     Demo(cmd::demo::Args),
     /// Benchmarks (`molly bench engine`, ...).
@@ -32,6 +34,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve(args) => cmd::serve::run(args),
         Command::Demo(args) => cmd::demo::run(args),
         Command::Bench(command) => cmd::bench::run(command),
         Command::Wallets(command) => cmd::wallets::run(command),

@@ -372,6 +372,19 @@ struct Pending {
     commands: Vec<CommandBuf>,
     reply: SyncSender<WriteReply>,
     taken: Instant,
+    /// The shard's own tick: no caller waits for it, no batch metric.
+    internal: bool,
+}
+
+impl Pending {
+    fn tick(now_ns: u64) -> Self {
+        Self {
+            commands: vec![CommandBuf::Tick { now_ns }],
+            reply: sync_channel(1).0,
+            taken: Instant::now(),
+            internal: true,
+        }
+    }
 }
 
 async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryReport, StartError>>) {
@@ -434,16 +447,12 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
                         let now = now_ns();
                         if now > engine.clock_ns() {
                             writer.stage(&[Command::Tick { now_ns: now }], engine.clock_ns());
-                            group.push(Pending {
-                                commands: vec![CommandBuf::Tick { now_ns: now }],
-                                reply: sync_channel(1).0,
-                                taken: Instant::now(),
-                            });
+                            group.push(Pending::tick(now));
                         }
                     }
                     writer.stage(&borrowed, engine.clock_ns());
                     drop(borrowed);
-                    group.push(Pending { commands, reply, taken: Instant::now() });
+                    group.push(Pending { commands, reply, taken: Instant::now(), internal: false });
                 }
                 Request::LookupAccounts { ids, reply } => {
                     let mut out = Vec::with_capacity(ids.len());
@@ -467,11 +476,7 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
             let now = now_ns();
             if failed.is_none() && engine.next_expiry_ns().is_some_and(|at| at <= now) {
                 writer.stage(&[Command::Tick { now_ns: now }], engine.clock_ns());
-                group.push(Pending {
-                    commands: vec![CommandBuf::Tick { now_ns: now }],
-                    reply: sync_channel(1).0,
-                    taken: Instant::now(),
-                });
+                group.push(Pending::tick(now));
             } else if context.stop.load(Ordering::SeqCst) {
                 break;
             } else {
@@ -505,9 +510,11 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
                             apply(&mut engine, &c.as_command(), &mut expired).expect("checked before staging")
                         })
                         .collect();
-                    context.metrics.record(&outcomes);
-                    context.metrics.batch_seconds.observe(pending.taken.elapsed().as_secs_f64());
-                    let _ = pending.reply.send(Ok(outcomes));
+                    if !pending.internal {
+                        context.metrics.record(&outcomes);
+                        context.metrics.batch_seconds.observe(pending.taken.elapsed().as_secs_f64());
+                        let _ = pending.reply.send(Ok(outcomes));
+                    }
                 }
             }
             Err(reason) => {

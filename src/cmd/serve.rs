@@ -1,0 +1,346 @@
+//! `molly serve`: the long-running server. Starts one pinned shard per core
+//! on the embedded default storage (`./data`), recovers every journal,
+//! exports Prometheus metrics, and stops cleanly on SIGINT/SIGTERM.
+//!
+//! Until the wire protocol lands, the ledger is driven in process; the
+//! hidden `--crash-test-driver CYCLE` flag runs a built-in load that prints
+//! `acked ...` lines after each durable reply, for the crash tests.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use molly_engine::{Account, CreateTransferResult, Transfer, TransferFlags};
+use molly_shards::durable::Outcome;
+use molly_shards::journal::CommandBuf;
+use molly_shards::runtime::{shard_for, Runtime, RuntimeConfig};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// TOML configuration file (see docs/serve.md); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory (default: ./data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Number of shards (default: the CPUs available).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Prometheus metrics listener, e.g. 127.0.0.1:9464; "off" to disable.
+    #[arg(long)]
+    metrics_addr: Option<String>,
+    /// Do not pin shards to CPUs.
+    #[arg(long)]
+    no_pin: bool,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Testing aid: run a built-in transfer load (cycle number CYCLE keeps ids
+    /// unique across restarts) and print `acked` lines after durable replies.
+    #[arg(long, hide = true)]
+    crash_test_driver: Option<u64>,
+}
+
+/// Every `molly serve` setting, with its default. The TOML file has the same
+/// shape: a `[serve]` table and an `[engine]` table.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// Server settings.
+    pub serve: ServeSection,
+    /// Ledger limits, per shard.
+    pub engine: EngineSection,
+}
+
+/// `[serve]`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeSection {
+    /// Data directory: shard i keeps its journal in `data_dir/shard-i/`.
+    pub data_dir: PathBuf,
+    /// Shards; 0 = one per available CPU.
+    pub shards: usize,
+    /// Pin shard i to CPU i mod CPUs.
+    pub pin: bool,
+    /// Prometheus listener ("off" to disable).
+    pub metrics_addr: String,
+    /// Requests queued per shard before callers get backpressure.
+    pub inbox_depth: usize,
+    /// Largest journal group (one write + one fdatasync), bytes.
+    pub group_bytes_max: usize,
+    /// How long an idle shard sleeps between inbox polls, microseconds.
+    pub idle_sleep_us: u64,
+    /// Touch the engine's reserved memory at start.
+    pub prefault: bool,
+}
+
+/// `[engine]`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSection {
+    /// Events per batch.
+    pub batch_events_max: u32,
+    /// Accounts per shard.
+    pub accounts_max: u32,
+    /// Transfers held in memory per shard.
+    pub transfers_max: u32,
+    /// Results per history query.
+    pub query_results_max: u32,
+}
+
+impl Default for ServeSection {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            shards: 0,
+            pin: true,
+            metrics_addr: "127.0.0.1:9464".into(),
+            inbox_depth: molly_shards::runtime::INBOX_DEPTH_DEFAULT,
+            group_bytes_max: molly_shards::durable::GROUP_BYTES_MAX_DEFAULT,
+            idle_sleep_us: 50,
+            prefault: false,
+        }
+    }
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        let engine = molly_engine::Config::default();
+        Self {
+            batch_events_max: engine.batch_events_max,
+            accounts_max: engine.accounts_max,
+            transfers_max: engine.transfers_max,
+            query_results_max: engine.query_results_max,
+        }
+    }
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self { serve: ServeSection::default(), engine: EngineSection::default() }
+    }
+}
+
+impl ServeConfig {
+    fn load(args: &Args) -> anyhow::Result<Self> {
+        let mut config = match &args.config {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => ServeConfig::default(),
+        };
+        if let Some(dir) = &args.data_dir {
+            config.serve.data_dir = dir.clone();
+        }
+        if let Some(shards) = args.shards {
+            config.serve.shards = shards;
+        }
+        if let Some(addr) = &args.metrics_addr {
+            config.serve.metrics_addr = addr.clone();
+        }
+        if args.no_pin {
+            config.serve.pin = false;
+        }
+        Ok(config)
+    }
+
+    fn runtime(&self) -> RuntimeConfig {
+        let mut runtime = RuntimeConfig::new(self.serve.data_dir.clone());
+        if self.serve.shards > 0 {
+            runtime.shards = self.serve.shards;
+        }
+        runtime.pin = self.serve.pin;
+        runtime.inbox_depth = self.serve.inbox_depth;
+        runtime.group_bytes_max = self.serve.group_bytes_max;
+        runtime.idle_sleep = Duration::from_micros(self.serve.idle_sleep_us);
+        runtime.prefault = self.serve.prefault;
+        runtime.engine = molly_engine::Config {
+            batch_events_max: self.engine.batch_events_max,
+            accounts_max: self.engine.accounts_max,
+            transfers_max: self.engine.transfers_max,
+            query_results_max: self.engine.query_results_max,
+            ..molly_engine::Config::default()
+        };
+        runtime
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let config = ServeConfig::load(&args)?;
+    if args.print_config {
+        print!("{}", toml::to_string(&config)?);
+        return Ok(());
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
+
+    let runtime_config = config.runtime();
+    let started = Instant::now();
+    let runtime = Runtime::start(runtime_config.clone()).context("starting the shards")?;
+    for (shard, report) in runtime.recoveries().iter().enumerate() {
+        tracing::info!(
+            shard,
+            entries = report.scan.entries,
+            torn_tail = report.scan.torn_tail,
+            truncated_bytes = report.truncated_bytes,
+            recovery_ms = report.micros as f64 / 1000.0,
+            "journal recovered"
+        );
+    }
+
+    let registry = prometheus::Registry::new();
+    for metrics in runtime.metrics() {
+        metrics.register(&registry).context("registering metrics")?;
+    }
+    let metrics_server = start_metrics(&config.serve.metrics_addr, &config.serve.data_dir, registry)?;
+    tracing::info!(
+        shards = runtime.shards(),
+        data_dir = %config.serve.data_dir.display(),
+        metrics = metrics_server.as_ref().map_or("off".to_string(), |(addr, _)| addr.clone()),
+        pinned = runtime_config.pin,
+        start_ms = started.elapsed().as_millis() as u64,
+        "serving"
+    );
+
+    let runtime = Arc::new(runtime);
+    let driver = args.crash_test_driver.map(|cycle| {
+        let runtime = runtime.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || crash_test_driver(&runtime, cycle, &stop))
+    });
+
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tracing::info!("signal received: stopping");
+    if let Some(driver) = driver {
+        let _ = driver.join();
+    }
+    match Arc::try_unwrap(runtime) {
+        Ok(mut runtime) => runtime.shutdown(),
+        Err(_) => bail!("the runtime is still shared at shutdown"),
+    }
+    if let Some((_, server)) = metrics_server {
+        server.unblock();
+    }
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// Serves `GET /metrics` on `addr` from a thread; writes the bound address to
+/// `DATA_DIR/metrics.addr`.
+fn start_metrics(
+    addr: &str,
+    data_dir: &Path,
+    registry: prometheus::Registry,
+) -> anyhow::Result<Option<(String, Arc<tiny_http::Server>)>> {
+    if addr == "off" {
+        return Ok(None);
+    }
+    let server = Arc::new(
+        tiny_http::Server::http(addr).map_err(|e| anyhow::anyhow!("metrics listener on {addr}: {e}"))?,
+    );
+    let bound = server.server_addr().to_string();
+    std::fs::write(data_dir.join("metrics.addr"), format!("{bound}\n")).context("writing metrics.addr")?;
+    let serving = server.clone();
+    std::thread::Builder::new().name("molly-metrics".into()).spawn(move || {
+        for request in serving.incoming_requests() {
+            let response = if request.url() == "/metrics" {
+                let mut body = Vec::new();
+                let encoder = prometheus::TextEncoder::new();
+                if let Err(error) = prometheus::Encoder::encode(&encoder, &registry.gather(), &mut body) {
+                    body = format!("# encoding failed: {error}\n").into_bytes();
+                }
+                tiny_http::Response::from_data(body).with_header(
+                    "Content-Type: text/plain; version=0.0.4"
+                        .parse::<tiny_http::Header>()
+                        .expect("valid header"),
+                )
+            } else {
+                tiny_http::Response::from_data(b"not found: try /metrics\n".to_vec()).with_status_code(404)
+            };
+            let _ = request.respond(response);
+        }
+    })?;
+    Ok(Some((bound, server)))
+}
+
+/// Accounts the crash-test driver uses.
+const DRIVER_ACCOUNTS: u128 = 64;
+
+/// Creates accounts 1..=64 on their shards, then submits batches of transfers
+/// (plain ones and linked pairs) between accounts of the same shard until
+/// stopped, printing `acked SHARD FIRST_ID LAST_ID OK_COUNT` once each batch
+/// is durable. Ids are `cycle << 40 | counter`: unique across restarts.
+fn crash_test_driver(runtime: &Runtime, cycle: u64, stop: &AtomicBool) {
+    let shards = runtime.shards() as u32;
+    let mut owned = vec![Vec::new(); shards as usize];
+    for id in 1..=DRIVER_ACCOUNTS {
+        owned[shard_for(id, shards) as usize].push(id);
+    }
+    for (shard, ids) in owned.iter().enumerate() {
+        let accounts =
+            ids.iter().map(|&id| Account { id, ledger: 1, code: 1, ..Account::default() }).collect();
+        if runtime.write(shard, vec![CommandBuf::CreateAccounts(accounts)]).is_err() {
+            return;
+        }
+    }
+    let mut counter = 0u64;
+    let stdout = std::io::stdout();
+    while !stop.load(Ordering::SeqCst) {
+        for (shard, ids) in owned.iter().enumerate() {
+            if ids.len() < 3 {
+                continue;
+            }
+            let first = u128::from(cycle) << 40 | u128::from(counter);
+            let batch: Vec<Transfer> = (0..256u64)
+                .map(|i| {
+                    let id = first + u128::from(i);
+                    let debit = ids[(counter + i) as usize % ids.len()];
+                    let credit = ids[(counter + i + 1) as usize % ids.len()];
+                    // Every fourth pair is linked: both or neither must survive.
+                    let flags = if i % 8 == 0 { TransferFlags::LINKED } else { TransferFlags::NONE };
+                    Transfer {
+                        id,
+                        debit_account_id: debit,
+                        credit_account_id: credit,
+                        amount: 1 + u128::from(i),
+                        ledger: 1,
+                        code: 1,
+                        flags,
+                        ..Transfer::default()
+                    }
+                })
+                .collect();
+            counter += batch.len() as u64;
+            let Ok(outcomes) = runtime.write(shard, vec![CommandBuf::CreateTransfers(batch)]) else {
+                return;
+            };
+            let ok = match &outcomes[..] {
+                [Outcome::Transfers(results)] => {
+                    results.iter().filter(|r| **r == CreateTransferResult::Ok).count()
+                }
+                _ => 0,
+            };
+            let mut out = stdout.lock();
+            let _ = writeln!(out, "acked {shard} {first} {} {ok}", first + 255);
+            let _ = out.flush();
+        }
+    }
+}
