@@ -47,7 +47,7 @@ pub struct Args {
 
 /// Every `molly serve` setting, with its default. The TOML file has the same
 /// shape: a `[serve]` table and an `[engine]` table.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServeConfig {
     /// Server settings.
@@ -116,12 +116,6 @@ impl Default for EngineSection {
             transfers_max: engine.transfers_max,
             query_results_max: engine.query_results_max,
         }
-    }
-}
-
-impl Default for ServeConfig {
-    fn default() -> Self {
-        Self { serve: ServeSection::default(), engine: EngineSection::default() }
     }
 }
 
