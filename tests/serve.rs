@@ -78,7 +78,7 @@ impl Rng {
 fn kill_9_at_random_moments_loses_no_acknowledged_transfer() {
     let cycles: u64 = std::env::var("MOLLY_CRASH_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
     let seed: u64 =
-        std::env::var("MOLLY_CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x6d6f_6c6c_79);
+        std::env::var("MOLLY_CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x006d_6f6c_6c79);
     eprintln!("crash test: {cycles} cycles, seed {seed} (MOLLY_CRASH_SEED to replay the kill timings)");
     let mut rng = Rng(seed | 1);
     let dir = TempDir::new("crash");
