@@ -1,9 +1,15 @@
 //! placeholder
+pub mod approvals;
+pub mod audit;
+pub mod client;
+pub mod config;
 pub mod ecdsa;
 pub mod error;
 mod hexser;
 pub mod keystore;
 pub mod pkcs11;
+pub mod protocol;
+pub mod server;
 pub mod signer;
 pub mod softhsm;
 pub mod types;
