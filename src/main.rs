@@ -28,6 +28,9 @@ enum Command {
     /// Benchmarks (`molly bench engine`, ...).
     #[command(subcommand)]
     Bench(cmd::bench::Command),
+    /// The isolated signer process and its tools (`molly signer serve`, ...).
+    #[command(subcommand)]
+    Signer(cmd::signer::Command),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,5 +38,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Demo(args) => cmd::demo::run(args),
         Command::Bench(command) => cmd::bench::run(command),
+        Command::Signer(command) => cmd::signer::run(command),
     }
 }

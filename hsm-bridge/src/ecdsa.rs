@@ -80,6 +80,13 @@ pub fn eth_address(key: &VerifyingKey) -> [u8; 20] {
     out
 }
 
+/// k256's signature type, re-exported for callers without a k256 dependency.
+pub type K256Signature = Signature;
+/// k256's recovery id.
+pub type K256RecoveryId = RecoveryId;
+/// k256's verifying key.
+pub type K256VerifyingKey = VerifyingKey;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! placeholder
 pub mod approvals;
 pub mod audit;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod ecdsa;
@@ -8,6 +9,7 @@ pub mod error;
 mod hexser;
 pub mod keystore;
 pub mod pkcs11;
+pub mod process;
 pub mod protocol;
 pub mod server;
 pub mod signer;
