@@ -182,3 +182,128 @@ fn k256_recover(
 ) -> Option<molly_hsm_bridge::ecdsa::K256VerifyingKey> {
     molly_hsm_bridge::ecdsa::K256VerifyingKey::recover_from_prehash(digest, signature, rid).ok()
 }
+
+#[test]
+fn signer_process_on_a_softhsm_token() {
+    if std::env::var("MOLLY_SKIP_SOFTHSM").is_ok_and(|v| v == "1") {
+        eprintln!("MOLLY_SKIP_SOFTHSM=1: skipping");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    std::fs::create_dir(d("tokens")).expect("tokens dir");
+    std::fs::write(
+        d("softhsm2.conf"),
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\n",
+            d("tokens")
+        ),
+    )
+    .expect("softhsm conf");
+    let init = Command::new("softhsm2-util")
+        .args(["--init-token", "--free", "--label", "molly-e2e"])
+        .args(["--so-pin", "5678", "--pin", "1234"])
+        .env("SOFTHSM2_CONF", d("softhsm2.conf"))
+        .output()
+        .expect("softhsm2-util must be installed (scripts/setup/softhsm2.sh)");
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+
+    molly(&["signer", "new-secret", &d("engine.key")]);
+    molly(&["signer", "new-secret", &d("a.seed")]);
+    let approver = molly(&["signer", "approver-public-key", &d("a.seed")]);
+    let uid = std::fs::metadata("/proc/self").expect("proc").uid();
+    let module = std::env::var("MOLLY_SOFTHSM_MODULE")
+        .unwrap_or_else(|_| "/usr/lib/softhsm/libsofthsm2.so".into());
+    let config = serde_json::json!({
+        "socket": d("signer.sock"),
+        "audit_log": d("audit.log"),
+        "backend": {"pkcs11": {"module": module, "token_label": "molly-e2e", "pin_env": "MOLLY_TEST_PIN"}},
+        "clients": [{"name": "engine", "uid": uid, "key_file": d("engine.key"), "may_generate": true}],
+        "policy": {
+            "quorum": 1,
+            "approvers": [{"id": "a", "public_key": approver.trim()}],
+            "max_approval_age_secs": 300,
+            "max_clock_skew_secs": 30,
+            "max_remembered_approvals": 100,
+            "keys": {"wd-eth": {"tier": "withdrawal"}, "wd-sol": {"tier": "withdrawal"}},
+            "assets": {"ETH": {"level2_from": "100", "level3_from": "1000"},
+                       "SOL": {"level2_from": "100", "level3_from": "1000"}}
+        }
+    });
+    std::fs::write(d("signer.json"), config.to_string()).expect("config");
+    let _server = Server(
+        Command::new(MOLLY)
+            .args(["signer", "serve", "--config", &d("signer.json")])
+            .env("SOFTHSM2_CONF", d("softhsm2.conf"))
+            .env("MOLLY_TEST_PIN", "1234")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn signer"),
+    );
+    let socket = dir.path().join("signer.sock");
+    wait_for(&socket);
+    let key_file = dir.path().join("engine.key");
+    let req = |r: &Request| call(&socket, "engine", &key_file, r).expect("request");
+
+    let eth = KeyId::new("wd-eth").expect("id");
+    let sol = KeyId::new("wd-sol").expect("id");
+    let Response::Generated(eth_info) = req(&Request::Generate {
+        key_id: eth.clone(),
+        scheme: Scheme::Secp256k1,
+    }) else {
+        panic!("generate secp256k1");
+    };
+    let Response::Generated(sol_info) = req(&Request::Generate {
+        key_id: sol.clone(),
+        scheme: Scheme::Ed25519,
+    }) else {
+        panic!("generate ed25519");
+    };
+    assert_eq!(eth_info.backend, "pkcs11");
+
+    let digest = keccak256(b"tx");
+    let Response::EcdsaSignature(sig) = req(&Request::SignDigest {
+        key_id: eth.clone(),
+        digest,
+        asset: "ETH".into(),
+        amount: 99,
+        approvals: vec![],
+    }) else {
+        panic!("sign digest");
+    };
+    let (signature, rid) = sig.to_k256().expect("sig");
+    assert!(signature.normalize_s().is_none(), "low-S");
+    let recovered = k256_recover(&digest, &signature, rid).expect("recovers");
+    assert_eq!(
+        molly_hsm_bridge::ecdsa::eth_address(&recovered),
+        eth_info.public_key.eth_address().expect("address")
+    );
+
+    let message = b"solana message".to_vec();
+    let Response::Ed25519Signature(sig) = req(&Request::SignMessage {
+        key_id: sol.clone(),
+        message: message.clone(),
+        asset: "SOL".into(),
+        amount: 1,
+        approvals: vec![],
+    }) else {
+        panic!("sign message");
+    };
+    sol_info
+        .public_key
+        .to_ed25519()
+        .expect("ed25519 key")
+        .verify_strict(&message, &sig.to_dalek())
+        .expect("ed25519 signature verifies");
+
+    let Response::Keys(keys) = req(&Request::List) else {
+        panic!("list");
+    };
+    let ids: Vec<&str> = keys.iter().map(|k| k.id.as_str()).collect();
+    assert_eq!(ids, vec!["wd-eth", "wd-sol"]);
+}
