@@ -184,6 +184,11 @@ async fn ipc_rates(dir: &Path, budget: Duration) -> Result<(f64, f64, f64)> {
 /// Runs every measurement, `seconds` each. SoftHSM2 is required unless
 /// `MOLLY_SKIP_SOFTHSM=1` (then its figures are null).
 pub fn run(seconds: f64) -> Result<SignerBench> {
+    if !(seconds > 0.0 && seconds <= 600.0) {
+        return Err(SignerError::Config(format!(
+            "--seconds must be above 0 and at most 600, got {seconds}"
+        )));
+    }
     let budget = Duration::from_secs_f64(seconds);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

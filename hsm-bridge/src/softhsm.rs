@@ -59,13 +59,13 @@ pub fn process_token() -> Result<&'static SoftHsmToken> {
     TOKEN
         .get_or_init(|| create().map_err(|e| e.to_string()))
         .as_ref()
-        .map_err(|e| SignerError::Keystore(format!("softhsm2 temporary token: {e}")))
+        .map_err(|e| SignerError::Config(format!("softhsm2 temporary token: {e}")))
 }
 
 fn create() -> Result<SoftHsmToken> {
     let module = module_path();
     if !module.exists() {
-        return Err(SignerError::Keystore(format!(
+        return Err(SignerError::Config(format!(
             "softhsm2 module {} not found: install softhsm2 (scripts/setup/softhsm2.sh), \
              set MOLLY_SOFTHSM_MODULE, or set MOLLY_SKIP_SOFTHSM=1 to skip",
             module.display()
@@ -92,7 +92,7 @@ fn create() -> Result<SoftHsmToken> {
         .map_err(ck("list slots"))?
         .into_iter()
         .next()
-        .ok_or_else(|| SignerError::Keystore("softhsm2 offers no free slot".into()))?;
+        .ok_or_else(|| SignerError::Config("softhsm2 offers no free slot".into()))?;
     let so_pin = AuthPin::new(SO_PIN.into());
     ctx.init_token(slot, &so_pin, TOKEN_LABEL)
         .map_err(ck("init token"))?;
@@ -110,7 +110,7 @@ fn create() -> Result<SoftHsmToken> {
         }
     }
     let slot =
-        token_slot.ok_or_else(|| SignerError::Keystore("initialised token vanished".into()))?;
+        token_slot.ok_or_else(|| SignerError::Config("initialised token vanished".into()))?;
     {
         let session = ctx.open_rw_session(slot).map_err(ck("open session"))?;
         session
