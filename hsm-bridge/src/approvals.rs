@@ -444,3 +444,104 @@ impl Policy {
         used.retain(|_, issued| *issued >= horizon);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn approvers(n: u8) -> Vec<(String, ed25519_dalek::SigningKey)> {
+        (1..=n)
+            .map(|i| {
+                (
+                    format!("a{i}"),
+                    ed25519_dalek::SigningKey::from_bytes(&[i; 32]),
+                )
+            })
+            .collect()
+    }
+
+    fn config(approvers: &[(String, ed25519_dalek::SigningKey)], quorum: usize) -> PolicyConfig {
+        let mut keys = BTreeMap::new();
+        keys.insert(
+            KeyId::new("hot").expect("id"),
+            KeyPolicy { tier: Tier::Hot },
+        );
+        PolicyConfig {
+            quorum,
+            approvers: approvers
+                .iter()
+                .map(|(id, k)| ApproverConfig {
+                    id: id.clone(),
+                    public_key: k.verifying_key().to_bytes(),
+                })
+                .collect(),
+            max_approval_age_secs: 100,
+            max_clock_skew_secs: 10,
+            max_remembered_approvals: 4,
+            keys,
+            assets: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn impossible_configurations_are_refused() {
+        let a = approvers(5);
+        assert!(
+            Policy::new(config(&a, 6)).is_err(),
+            "quorum above approvers"
+        );
+        assert!(Policy::new(config(&a, 0)).is_err(), "zero quorum");
+        let mut same_key = config(&a, 3);
+        same_key.approvers[1].public_key = same_key.approvers[0].public_key;
+        assert!(
+            Policy::new(same_key).is_err(),
+            "two approvers sharing a key"
+        );
+        let mut same_id = config(&a, 3);
+        same_id.approvers[1].id = "a1".into();
+        assert!(Policy::new(same_id).is_err(), "approver registered twice");
+        let mut bad_thresholds = config(&a, 3);
+        bad_thresholds.assets.insert(
+            "ETH".into(),
+            Thresholds {
+                level2_from: 10,
+                level3_from: 5,
+            },
+        );
+        assert!(Policy::new(bad_thresholds).is_err());
+        assert!(Policy::new(config(&a, 3)).is_ok());
+    }
+
+    #[test]
+    fn replay_memory_fails_closed_when_full_and_forgets_only_stale_approvals() {
+        let a = approvers(2);
+        let policy = Policy::new(config(&a, 2)).expect("policy");
+        let key = KeyId::new("hot").expect("id");
+        let digest = [1u8; 32];
+        let spend = Spend {
+            key_id: &key,
+            asset: "ETH",
+            amount: 1,
+            digest: &digest,
+        };
+        let now = 1_000_000;
+        let pair = |t| {
+            vec![
+                Approval::sign("a1", &a[0].1, &spend, t),
+                Approval::sign("a2", &a[1].1, &spend, t),
+            ]
+        };
+        // Two quorum-approved spends fill the memory of 4.
+        policy.authorise(&spend, &pair(now), now).expect("first");
+        policy.authorise(&spend, &pair(now), now).expect("second");
+        assert_eq!(
+            policy.authorise(&spend, &pair(now), now),
+            Err(PolicyError::ReplayMemoryFull(4))
+        );
+        // Once the first ones are stale they are forgotten and room appears.
+        let later = now + 200;
+        policy
+            .authorise(&spend, &pair(later), later)
+            .expect("after expiry");
+    }
+}
