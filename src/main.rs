@@ -29,6 +29,9 @@ enum Command {
     /// Chain keys and addresses (`molly wallets derive|xpub|validate|generate`).
     #[command(subcommand)]
     Wallets(cmd::wallets::Command),
+    /// The isolated signer process and its tools (`molly signer serve`, ...).
+    #[command(subcommand)]
+    Signer(cmd::signer::Command),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,5 +41,6 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => cmd::demo::run(args),
         Command::Bench(command) => cmd::bench::run(command),
         Command::Wallets(command) => cmd::wallets::run(command),
+        Command::Signer(command) => cmd::signer::run(command),
     }
 }

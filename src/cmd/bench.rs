@@ -13,6 +13,15 @@ pub enum Command {
     Engine(EngineArgs),
     /// Time to derive and encode N deposit addresses per chain (`<chain>_seconds`).
     Wallets(crate::cmd::wallets::BenchArgs),
+    /// Signer: signatures/s per backend (software, SoftHSM2) and IPC round trip.
+    Signer {
+        /// Write the figures as JSON to this file.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -48,6 +57,15 @@ pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Engine(args) => engine(args),
         Command::Wallets(args) => crate::cmd::wallets::bench(args),
+        Command::Signer { json, seconds } => {
+            let report = molly_hsm_bridge::bench::run(seconds)?;
+            let text = serde_json::to_string_pretty(&report)?;
+            println!("{text}");
+            if let Some(path) = json {
+                std::fs::write(&path, text + "\n")?;
+            }
+            Ok(())
+        }
     }
 }
 
