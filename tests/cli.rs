@@ -64,3 +64,40 @@ fn bad_arguments_are_refused_with_a_message() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("need at least 2 accounts"));
 }
+
+#[test]
+fn bench_shards_writes_a_json_report() {
+    let dir = std::env::temp_dir().join(format!("molly-cli-shards-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("shards.json");
+    let out = molly()
+        .args([
+            "bench",
+            "shards",
+            "--shards",
+            "1,2",
+            "--transfers",
+            "40000",
+            "--accounts",
+            "1000",
+            "--batch",
+            "1000",
+        ])
+        .arg("--data-dir")
+        .arg(&dir)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(report["transfers_per_second"].as_f64().unwrap() > 0.0);
+    assert!(report["p99_batch_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["runs"][1]["scenario"]["shards"], 2);
+    assert_eq!(report["runs"][1]["transfers"], 40_000);
+    assert_eq!(report["runs"][1]["rejected"], 0);
+    // The journals were removed; only the report is left.
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, [std::ffi::OsString::from("shards.json")]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -11,6 +11,9 @@ pub enum Command {
     /// The ledger engine in memory on one core: create_transfers over 10K and
     /// 1M accounts, uniform and Zipf pairs, then lookups.
     Engine(EngineArgs),
+    /// Durable transfers through the pinned shard runtime, in process
+    /// (1 and 2 shards by default), with batch latency percentiles.
+    Shards(ShardsArgs),
     /// Time to derive and encode N deposit addresses per chain (`<chain>_seconds`).
     Wallets(crate::cmd::wallets::BenchArgs),
     /// Signer: signatures/s per backend (software, SoftHSM2) and IPC round trip.
@@ -53,9 +56,96 @@ pub struct EngineArgs {
     no_prefault: bool,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct ShardsArgs {
+    /// Shard counts to run, one run each (default: 1 and 2).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1usize, 2])]
+    shards: Vec<usize>,
+    /// Transfers per run.
+    #[arg(long, default_value_t = 10_000_000)]
+    transfers: u64,
+    /// Accounts over all shards.
+    #[arg(long, default_value_t = 100_000)]
+    accounts: u32,
+    /// Transfers per batch.
+    #[arg(long, default_value_t = 8190)]
+    batch: u32,
+    /// Batches queued per shard at once (more raises throughput and latency:
+    /// a group commit then carries several batches).
+    #[arg(long, default_value_t = 1)]
+    in_flight: usize,
+    /// Directory for the journals (a fresh subdirectory is made and removed).
+    #[arg(long, default_value = "data")]
+    data_dir: PathBuf,
+    /// Do not pin shards to CPUs.
+    #[arg(long)]
+    no_pin: bool,
+    /// Write the figures as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn shards(args: ShardsArgs) -> anyhow::Result<()> {
+    let machine = Machine::detect();
+    println!(
+        "molly bench shards: {} transfers per run, {} accounts, batch {}, {} in flight per shard, journals in {} ({} cpus)",
+        args.transfers,
+        args.accounts,
+        args.batch,
+        args.in_flight,
+        args.data_dir.display(),
+        machine.cpus
+    );
+    let mut reports = Vec::new();
+    for &shards in &args.shards {
+        let scenario = molly_bench::shards::ShardScenario {
+            shards,
+            accounts: args.accounts,
+            transfers: args.transfers,
+            batch: args.batch,
+            in_flight: args.in_flight,
+            data_dir: args.data_dir.clone(),
+            pin: !args.no_pin,
+            seed: 1,
+        };
+        let name = format!("{shards}-shard{}", if shards == 1 { "" } else { "s" });
+        let bar = progress_bar(args.transfers, &name);
+        let report = molly_bench::shards::run(&scenario, |done| bar.set_position(done))?;
+        bar.finish_and_clear();
+        println!(
+            "{name:>14}: {:>10.0} durable transfers/s  batch p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  {:.1} batches/fsync{}",
+            report.transfers_per_second,
+            report.batch_latency.p50_ms,
+            report.batch_latency.p99_ms,
+            report.batch_latency.p999_ms,
+            report.batch_latency.max_ms,
+            report.batches_per_group,
+            if report.rejected > 0 { format!("  ({} REJECTED)", report.rejected) } else { String::new() },
+        );
+        reports.push(report);
+    }
+    if let Some(path) = args.json {
+        let best = reports.last().map_or(0.0, |r| r.transfers_per_second);
+        let p99 = reports.last().map_or(0.0, |r| r.batch_latency.p99_ms);
+        let json = serde_json::json!({
+            "benchmark": "shards",
+            "transfers_per_second": best,
+            "p99_batch_ms": p99,
+            "headline": "the run with the most shards",
+            "runs": reports,
+            "machine": machine,
+        });
+        std::fs::write(&path, serde_json::to_string_pretty(&json)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Engine(args) => engine(args),
+        Command::Shards(args) => shards(args),
         Command::Wallets(args) => crate::cmd::wallets::bench(args),
         Command::Signer { json, seconds } => {
             let report = molly_hsm_bridge::bench::run(seconds)?;

@@ -1,0 +1,227 @@
+//! `molly bench shards`: durable transfers through the pinned shard runtime,
+//! in process (the wire protocol comes later).
+//!
+//! Accounts are partitioned with `shard_for`; every batch holds transfers
+//! between accounts of one shard (cross-shard transfers need the two-phase
+//! protocol, which is not built yet). Batches are generated before the timed
+//! run; a driver thread keeps `in_flight` batches queued per shard, and a
+//! batch's latency runs from its submission to its durable reply.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use molly_engine::{Account, Config, Transfer};
+use molly_shards::durable::Outcome;
+use molly_shards::journal::CommandBuf;
+use molly_shards::runtime::{shard_for, Backpressure, Request, Runtime, RuntimeConfig, WriteReply};
+use rand::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use serde::Serialize;
+
+use crate::report::{latency_histogram, Latency};
+
+/// One run's shape.
+#[derive(Clone, Debug, Serialize)]
+pub struct ShardScenario {
+    /// Shards.
+    pub shards: usize,
+    /// Accounts over all shards.
+    pub accounts: u32,
+    /// Transfers over all shards.
+    pub transfers: u64,
+    /// Transfers per batch.
+    pub batch: u32,
+    /// Batches queued per shard at once.
+    pub in_flight: usize,
+    /// Where the journals go (a fresh subdirectory is made and removed).
+    pub data_dir: PathBuf,
+    /// Pin shards to CPUs.
+    pub pin: bool,
+    /// Workload seed.
+    pub seed: u64,
+}
+
+/// The figures of one run.
+#[derive(Clone, Debug, Serialize)]
+pub struct ShardReport {
+    /// The shape.
+    pub scenario: ShardScenario,
+    /// Transfers acknowledged durable.
+    pub transfers: u64,
+    /// Transfers rejected (0 expected).
+    pub rejected: u64,
+    /// Wall seconds from the first submission to the last reply.
+    pub seconds: f64,
+    /// transfers / seconds.
+    pub transfers_per_second: f64,
+    /// Submission-to-durable-reply latency per batch.
+    pub batch_latency: Latency,
+    /// Journal groups written (one write + one fdatasync each).
+    pub groups: u64,
+    /// Mean batches per group.
+    pub batches_per_group: f64,
+}
+
+fn transfer_results(outcomes: &[Outcome]) -> (u64, u64) {
+    let mut ok = 0;
+    let mut rejected = 0;
+    for outcome in outcomes {
+        if let Outcome::Transfers(results) = outcome {
+            let n = results.iter().filter(|r| r.is_ok()).count() as u64;
+            ok += n;
+            rejected += results.len() as u64 - n;
+        }
+    }
+    (ok, rejected)
+}
+
+/// Runs one scenario on a fresh data directory (removed afterwards).
+pub fn run(scenario: &ShardScenario, mut progress: impl FnMut(u64)) -> anyhow::Result<ShardReport> {
+    ensure!(
+        scenario.shards >= 1 && scenario.batch >= 1 && scenario.in_flight >= 1,
+        "shards, batch and in_flight must be at least 1"
+    );
+    let dir = scenario.data_dir.join(format!("bench-shards-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let per_shard_transfers = scenario.transfers.div_ceil(scenario.shards as u64) + u64::from(scenario.batch);
+    let mut config = RuntimeConfig::new(dir.clone());
+    config.shards = scenario.shards;
+    config.pin = scenario.pin;
+    config.prefault = true;
+    config.inbox_depth = scenario.in_flight.max(16);
+    config.engine = Config {
+        batch_events_max: scenario.batch,
+        accounts_max: scenario.accounts,
+        transfers_max: u32::try_from(per_shard_transfers).context("too many transfers per shard")?,
+        ..Config::default()
+    };
+    let runtime = Runtime::start(config).context("starting the shards")?;
+
+    // Partition the accounts and create them on their shards.
+    let shards = scenario.shards as u32;
+    let mut owned: Vec<Vec<u128>> = vec![Vec::new(); scenario.shards];
+    for id in 1..=u128::from(scenario.accounts) {
+        owned[shard_for(id, shards) as usize].push(id);
+    }
+    for (shard, ids) in owned.iter().enumerate() {
+        ensure!(ids.len() >= 2, "shard {shard} owns fewer than 2 accounts; use more accounts");
+        for chunk in ids.chunks(scenario.batch as usize) {
+            let accounts =
+                chunk.iter().map(|&id| Account { id, ledger: 1, code: 1, ..Account::default() }).collect();
+            runtime
+                .write(shard, vec![CommandBuf::CreateAccounts(accounts)])
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+    }
+
+    // Generate every batch before the clock starts.
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(scenario.seed);
+    let mut queues: Vec<std::collections::VecDeque<Vec<Transfer>>> =
+        vec![Default::default(); scenario.shards];
+    let mut next_id = 1u128;
+    let mut generated = 0u64;
+    let mut shard = 0usize;
+    while generated < scenario.transfers {
+        let size = (scenario.transfers - generated).min(u64::from(scenario.batch));
+        let ids = &owned[shard];
+        let batch: Vec<Transfer> = (0..size)
+            .map(|_| {
+                let debit = ids[rng.random_range(0..ids.len())];
+                let mut credit = ids[rng.random_range(0..ids.len())];
+                while credit == debit {
+                    credit = ids[rng.random_range(0..ids.len())];
+                }
+                let t = Transfer {
+                    id: next_id,
+                    debit_account_id: debit,
+                    credit_account_id: credit,
+                    amount: 1,
+                    ledger: 1,
+                    code: 1,
+                    ..Transfer::default()
+                };
+                next_id += 1;
+                t
+            })
+            .collect();
+        queues[shard].push_back(batch);
+        generated += size;
+        shard = (shard + 1) % scenario.shards;
+    }
+    let groups_before: u64 = runtime.metrics().iter().map(|m| m.groups.get()).sum();
+
+    let mut histogram = latency_histogram();
+    let mut waiting: Vec<Vec<(Instant, Receiver<WriteReply>)>> =
+        (0..scenario.shards).map(|_| Vec::new()).collect();
+    let (mut done, mut rejected, mut batches) = (0u64, 0u64, 0u64);
+    let started = Instant::now();
+    loop {
+        let mut idle = true;
+        for shard in 0..scenario.shards {
+            while waiting[shard].len() < scenario.in_flight {
+                let Some(batch) = queues[shard].pop_front() else { break };
+                let (reply, answer) = sync_channel(1);
+                match runtime.submit(
+                    shard,
+                    Request::Write { commands: vec![CommandBuf::CreateTransfers(batch)], reply },
+                ) {
+                    Ok(()) => waiting[shard].push((Instant::now(), answer)),
+                    Err(Backpressure(Request::Write { mut commands, .. })) => {
+                        if let Some(CommandBuf::CreateTransfers(batch)) = commands.pop() {
+                            queues[shard].push_front(batch);
+                        }
+                        break;
+                    }
+                    Err(Backpressure(_)) => unreachable!("a write was submitted"),
+                }
+                idle = false;
+            }
+            let mut i = 0;
+            while i < waiting[shard].len() {
+                match waiting[shard][i].1.try_recv() {
+                    Ok(reply) => {
+                        let (submitted, _) = waiting[shard].swap_remove(i);
+                        histogram.record(submitted.elapsed().as_nanos().max(1) as u64)?;
+                        let outcomes = reply.map_err(|e| anyhow::anyhow!("shard {shard}: {e}"))?;
+                        let (ok, bad) = transfer_results(&outcomes);
+                        done += ok + bad;
+                        rejected += bad;
+                        batches += 1;
+                        idle = false;
+                    }
+                    Err(std::sync::mpsc::TryRecvError::Empty) => i += 1,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => bail!("shard {shard} stopped"),
+                }
+            }
+        }
+        progress(done);
+        if done >= scenario.transfers {
+            break;
+        }
+        if idle {
+            std::thread::sleep(Duration::from_micros(20));
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let groups: u64 = runtime.metrics().iter().map(|m| m.groups.get()).sum::<u64>() - groups_before;
+    for shard in 0..scenario.shards {
+        let stats = runtime.stats(shard).context("shard stats")?;
+        if let Err(violation) = stats.invariants {
+            bail!("shard {shard}: invariant broken after the run: {violation}");
+        }
+    }
+    drop(runtime);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(ShardReport {
+        scenario: scenario.clone(),
+        transfers: done,
+        rejected,
+        seconds,
+        transfers_per_second: done as f64 / seconds,
+        batch_latency: Latency::from_ns(&histogram),
+        groups,
+        batches_per_group: batches as f64 / groups.max(1) as f64,
+    })
+}
