@@ -225,6 +225,7 @@ impl Runtime {
             };
             let context = ShardContext {
                 shard,
+                shards: config.shards as u32,
                 dir: config.data_dir.join(format!("shard-{shard}")),
                 engine: config.engine.clone(),
                 group_bytes_max: config.group_bytes_max,
@@ -357,6 +358,7 @@ impl Drop for Runtime {
 
 struct ShardContext {
     shard: usize,
+    shards: u32,
     dir: PathBuf,
     engine: Config,
     group_bytes_max: usize,
@@ -428,6 +430,10 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
                 Request::Write { commands, reply } => {
                     if let Some(reason) = &failed {
                         let _ = reply.send(Err(ShardError::Failed { shard, reason: reason.clone() }));
+                        continue;
+                    }
+                    if let Err(reason) = check_ownership(&commands, shard, context.shards) {
+                        let _ = reply.send(Err(ShardError::Refused(reason)));
                         continue;
                     }
                     let borrowed: Vec<Command<'_>> = commands.iter().map(CommandBuf::as_command).collect();
@@ -529,6 +535,45 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
         }
     }
     let _ = file.close().await;
+}
+
+/// Every account a write names must live on this shard (`shard_for`); a
+/// misrouted request is refused whole, before anything is journaled. Post
+/// and void name their pending transfer, which the engine finds locally.
+fn check_ownership(commands: &[CommandBuf], shard: usize, shards: u32) -> Result<(), String> {
+    if shards == 1 {
+        return Ok(());
+    }
+    let owned = |id: u128| id == 0 || shard_for(id, shards) as usize == shard;
+    for command in commands {
+        match command {
+            CommandBuf::Tick { .. } => {}
+            CommandBuf::CreateAccounts(accounts) => {
+                if let Some(a) = accounts.iter().find(|a| !owned(a.id)) {
+                    return Err(format!(
+                        "account {} belongs to shard {}, not {shard}",
+                        a.id,
+                        shard_for(a.id, shards)
+                    ));
+                }
+            }
+            CommandBuf::CreateTransfers(transfers) => {
+                for t in transfers {
+                    for id in [t.debit_account_id, t.credit_account_id] {
+                        if !owned(id) {
+                            return Err(format!(
+                                "transfer {} names account {id}, which belongs to shard {}, not {shard} \
+                                 (cross-shard transfers are not supported yet)",
+                                t.id,
+                                shard_for(id, shards)
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn stats(shard: usize, engine: &Engine) -> ShardStats {

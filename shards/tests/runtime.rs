@@ -197,3 +197,26 @@ fn a_corrupt_journal_stops_start_up_with_the_file_and_offset() {
     );
     assert!(err.contains(&journal.display().to_string()), "{err}");
 }
+
+#[test]
+fn a_misrouted_request_is_refused_whole() {
+    let dir = TempDir::new("routing");
+    let runtime = Runtime::start(config(&dir, 2)).unwrap();
+    let owned = by_shard(20, 2);
+    let (mine, theirs) = (owned[0][0], owned[1][0]);
+    // An account created on the wrong shard.
+    let err =
+        runtime.write(0, vec![CommandBuf::CreateAccounts(vec![account(mine), account(theirs)])]).unwrap_err();
+    assert!(
+        matches!(&err, ShardError::Refused(m) if m.contains(&format!("account {theirs} belongs to shard 1"))),
+        "{err}"
+    );
+    assert_eq!(runtime.stats(0).unwrap().accounts, 0, "nothing of the refused request applied");
+    // A transfer naming an account of the other shard.
+    runtime.write(0, vec![CommandBuf::CreateAccounts(vec![account(mine)])]).unwrap();
+    runtime.write(1, vec![CommandBuf::CreateAccounts(vec![account(theirs)])]).unwrap();
+    let err =
+        runtime.write(0, vec![CommandBuf::CreateTransfers(vec![transfer(1, mine, theirs, 5)])]).unwrap_err();
+    assert!(matches!(&err, ShardError::Refused(m) if m.contains("cross-shard")), "{err}");
+    assert_eq!(runtime.stats(0).unwrap().transfers, 0);
+}
