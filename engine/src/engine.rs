@@ -141,6 +141,41 @@ pub enum InvariantViolation {
     Index(&'static str),
 }
 
+/// The state that defines an engine (see [`Engine::export`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineState {
+    /// Accounts, in creation order.
+    pub accounts: Vec<Account>,
+    /// Transfers, in creation order.
+    pub transfers: Vec<Transfer>,
+    /// One [`TransferState`] (as u8) per transfer.
+    pub transfer_states: Vec<u8>,
+    /// Balance history of `history` accounts: (account slot, points).
+    pub balances: Vec<(u32, Vec<AccountBalance>)>,
+    /// Logical time.
+    pub clock_ns: u64,
+    /// The last timestamp given.
+    pub timestamp_last: u64,
+}
+
+/// Why an exported state cannot become an engine.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ImportError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// More accounts or transfers than the configuration holds.
+    #[error("the state holds more accounts or transfers than the configured limits")]
+    OverLimits,
+    /// The records contradict each other.
+    #[error("malformed state: {0}")]
+    Malformed(&'static str),
+    /// The records are consistent but break an invariant.
+    #[error("state breaks an invariant: {0}")]
+    Invariant(InvariantViolation),
+}
+
 /// Per-ledger totals, as [`Engine::ledger_totals`] reports them.
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct LedgerTotals {
@@ -1068,6 +1103,102 @@ impl Engine {
         self.account_index.prefault();
         self.transfer_index.prefault();
         self.account_transfers.prefault();
+    }
+
+    // ------------------------------------------------------------------
+    // Snapshots.
+
+    /// Everything that defines the engine's state, for a snapshot. Indexes,
+    /// per-account lists and the expiry queue are derived, so not included.
+    pub fn export(&self) -> EngineState {
+        EngineState {
+            accounts: self.accounts.clone(),
+            transfers: self.transfers.clone(),
+            transfer_states: self.transfer_states.iter().map(|s| *s as u8).collect(),
+            balances: self
+                .account_balances
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| !b.is_empty())
+                .map(|(slot, b)| (slot as u32, b.clone()))
+                .collect(),
+            clock_ns: self.clock_ns,
+            timestamp_last: self.timestamp_last,
+        }
+    }
+
+    /// Rebuilds an engine from an exported state, re-deriving its indexes,
+    /// and refuses a state that breaks any limit or invariant (a snapshot
+    /// that passed its checksum but is still wrong never becomes balances).
+    pub fn import(config: Config, state: EngineState) -> Result<Self, ImportError> {
+        let mut engine = Self::new(config)?;
+        if state.accounts.len() > engine.config.accounts_max as usize
+            || state.transfers.len() > engine.config.transfers_max as usize
+        {
+            return Err(ImportError::OverLimits);
+        }
+        if state.transfer_states.len() != state.transfers.len() {
+            return Err(ImportError::Malformed("one state per transfer"));
+        }
+        for (slot, account) in state.accounts.iter().enumerate() {
+            if account.id == 0 || account.id == u128::MAX || engine.account_slot(account.id).is_some() {
+                return Err(ImportError::Malformed("account ids are valid and unique"));
+            }
+            engine.accounts.push(*account);
+            engine.account_index.insert_new(account.id, slot as u32);
+            engine.account_transfers.push_list();
+            engine.account_balances.push(Vec::new());
+        }
+        for (slot, (transfer, &state_byte)) in state.transfers.iter().zip(&state.transfer_states).enumerate()
+        {
+            let transfer_state = match state_byte {
+                0 => TransferState::Final,
+                1 => TransferState::Pending,
+                2 => TransferState::Posted,
+                3 => TransferState::Voided,
+                4 => TransferState::Expired,
+                _ => return Err(ImportError::Malformed("transfer states are 0..=4")),
+            };
+            let pending = transfer.flags.contains(TransferFlags::PENDING);
+            if pending == (transfer_state == TransferState::Final) {
+                return Err(ImportError::Malformed("only pending transfers have a pending state"));
+            }
+            if transfer.id == 0 || transfer.id == u128::MAX || engine.transfer_slot(transfer.id).is_some() {
+                return Err(ImportError::Malformed("transfer ids are valid and unique"));
+            }
+            let (Some(dr), Some(cr)) = (
+                engine.account_slot(transfer.debit_account_id),
+                engine.account_slot(transfer.credit_account_id),
+            ) else {
+                return Err(ImportError::Malformed("transfers name existing accounts"));
+            };
+            engine.transfers.push(*transfer);
+            engine.transfer_states.push(transfer_state);
+            engine.transfer_index.insert_new(transfer.id, slot as u32);
+            engine.account_transfers.push(dr, slot as u32);
+            engine.account_transfers.push(cr, slot as u32);
+            if transfer_state == TransferState::Pending && transfer.timeout != 0 {
+                let expires_at = transfer
+                    .timestamp
+                    .checked_add(u64::from(transfer.timeout) * NS_PER_S)
+                    .ok_or(ImportError::Malformed("pending timeouts fit in u64"))?;
+                engine.expiries.push(Reverse((expires_at, slot as u32)));
+            }
+        }
+        for (slot, balances) in state.balances {
+            let account =
+                engine.accounts.get(slot as usize).ok_or(ImportError::Malformed("balances name accounts"))?;
+            if !account.flags.contains(AccountFlags::HISTORY)
+                || !balances.windows(2).all(|w| w[0].timestamp < w[1].timestamp)
+            {
+                return Err(ImportError::Malformed("balance history belongs to history accounts, in order"));
+            }
+            engine.account_balances[slot as usize] = balances;
+        }
+        engine.clock_ns = state.clock_ns.min(CLOCK_NS_MAX);
+        engine.timestamp_last = state.timestamp_last;
+        engine.check_invariants().map_err(ImportError::Invariant)?;
+        Ok(engine)
     }
 
     // ------------------------------------------------------------------

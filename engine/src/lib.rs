@@ -75,7 +75,8 @@ pub mod types;
 pub use asset::{Asset, AssetError, AssetRegistry, Chain};
 pub use config::{Config, ConfigError};
 pub use engine::{
-    BatchError, Engine, InvariantViolation, LedgerTotals, QueryError, TransferState, CLOCK_NS_MAX,
+    BatchError, Engine, EngineState, ImportError, InvariantViolation, LedgerTotals, QueryError,
+    TransferState, CLOCK_NS_MAX,
 };
 pub use index::IdIndex;
 pub use result::{CreateAccountResult, CreateTransferResult};

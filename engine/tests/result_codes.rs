@@ -518,3 +518,30 @@ fn batches_over_the_limit_apply_nothing() {
     assert!(engine.accounts().is_empty());
     assert!(engine.lookup_accounts(&[1, 2, 3], &mut Vec::new()).is_err());
 }
+
+#[test]
+fn import_refuses_inconsistent_states() {
+    let mut engine = engine_with_accounts(&[account(1, ETH, AF::NONE), account(2, ETH, AF::NONE)]);
+    run_transfers(&mut engine, &[(transfer(1, 1, 2, 10), TR::Ok), (pending(2, 1, 2, 5, 0), TR::Ok)]);
+    let good = engine.export();
+    assert!(Engine::import(Config::default(), good.clone()).is_ok());
+    // A balance changed behind the journal's back: debits no longer equal credits.
+    let mut bad = good.clone();
+    bad.accounts[0].debits_posted += 1;
+    assert!(matches!(Engine::import(Config::default(), bad), Err(molly_engine::ImportError::Invariant(_))));
+    // A transfer naming a missing account.
+    let mut bad = good.clone();
+    bad.transfers[0].credit_account_id = 99;
+    assert!(matches!(Engine::import(Config::default(), bad), Err(molly_engine::ImportError::Malformed(_))));
+    // A plain transfer marked pending; a duplicate id; limits.
+    let mut bad = good.clone();
+    bad.transfer_states[0] = 1;
+    assert!(Engine::import(Config::default(), bad).is_err());
+    let mut bad = good.clone();
+    bad.transfers[1].id = 1;
+    assert!(Engine::import(Config::default(), bad).is_err());
+    assert_eq!(
+        Engine::import(Config { transfers_max: 1, ..Config::default() }, good).unwrap_err(),
+        molly_engine::ImportError::OverLimits
+    );
+}
