@@ -57,6 +57,21 @@ pub enum DurableError {
     /// The engine configuration is invalid.
     #[error("engine configuration: {0}")]
     Config(#[from] molly_engine::ConfigError),
+    /// A snapshot claims more journal than the file holds.
+    #[error("snapshot {snapshot} stands at journal offset {offset}, but {journal} is only {len} bytes long")]
+    SnapshotBeyondJournal {
+        /// The snapshot.
+        snapshot: PathBuf,
+        /// Its journal offset.
+        offset: u64,
+        /// The journal.
+        journal: PathBuf,
+        /// The journal's length.
+        len: u64,
+    },
+    /// Writing a snapshot failed.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
     /// A batch is over the engine's limit: nothing was journaled or applied.
     #[error(transparent)]
     Batch(#[from] BatchError),
@@ -71,9 +86,13 @@ pub enum DurableError {
 }
 
 /// What recovery did on open.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecoveryReport {
-    /// The scan's findings.
+    /// The snapshot loaded, if any (the journal is replayed after it).
+    pub snapshot: Option<PathBuf>,
+    /// Snapshots skipped as unusable, newest first, with the reason.
+    pub snapshots_skipped: Vec<(PathBuf, String)>,
+    /// The scan's findings (of the journal after the snapshot).
     pub scan: ScanEnd,
     /// Bytes cut from a torn tail.
     pub truncated_bytes: u64,
@@ -110,6 +129,13 @@ impl JournalWriter {
     /// The sequence the next entry gets.
     pub fn next_sequence(&self) -> u64 {
         self.next_sequence + self.staged
+    }
+
+    /// Where the next group will be written; with nothing staged, the
+    /// journal position a snapshot taken now stands at.
+    pub fn position(&self) -> crate::snapshot::Position {
+        assert_eq!(self.staged, 0, "a snapshot position is between groups");
+        crate::snapshot::Position { next_sequence: self.next_sequence, journal_offset: self.write_offset }
     }
 
     /// Checks that `commands` are within the batch limit and fit one group
@@ -199,15 +225,41 @@ pub fn recover(dir: &Path, config: Config, group_bytes_max: usize) -> Result<Rec
 
     let batch_events_max = config.batch_events_max as usize;
     let body_len_max = (batch_events_max * journal::RECORD_SIZE) as u32;
-    let mut engine = Engine::new(config)?;
+    let loaded = crate::snapshot::load_newest(dir, &config);
+    let (mut engine, start, snapshot) = match loaded.used {
+        Some((engine, position, path)) => (engine, position, Some(path)),
+        None => {
+            (Engine::new(config)?, crate::snapshot::Position { next_sequence: 1, journal_offset: 0 }, None)
+        }
+    };
+    let len = file.metadata().map_err(io_error(&path, "reading the journal's length"))?.len();
+    // A snapshot stands at a sector boundary; the journal may end short of it
+    // only by the zero padding an earlier recovery cut.
+    if start.journal_offset > len.next_multiple_of(journal::SECTOR_SIZE as u64) {
+        return Err(DurableError::SnapshotBeyondJournal {
+            snapshot: snapshot.unwrap_or_default(),
+            offset: start.journal_offset,
+            journal: path,
+            len,
+        });
+    }
     let mut scratch = Vec::new();
     let name = path.display().to_string();
-    let scan = journal::scan(&name, &file, 0, 1, body_len_max, |_, command| {
-        apply(&mut engine, &command.as_command(), &mut scratch)
-            .expect("journaled batches are within the limits they were checked against");
-    })?;
-    let len = file.metadata().map_err(io_error(&path, "reading the journal's length"))?.len();
-    let truncated_bytes = len - scan.valid_end;
+    let scan = if start.journal_offset >= len {
+        ScanEnd {
+            valid_end: start.journal_offset,
+            next_sequence: start.next_sequence,
+            entries: 0,
+            reason: journal::StopReason::EndOfFile,
+            torn_tail: false,
+        }
+    } else {
+        journal::scan(&name, &file, start.journal_offset, start.next_sequence, body_len_max, |_, command| {
+            apply(&mut engine, &command.as_command(), &mut scratch)
+                .expect("journaled batches are within the limits they were checked against");
+        })?
+    };
+    let truncated_bytes = len.saturating_sub(scan.valid_end);
     if truncated_bytes > 0 {
         file.set_len(scan.valid_end).map_err(io_error(&path, "cutting the torn tail"))?;
         file.sync_all().map_err(io_error(&path, "syncing the cut journal"))?;
@@ -217,7 +269,13 @@ pub fn recover(dir: &Path, config: Config, group_bytes_max: usize) -> Result<Rec
         writer: JournalWriter::new(scan.valid_end, scan.next_sequence, group_bytes_max, batch_events_max),
         file,
         path,
-        report: RecoveryReport { scan, truncated_bytes, micros: started.elapsed().as_micros() },
+        report: RecoveryReport {
+            snapshot,
+            snapshots_skipped: loaded.skipped,
+            scan,
+            truncated_bytes,
+            micros: started.elapsed().as_micros(),
+        },
     })
 }
 
@@ -244,8 +302,15 @@ impl DurableLedger {
     }
 
     /// What recovery did when this ledger was opened.
-    pub fn recovery(&self) -> RecoveryReport {
-        self.recovery
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// Writes a snapshot of the engine at the journal's current position
+    /// (recovery then replays only what follows it).
+    pub fn snapshot(&self) -> Result<PathBuf, DurableError> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        Ok(crate::snapshot::write(dir, self.writer.position(), &self.engine.export())?)
     }
 
     /// The sequence the next journal entry gets.

@@ -41,3 +41,4 @@ pub mod durable;
 pub mod journal;
 pub mod metrics;
 pub mod runtime;
+pub mod snapshot;

@@ -30,6 +30,10 @@ pub struct ShardMetrics {
     pub inbox_depth: IntGauge,
     /// How long recovery took at start.
     pub recovery_seconds: Gauge,
+    /// Snapshots written.
+    pub snapshots: IntCounter,
+    /// How long the last snapshot took.
+    pub snapshot_seconds: Gauge,
 }
 
 impl ShardMetrics {
@@ -70,6 +74,12 @@ impl ShardMetrics {
                 "Time the shard's journal recovery took at start.",
             ))
             .expect("valid gauge"),
+            snapshots: counter("molly_snapshots_total", "Snapshots written."),
+            snapshot_seconds: Gauge::with_opts(opts(
+                "molly_snapshot_seconds",
+                "How long the last snapshot took.",
+            ))
+            .expect("valid gauge"),
         }
     }
 
@@ -84,6 +94,8 @@ impl ShardMetrics {
         registry.register(Box::new(self.batch_seconds.clone()))?;
         registry.register(Box::new(self.inbox_depth.clone()))?;
         registry.register(Box::new(self.recovery_seconds.clone()))?;
+        registry.register(Box::new(self.snapshots.clone()))?;
+        registry.register(Box::new(self.snapshot_seconds.clone()))?;
         Ok(())
     }
 

@@ -49,7 +49,12 @@ pub struct RuntimeConfig {
     pub idle_sleep: Duration,
     /// Touch the engine's reserved memory at start (see `Engine::prefault`).
     pub prefault: bool,
+    /// Write a snapshot after this many journal bytes (0: only at shutdown).
+    pub snapshot_every_bytes: u64,
 }
+
+/// Default journal bytes between snapshots: 1 GiB.
+pub const SNAPSHOT_EVERY_BYTES_DEFAULT: u64 = 1 << 30;
 
 impl RuntimeConfig {
     /// Defaults for `data_dir`.
@@ -63,6 +68,7 @@ impl RuntimeConfig {
             pin: true,
             idle_sleep: Duration::from_micros(50),
             prefault: false,
+            snapshot_every_bytes: SNAPSHOT_EVERY_BYTES_DEFAULT,
         }
     }
 }
@@ -231,6 +237,7 @@ impl Runtime {
                 group_bytes_max: config.group_bytes_max,
                 idle_sleep: config.idle_sleep,
                 prefault: config.prefault,
+                snapshot_every_bytes: config.snapshot_every_bytes,
                 inbox: inbox.clone(),
                 stop: stop.clone(),
                 metrics: metrics.clone(),
@@ -364,6 +371,7 @@ struct ShardContext {
     group_bytes_max: usize,
     idle_sleep: Duration,
     prefault: bool,
+    snapshot_every_bytes: u64,
     inbox: Arc<ArrayQueue<Request>>,
     stop: Arc<AtomicBool>,
     metrics: Arc<ShardMetrics>,
@@ -417,6 +425,17 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
         }
     };
     context.metrics.recovery_seconds.set(report.micros as f64 / 1e6);
+    let snapshot_dir = context.dir.clone();
+    let take_snapshot = |engine: &Engine, writer: &crate::durable::JournalWriter| {
+        let started = Instant::now();
+        let written = crate::snapshot::write(&snapshot_dir, writer.position(), &engine.export());
+        context.metrics.snapshot_seconds.set(started.elapsed().as_secs_f64());
+        if written.is_ok() {
+            context.metrics.snapshots.inc();
+        }
+        written
+    };
+    let mut bytes_since_snapshot = 0u64;
     let _ = ready.send(Ok(report));
 
     let mut group: Vec<Pending> = Vec::new();
@@ -506,6 +525,7 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
         match durable {
             Ok(()) => {
                 writer.committed();
+                bytes_since_snapshot += bytes as u64;
                 context.metrics.groups.inc();
                 context.metrics.journal_bytes.inc_by(bytes as u64);
                 for pending in group.drain(..) {
@@ -522,6 +542,12 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
                         let _ = pending.reply.send(Ok(outcomes));
                     }
                 }
+                if context.snapshot_every_bytes > 0 && bytes_since_snapshot >= context.snapshot_every_bytes {
+                    // A failed snapshot only costs recovery time: the journal has everything.
+                    if take_snapshot(&engine, &writer).is_ok() {
+                        bytes_since_snapshot = 0;
+                    }
+                }
             }
             Err(reason) => {
                 // After a failed write or fdatasync the file's state is unknown:
@@ -535,6 +561,10 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
         }
     }
     let _ = file.close().await;
+    if failed.is_none() {
+        // A clean stop leaves a snapshot at the journal's end: the next start replays nothing.
+        let _ = take_snapshot(&engine, &writer);
+    }
 }
 
 /// Every account a write names must live on this shard (`shard_for`); a

@@ -291,3 +291,68 @@ fn a_batch_over_the_limit_writes_nothing() {
     let err = small.execute(&vec![Command::CreateAccounts(&accounts[..4]); 10]).unwrap_err();
     assert!(matches!(err, DurableError::GroupTooLarge { .. }), "{err}");
 }
+
+#[test]
+fn a_snapshot_bounds_replay_and_a_broken_one_is_skipped() {
+    let dir = TempDir::new("snapshot");
+    let groups = workload(13, 20);
+    let all: Vec<CommandBuf> = groups.concat();
+    let (first_snapshot, second_snapshot);
+    {
+        let mut ledger = open(&dir.0).unwrap();
+        for group in &groups[..8] {
+            run(&mut ledger, group);
+        }
+        first_snapshot = ledger.snapshot().unwrap();
+        for group in &groups[8..14] {
+            run(&mut ledger, group);
+        }
+        second_snapshot = ledger.snapshot().unwrap();
+        for group in &groups[14..] {
+            run(&mut ledger, group);
+        }
+    }
+    let tail: usize = groups[14..].iter().map(Vec::len).sum();
+    let ledger = open(&dir.0).unwrap();
+    let report = ledger.recovery();
+    assert_eq!(report.snapshot.as_ref(), Some(&second_snapshot));
+    assert_eq!(report.scan.entries as usize, tail, "only the journal after the snapshot is replayed");
+    assert_is_prefix(&ledger, &all, all.len());
+    drop(ledger);
+
+    // Corrupt the newest snapshot: it is skipped for the older one, with the same result.
+    let mut bytes = std::fs::read(&second_snapshot).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&second_snapshot, &bytes).unwrap();
+    let ledger = open(&dir.0).unwrap();
+    let report = ledger.recovery();
+    assert_eq!(report.snapshot.as_ref(), Some(&first_snapshot));
+    assert_eq!(report.snapshots_skipped.len(), 1);
+    assert!(report.snapshots_skipped[0].1.contains("checksum"), "{:?}", report.snapshots_skipped);
+    assert_is_prefix(&ledger, &all, all.len());
+    drop(ledger);
+
+    // Truncate the older one too: full replay from the journal, still exact.
+    let len = std::fs::metadata(&first_snapshot).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&first_snapshot).unwrap().set_len(len / 3).unwrap();
+    let ledger = open(&dir.0).unwrap();
+    assert_eq!(ledger.recovery().snapshot, None);
+    assert_eq!(ledger.recovery().snapshots_skipped.len(), 2);
+    assert_eq!(ledger.recovery().scan.entries as usize, all.len());
+    assert_is_prefix(&ledger, &all, all.len());
+}
+
+#[test]
+fn snapshots_keep_the_newest_two() {
+    let dir = TempDir::new("keep");
+    let mut ledger = open(&dir.0).unwrap();
+    for group in workload(17, 4) {
+        run(&mut ledger, &group);
+        ledger.snapshot().unwrap();
+    }
+    let kept = molly_shards::snapshot::list(&dir.0);
+    assert_eq!(kept.len(), molly_shards::snapshot::KEEP);
+    // Named by journal sequence: the newest is the last position.
+    assert!(kept[1].to_string_lossy().contains(&format!("{:020}", ledger.next_sequence())));
+}

@@ -76,6 +76,8 @@ pub struct ServeSection {
     pub idle_sleep_us: u64,
     /// Touch the engine's reserved memory at start.
     pub prefault: bool,
+    /// Journal bytes between snapshots (0: only at shutdown).
+    pub snapshot_every_bytes: u64,
 }
 
 /// `[engine]`.
@@ -103,6 +105,7 @@ impl Default for ServeSection {
             group_bytes_max: molly_shards::durable::GROUP_BYTES_MAX_DEFAULT,
             idle_sleep_us: 50,
             prefault: false,
+            snapshot_every_bytes: molly_shards::runtime::SNAPSHOT_EVERY_BYTES_DEFAULT,
         }
     }
 }
@@ -154,6 +157,7 @@ impl ServeConfig {
         runtime.group_bytes_max = self.serve.group_bytes_max;
         runtime.idle_sleep = Duration::from_micros(self.serve.idle_sleep_us);
         runtime.prefault = self.serve.prefault;
+        runtime.snapshot_every_bytes = self.serve.snapshot_every_bytes;
         runtime.engine = molly_engine::Config {
             batch_events_max: self.engine.batch_events_max,
             accounts_max: self.engine.accounts_max,
@@ -188,8 +192,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let runtime = Runtime::start(runtime_config.clone()).context("starting the shards")?;
     for (shard, report) in runtime.recoveries().iter().enumerate() {
+        for (path, reason) in &report.snapshots_skipped {
+            tracing::warn!(shard, snapshot = %path.display(), reason, "snapshot skipped");
+        }
         tracing::info!(
             shard,
+            snapshot = report.snapshot.as_ref().map_or("none".to_string(), |p| p.display().to_string()),
             entries = report.scan.entries,
             torn_tail = report.scan.torn_tail,
             truncated_bytes = report.truncated_bytes,
