@@ -11,20 +11,13 @@ use std::time::{Duration, Instant};
 use molly_engine::{Config, TransferFlags};
 use molly_shards::durable::{DurableLedger, GROUP_BYTES_MAX_DEFAULT};
 
-struct TempDir(PathBuf);
+/// A fresh directory, removed on drop (`.0` is its path).
+struct TempDir(PathBuf, #[allow(dead_code)] tempfile::TempDir);
 
 impl TempDir {
     fn new(name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("molly-serve-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let dir = tempfile::Builder::new().prefix(&format!("molly-{name}-")).tempdir().unwrap();
+        Self(dir.path().to_path_buf(), dir)
     }
 }
 

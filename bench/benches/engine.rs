@@ -6,7 +6,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use molly_engine::{Account, Config, Engine, Transfer};
+use molly_engine::{Config, Engine, Transfer};
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -23,14 +23,7 @@ fn engine(accounts: u32) -> Engine {
     })
     .unwrap();
     engine.prefault();
-    let mut results = Vec::new();
-    for chunk in (1..=accounts).collect::<Vec<_>>().chunks(BATCH) {
-        let batch: Vec<Account> = chunk
-            .iter()
-            .map(|&id| Account { id: u128::from(id), ledger: 1, code: 1, ..Account::default() })
-            .collect();
-        engine.create_accounts(&batch, &mut results).unwrap();
-    }
+    molly_bench::engine::create_accounts(&mut engine, accounts, BATCH as u32).unwrap();
     engine
 }
 

@@ -76,7 +76,7 @@ pub struct TransferReport {
 
 /// Account ids are 1..=accounts; ledger 1 (ETH), code 1, no balance limits
 /// (the common ledger benchmark shape).
-fn create_accounts(engine: &mut Engine, accounts: u32, batch: u32) -> anyhow::Result<()> {
+pub fn create_accounts(engine: &mut Engine, accounts: u32, batch: u32) -> anyhow::Result<()> {
     let mut results = Vec::new();
     let mut next = 1u32;
     while next <= accounts {

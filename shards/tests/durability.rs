@@ -11,23 +11,13 @@ use molly_shards::durable::{
 };
 use molly_shards::journal::{Command, CommandBuf, JournalError, StopReason, SECTOR_SIZE};
 
-struct TempDir(PathBuf);
+/// A fresh directory, removed on drop (`.0` is its path).
+struct TempDir(PathBuf, #[allow(dead_code)] tempfile::TempDir);
 
 impl TempDir {
     fn new(name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "molly-{name}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let dir = tempfile::Builder::new().prefix(&format!("molly-{name}-")).tempdir().unwrap();
+        Self(dir.path().to_path_buf(), dir)
     }
 }
 

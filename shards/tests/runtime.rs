@@ -10,19 +10,13 @@ use molly_shards::durable::Outcome;
 use molly_shards::journal::CommandBuf;
 use molly_shards::runtime::{shard_for, Backpressure, Request, Runtime, RuntimeConfig, ShardError};
 
-struct TempDir(PathBuf);
+/// A fresh directory, removed on drop (`.0` is its path).
+struct TempDir(PathBuf, #[allow(dead_code)] tempfile::TempDir);
 
 impl TempDir {
     fn new(name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("molly-rt-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let dir = tempfile::Builder::new().prefix(&format!("molly-{name}-")).tempdir().unwrap();
+        Self(dir.path().to_path_buf(), dir)
     }
 }
 
