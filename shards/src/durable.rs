@@ -139,7 +139,7 @@ impl JournalWriter {
     }
 
     /// Checks that `commands` are within the batch limit and fit one group
-    /// on their own; returns the bytes they take.
+    /// on their own (with room for a tick); returns the bytes they take.
     pub fn check(&self, commands: &[Command<'_>]) -> Result<usize, DurableError> {
         let mut bytes = 0;
         for command in commands {
@@ -153,8 +153,11 @@ impl JournalWriter {
             }
             bytes += GroupBuffer::entry_size(command);
         }
-        if bytes > self.group.capacity() {
-            return Err(DurableError::GroupTooLarge { bytes, max: self.group.capacity() });
+        // Room is kept for the tick entry a group may start with, so any
+        // request that passes fits an empty group.
+        let max = self.group.capacity() - journal::HEADER_SIZE;
+        if bytes > max {
+            return Err(DurableError::GroupTooLarge { bytes, max });
         }
         Ok(bytes)
     }

@@ -346,9 +346,10 @@ impl Runtime {
         }
     }
 
-    /// Stops the shards: each finishes the group in flight, answers what it
-    /// took, and exits. Requests still queued are dropped unanswered (their
-    /// callers see the shard stop).
+    /// Stops the shards: each answers everything already queued in its
+    /// inbox, writes a snapshot, and exits. Requests submitted after the
+    /// shard has exited are never answered (their callers see the reply
+    /// channel close).
     pub fn shutdown(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         for thread in self.threads.drain(..) {
@@ -463,8 +464,10 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
                             continue;
                         }
                     };
-                    // Room for these and for a tick.
-                    if !writer.has_room(bytes + crate::journal::HEADER_SIZE) {
+                    // Room for these, and for a tick if they open the group
+                    // (`check` guarantees both fit an empty group).
+                    let tick_room = if writer.is_empty() { crate::journal::HEADER_SIZE } else { 0 };
+                    if !writer.has_room(bytes + tick_room) {
                         carry = Some(Request::Write { commands, reply });
                         break;
                     }

@@ -224,3 +224,24 @@ fn a_misrouted_request_is_refused_whole() {
     assert!(matches!(&err, ShardError::Refused(m) if m.contains("cross-shard")), "{err}");
     assert_eq!(runtime.stats(0).unwrap().transfers, 0);
 }
+
+#[test]
+fn a_request_that_fills_a_whole_group_is_refused_not_stuck() {
+    let dir = TempDir::new("full-group");
+    let mut cfg = config(&dir, 1);
+    // One sector per group.
+    cfg.group_bytes_max = 4096;
+    let runtime = Runtime::start(cfg).unwrap();
+    let fits: Vec<Account> = (1..=30u128).map(account).collect();
+    runtime.write(0, vec![CommandBuf::CreateAccounts(fits)]).unwrap();
+    // Two entries of 16 and 15 records: 2 × 64 + 31 × 128 = 4096 bytes, the whole
+    // group, leaving no room for the tick a group starts with. Refused, where
+    // it once waited forever for a group with room.
+    let first: Vec<Account> = (100..116u128).map(account).collect();
+    let second: Vec<Account> = (116..131u128).map(account).collect();
+    let err = runtime
+        .write(0, vec![CommandBuf::CreateAccounts(first), CommandBuf::CreateAccounts(second)])
+        .unwrap_err();
+    assert!(matches!(&err, ShardError::Refused(m) if m.contains("over the group limit")), "{err}");
+    assert_eq!(runtime.stats(0).unwrap().accounts, 30);
+}
