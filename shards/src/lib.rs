@@ -41,4 +41,5 @@ pub mod durable;
 pub mod journal;
 pub mod metrics;
 pub mod runtime;
+pub mod shard;
 pub mod snapshot;

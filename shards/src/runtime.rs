@@ -24,11 +24,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_queue::ArrayQueue;
-use molly_engine::{Account, Config, Engine, LedgerTotals, Transfer};
+use molly_engine::{Account, Config, LedgerTotals, Transfer};
 
-use crate::durable::{apply, recover, DurableError, Outcome, RecoveryReport};
-use crate::journal::{Command, CommandBuf};
+use crate::durable::{recover, DurableError, Outcome, RecoveryReport};
+use crate::journal::CommandBuf;
 use crate::metrics::ShardMetrics;
+use crate::shard::ShardCore;
 
 /// Runtime settings (every one has a default; see `molly serve --help`).
 #[derive(Clone, Debug)]
@@ -378,26 +379,6 @@ struct ShardContext {
     metrics: Arc<ShardMetrics>,
 }
 
-/// A write taken into the current group.
-struct Pending {
-    commands: Vec<CommandBuf>,
-    reply: SyncSender<WriteReply>,
-    taken: Instant,
-    /// The shard's own tick: no caller waits for it, no batch metric.
-    internal: bool,
-}
-
-impl Pending {
-    fn tick(now_ns: u64) -> Self {
-        Self {
-            commands: vec![CommandBuf::Tick { now_ns }],
-            reply: sync_channel(1).0,
-            taken: Instant::now(),
-            internal: true,
-        }
-    }
-}
-
 async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryReport, StartError>>) {
     let shard = context.shard;
     let recovered = match recover(&context.dir, context.engine.clone(), context.group_bytes_max) {
@@ -407,13 +388,13 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
             return;
         }
     };
-    let report = recovered.report;
-    let mut engine = recovered.engine;
-    let mut writer = recovered.writer;
-    let path = recovered.path;
+    let report = recovered.report.clone();
+    let path = recovered.path.clone();
     drop(recovered.file);
+    let mut core =
+        ShardCore::new(shard, context.shards, recovered.engine, recovered.writer, context.metrics.clone());
     if context.prefault {
-        engine.prefault();
+        core.prefault();
     }
     let file = match glommio::io::OpenOptions::new().read(true).write(true).dma_open(&path).await {
         Ok(file) => file,
@@ -426,98 +407,31 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
         }
     };
     context.metrics.recovery_seconds.set(report.micros as f64 / 1e6);
-    let snapshot_dir = context.dir.clone();
-    let take_snapshot = |engine: &Engine, writer: &crate::durable::JournalWriter| {
-        let started = Instant::now();
-        let written = crate::snapshot::write(&snapshot_dir, writer.position(), &engine.export());
-        context.metrics.snapshot_seconds.set(started.elapsed().as_secs_f64());
-        if written.is_ok() {
-            context.metrics.snapshots.inc();
-        }
-        written
-    };
-    let mut bytes_since_snapshot = 0u64;
     let _ = ready.send(Ok(report));
 
-    let mut group: Vec<Pending> = Vec::new();
+    let mut bytes_since_snapshot = 0u64;
     let mut carry: Option<Request> = None;
-    let mut failed: Option<String> = None;
-    let mut expired = Vec::new();
     loop {
-        // Take everything waiting that fits one group; answer reads at once.
+        // Take everything waiting that fits one group.
         while let Some(request) = carry.take().or_else(|| context.inbox.pop()) {
-            match request {
-                Request::Write { commands, reply } => {
-                    if let Some(reason) = &failed {
-                        let _ = reply.send(Err(ShardError::Failed { shard, reason: reason.clone() }));
-                        continue;
-                    }
-                    if let Err(reason) = check_ownership(&commands, shard, context.shards) {
-                        let _ = reply.send(Err(ShardError::Refused(reason)));
-                        continue;
-                    }
-                    let borrowed: Vec<Command<'_>> = commands.iter().map(CommandBuf::as_command).collect();
-                    let bytes = match writer.check(&borrowed) {
-                        Ok(bytes) => bytes,
-                        Err(error) => {
-                            let _ = reply.send(Err(ShardError::Refused(error.to_string())));
-                            continue;
-                        }
-                    };
-                    // Room for these, and for a tick if they open the group
-                    // (`check` guarantees both fit an empty group).
-                    let tick_room = if writer.is_empty() { crate::journal::HEADER_SIZE } else { 0 };
-                    if !writer.has_room(bytes + tick_room) {
-                        carry = Some(Request::Write { commands, reply });
-                        break;
-                    }
-                    if writer.is_empty() {
-                        let now = now_ns();
-                        if now > engine.clock_ns() {
-                            writer.stage(&[Command::Tick { now_ns: now }], engine.clock_ns());
-                            group.push(Pending::tick(now));
-                        }
-                    }
-                    writer.stage(&borrowed, engine.clock_ns());
-                    drop(borrowed);
-                    group.push(Pending { commands, reply, taken: Instant::now(), internal: false });
-                }
-                Request::LookupAccounts { ids, reply } => {
-                    let mut out = Vec::with_capacity(ids.len());
-                    let _ = engine.lookup_accounts(&ids, &mut out);
-                    let _ = reply.send(out);
-                }
-                Request::LookupTransfers { ids, reply } => {
-                    let mut out = Vec::with_capacity(ids.len());
-                    let _ = engine.lookup_transfers(&ids, &mut out);
-                    let _ = reply.send(out);
-                }
-                Request::Stats { reply } => {
-                    let _ = reply.send(stats(shard, &engine));
-                }
+            if let Err(back) = core.offer(request, now_ns()) {
+                carry = Some(back);
+                break;
             }
         }
         context.metrics.inbox_depth.set(context.inbox.len() as i64);
 
-        if group.is_empty() {
-            // Idle: expire due pending transfers through a journaled tick.
-            let now = now_ns();
-            if failed.is_none() && engine.next_expiry_ns().is_some_and(|at| at <= now) {
-                writer.stage(&[Command::Tick { now_ns: now }], engine.clock_ns());
-                group.push(Pending::tick(now));
-            } else if context.stop.load(Ordering::SeqCst) {
+        let Some((offset, sealed)) = core.seal(now_ns()) else {
+            if context.stop.load(Ordering::SeqCst) {
                 break;
-            } else {
-                glommio::timer::sleep(context.idle_sleep).await;
-                continue;
             }
-        }
-
+            glommio::timer::sleep(context.idle_sleep).await;
+            continue;
+        };
         // One write and one fdatasync for the whole group.
-        let (offset, sealed) = writer.seal();
-        let mut buffer = file.alloc_dma_buffer(sealed.len());
-        buffer.as_bytes_mut().copy_from_slice(sealed);
         let bytes = sealed.len();
+        let mut buffer = file.alloc_dma_buffer(bytes);
+        buffer.as_bytes_mut().copy_from_slice(sealed);
         let synced = Instant::now();
         let durable = match file.write_at(buffer, offset).await {
             Ok(written) if written == bytes => file.fdatasync().await.map_err(|e| e.to_string()),
@@ -527,95 +441,22 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
         context.metrics.fsync_seconds.observe(synced.elapsed().as_secs_f64());
         match durable {
             Ok(()) => {
-                writer.committed();
+                core.durable();
                 bytes_since_snapshot += bytes as u64;
-                context.metrics.groups.inc();
-                context.metrics.journal_bytes.inc_by(bytes as u64);
-                for pending in group.drain(..) {
-                    let outcomes: Vec<Outcome> = pending
-                        .commands
-                        .iter()
-                        .map(|c| {
-                            apply(&mut engine, &c.as_command(), &mut expired).expect("checked before staging")
-                        })
-                        .collect();
-                    if !pending.internal {
-                        context.metrics.record(&outcomes);
-                        context.metrics.batch_seconds.observe(pending.taken.elapsed().as_secs_f64());
-                        let _ = pending.reply.send(Ok(outcomes));
-                    }
-                }
                 if context.snapshot_every_bytes > 0 && bytes_since_snapshot >= context.snapshot_every_bytes {
                     // A failed snapshot only costs recovery time: the journal has everything.
-                    if take_snapshot(&engine, &writer).is_ok() {
+                    if core.snapshot(&context.dir).is_ok() {
                         bytes_since_snapshot = 0;
                     }
                 }
             }
-            Err(reason) => {
-                // After a failed write or fdatasync the file's state is unknown:
-                // take no more writes; a restart recovers exactly what is durable.
-                let reason = format!("journal {}: {reason}", path.display());
-                for pending in group.drain(..) {
-                    let _ = pending.reply.send(Err(ShardError::Failed { shard, reason: reason.clone() }));
-                }
-                failed = Some(reason);
-            }
+            Err(reason) => core.write_failed(format!("journal {}: {reason}", path.display())),
         }
     }
     let _ = file.close().await;
-    if failed.is_none() {
+    if !core.failed() {
         // A clean stop leaves a snapshot at the journal's end: the next start replays nothing.
-        let _ = take_snapshot(&engine, &writer);
-    }
-}
-
-/// Every account a write names must live on this shard (`shard_for`); a
-/// misrouted request is refused whole, before anything is journaled. Post
-/// and void name their pending transfer, which the engine finds locally.
-fn check_ownership(commands: &[CommandBuf], shard: usize, shards: u32) -> Result<(), String> {
-    if shards == 1 {
-        return Ok(());
-    }
-    let owned = |id: u128| id == 0 || shard_for(id, shards) as usize == shard;
-    for command in commands {
-        match command {
-            CommandBuf::Tick { .. } => {}
-            CommandBuf::CreateAccounts(accounts) => {
-                if let Some(a) = accounts.iter().find(|a| !owned(a.id)) {
-                    return Err(format!(
-                        "account {} belongs to shard {}, not {shard}",
-                        a.id,
-                        shard_for(a.id, shards)
-                    ));
-                }
-            }
-            CommandBuf::CreateTransfers(transfers) => {
-                for t in transfers {
-                    for id in [t.debit_account_id, t.credit_account_id] {
-                        if !owned(id) {
-                            return Err(format!(
-                                "transfer {} names account {id}, which belongs to shard {}, not {shard} \
-                                 (cross-shard transfers are not supported yet)",
-                                t.id,
-                                shard_for(id, shards)
-                            ));
-                        }
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-fn stats(shard: usize, engine: &Engine) -> ShardStats {
-    ShardStats {
-        shard,
-        accounts: engine.accounts().len(),
-        transfers: engine.transfers().len(),
-        totals: engine.ledger_totals(),
-        invariants: engine.check_invariants().map_err(|v| v.to_string()),
+        let _ = core.snapshot(&context.dir);
     }
 }
 
