@@ -1,0 +1,29 @@
+//! # molly-net: Molly's network edge
+//!
+//! **Owns**: the binary wire protocol exchanges use (frames: [`frame`]),
+//! and, as issue 4 lands, the TCP server on the shards, the Rust client and
+//! the merchants' HTTP gateway.
+//!
+//! **Must not**: apply any part of a frame that fails a check (magic,
+//! version, operation, length limits, checksum, MAC), panic on any input, or
+//! reach into engine internals: it moves the engine's 128-byte records as
+//! they are.
+//!
+//! ```text
+//!  bytes ─► check_header (magic, version, operation, limits) ─► wait for the body
+//!        ─► checksum (xxh3-128) ─► MAC (HMAC-SHA256/128, client key) ─► Frame { header, body }
+//!        └─ any failure ─► FrameError (a stable code for the error frame), nothing applied
+//! ```
+//!
+//! **Limits**: the body size limit is the caller's (default
+//! [`frame::BODY_SIZE_MAX_DEFAULT`]: 8190 records of 128 bytes).
+//!
+//! ```
+//! use molly_net::frame::{decode, encode, Operation, BODY_SIZE_MAX_DEFAULT};
+//! let key: &[u8] = b"a client key";
+//! let frame = encode(Operation::Ping, 1, 7, 0, 0, &[], key);
+//! let (ping, len) = decode(&frame, BODY_SIZE_MAX_DEFAULT, |id| (id == 7).then_some(key)).unwrap();
+//! assert_eq!((ping.operation, len), (Operation::Ping, 64));
+//! ```
+
+pub mod frame;
