@@ -190,12 +190,21 @@ fn checksum(header: &FrameHeader, body: &[u8]) -> u128 {
     hasher.digest128()
 }
 
-fn mac(key: &[u8], header: &FrameHeader, body: &[u8]) -> u128 {
+fn hmac_over(key: &[u8], header: &FrameHeader, body: &[u8]) -> HmacSha256 {
     let mut hmac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
     hmac.update(&bytemuck::bytes_of(header)[32..]);
     hmac.update(body);
-    let tag = hmac.finalize().into_bytes();
+    hmac
+}
+
+fn mac(key: &[u8], header: &FrameHeader, body: &[u8]) -> u128 {
+    let tag = hmac_over(key, header, body).finalize().into_bytes();
     u128::from_le_bytes(tag[..16].try_into().expect("32-byte tag"))
+}
+
+/// Constant-time check of the header's MAC (the leftmost 16 bytes of the tag).
+fn mac_matches(key: &[u8], header: &FrameHeader, body: &[u8]) -> bool {
+    hmac_over(key, header, body).verify_truncated_left(&header.mac.to_le_bytes()).is_ok()
 }
 
 /// Builds a frame: header fields, then MAC with `key`, then checksum.
@@ -291,7 +300,7 @@ pub fn decode<'a, K: AsRef<[u8]>>(
         return Err(FrameError::BadChecksum);
     }
     let key = key_of(header.client_id).ok_or(FrameError::UnknownClient(header.client_id))?;
-    if mac(key.as_ref(), &header, body) != header.mac {
+    if !mac_matches(key.as_ref(), &header, body) {
         return Err(FrameError::BadMac(header.client_id));
     }
     Ok((Frame { header, operation, body }, total))
