@@ -7,6 +7,7 @@ mod cmd;
 
 // mimalloc is Molly's allocator: the engine allocates in bulk at start-up, but
 // the edges (CLI, benches, future network code) allocate freely.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
