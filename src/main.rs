@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Run the server: one pinned shard per core, durable journals, metrics.
     Serve(cmd::serve::Args),
+    /// Deterministic simulation: `molly sim --seed N` or `--seeds A..B`.
+    Sim(cmd::sim::Args),
     /// Run the in-memory ledger demo: create accounts, move money, print balances.
     Demo(cmd::demo::Args),
     /// Benchmarks (`molly bench engine`, ...).
@@ -39,6 +41,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => cmd::serve::run(args),
+        Command::Sim(args) => cmd::sim::run(args),
         Command::Demo(args) => cmd::demo::run(args),
         Command::Bench(command) => cmd::bench::run(command),
         Command::Wallets(command) => cmd::wallets::run(command),

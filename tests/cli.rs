@@ -101,3 +101,22 @@ fn bench_shards_writes_a_json_report() {
     assert_eq!(left, [std::ffi::OsString::from("shards.json")]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn sim_replays_a_seed_and_sweeps() {
+    let one = || molly().args(["sim", "--seed", "11", "--steps", "500"]).output().unwrap();
+    let (a, b) = (one(), one());
+    assert!(a.status.success(), "stderr: {}", String::from_utf8_lossy(&a.stderr));
+    // Everything but the speed is the same on a replay.
+    let strip = |out: &std::process::Output| {
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.split(" (").next().unwrap().to_string()
+    };
+    assert_eq!(strip(&a), strip(&b));
+    assert!(strip(&a).starts_with("seed 11: 500 steps"), "{}", strip(&a));
+    let sweep = molly().args(["sim", "--seeds", "1..21", "--steps", "300"]).output().unwrap();
+    assert!(sweep.status.success(), "stderr: {}", String::from_utf8_lossy(&sweep.stderr));
+    assert!(String::from_utf8_lossy(&sweep.stdout).contains("seeds 1..21: 20 clean, 0 failing"));
+    let bad = molly().args(["sim", "--seeds", "5..5"]).output().unwrap();
+    assert!(!bad.status.success());
+}

@@ -7,7 +7,7 @@
 //!  │ header 64B │ body: n × 128 B  │ header 64B │ body ... │ 0 0 0 0  │
 //!  └────────────┴──────────────────┴────────────┴──────────┴──────────┘
 //!  header: checksum_header u128 · checksum_body u128 · sequence u64 · now_ns u64
-//!          · magic u32 "MOLJ" · body_len u32 · operation u16 · version u16 · event_count u32
+//!          · magic u32 "MOLJ" · body_len u32 · operation u16 · version u8 · flags u8 · event_count u32
 //! ```
 //!
 //! Checksums are xxh3-128: the header's covers its bytes 16..64, the body's
@@ -34,7 +34,9 @@ pub const SECTOR_SIZE: usize = 4096;
 /// `b"MOLJ"` little-endian.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"MOLJ");
 /// Format version.
-pub const VERSION: u16 = 1;
+pub const VERSION: u8 = 1;
+/// Entry flag: the first entry of a group (groups start on a sector boundary).
+pub const FLAG_GROUP_START: u8 = 1;
 /// Size of an entry header.
 pub const HEADER_SIZE: usize = 64;
 /// Size of one record in a body.
@@ -82,7 +84,9 @@ pub struct EntryHeader {
     /// An [`Operation`].
     pub operation: u16,
     /// [`VERSION`].
-    pub version: u16,
+    pub version: u8,
+    /// [`FLAG_GROUP_START`] or 0.
+    pub flags: u8,
     /// Records in the body.
     pub event_count: u32,
 }
@@ -217,6 +221,7 @@ impl GroupBuffer {
             body_len: body.len() as u32,
             operation: operation as u16,
             version: VERSION,
+            flags: if self.len == 0 { FLAG_GROUP_START } else { 0 },
             event_count: (body.len() / RECORD_SIZE) as u32,
         };
         header.checksum_header = header.compute_checksum();
@@ -363,6 +368,7 @@ fn read_header(
     journal.read_exact_at(bytemuck::bytes_of_mut(&mut header), offset)?;
     let valid = header.magic == MAGIC
         && header.version == VERSION
+        && header.flags & !FLAG_GROUP_START == 0
         && header.checksum_header == header.compute_checksum()
         && Operation::from_u16(header.operation).is_some()
         && header.body_len <= body_len_max
@@ -431,14 +437,18 @@ pub fn scan(
         offset = body_offset + u64::from(header.body_len);
         entry_end = offset;
     };
-    // Anything valid after the stop point means the stop is not a torn tail.
+    // A group that starts after the stop point was written after the stop
+    // point's group was durable (one group is in flight at a time): the stop
+    // is in the middle, not a torn tail. Entries of the torn group itself may
+    // survive past the stop (sectors tear in any order); they are not group
+    // starts, so they do not count.
     let mut probe = offset.next_multiple_of(SECTOR_SIZE as u64);
     if probe == offset {
         probe += SECTOR_SIZE as u64;
     }
     while probe + HEADER_SIZE as u64 <= len {
         if let Some(header) = read_header(journal, probe, body_len_max).map_err(io(probe))? {
-            if header.sequence >= sequence {
+            if header.flags & FLAG_GROUP_START != 0 && header.sequence >= sequence {
                 return Err(JournalError::CorruptInTheMiddle {
                     name: name.to_string(),
                     offset,

@@ -42,4 +42,5 @@ pub mod journal;
 pub mod metrics;
 pub mod runtime;
 pub mod shard;
+pub mod sim;
 pub mod snapshot;

@@ -4,4 +4,5 @@ pub mod bench;
 pub mod demo;
 pub mod serve;
 pub mod signer;
+pub mod sim;
 pub mod wallets;
