@@ -16,6 +16,9 @@ use crate::scan::{BlockMeta, Found};
 pub struct Tracker {
     window: u64,
     blocks: VecDeque<(BlockMeta, Vec<Found>)>,
+    /// The parent of the oldest kept block (height, hash): the deepest point
+    /// a branch switch can be traced back to.
+    floor: Option<(u64, B256)>,
     /// Not-yet-final deposits and the confirmations last reported.
     pending: BTreeMap<DepositKey, (Found, u64)>,
 }
@@ -24,7 +27,7 @@ impl Tracker {
     /// Keeps `window` blocks (≥ 1).
     pub fn new(window: u64) -> Self {
         assert!(window >= 1);
-        Tracker { window, blocks: VecDeque::new(), pending: BTreeMap::new() }
+        Tracker { window, blocks: VecDeque::new(), floor: None, pending: BTreeMap::new() }
     }
 
     /// The newest block processed.
@@ -37,8 +40,24 @@ impl Tracker {
         self.blocks.front().map(|(m, _)| m)
     }
 
-    /// The kept hash at height `number`.
+    /// The newest point on the current branch: the last block, or the floor
+    /// when every block was rewound.
+    pub fn tip(&self) -> Option<(u64, B256)> {
+        self.last().map(|m| (m.number, m.hash)).or(self.floor)
+    }
+
+    /// The lowest height whose hash is known (the floor).
+    pub fn floor(&self) -> Option<u64> {
+        self.floor.map(|(n, _)| n)
+    }
+
+    /// The kept hash at height `number` (the floor included).
     pub fn hash_at(&self, number: u64) -> Option<B256> {
+        if let Some((n, h)) = self.floor {
+            if n == number {
+                return Some(h);
+            }
+        }
         let first = self.oldest()?.number;
         let i = number.checked_sub(first)?;
         self.blocks.get(i as usize).map(|(m, _)| m.hash)
@@ -52,16 +71,18 @@ impl Tracker {
     /// Appends the next block. Its parent must be the last block (the caller
     /// rewinds first on a branch switch). Emits `DepositSeen` for its deposits.
     pub fn push(&mut self, meta: BlockMeta, found: Vec<Found>) -> Result<Vec<DepositEvent>, EthError> {
-        if let Some(last) = self.last() {
-            if meta.number != last.number + 1 || meta.parent_hash != last.hash {
+        match self.tip() {
+            Some((number, hash)) if meta.number != number + 1 || meta.parent_hash != hash => {
                 return Err(EthError::bad(
                     "block",
                     format!(
-                        "block {} ({:#x}, parent {:#x}) does not extend block {} ({:#x})",
-                        meta.number, meta.hash, meta.parent_hash, last.number, last.hash
+                        "block {} ({:#x}, parent {:#x}) does not extend block {number} ({hash:#x})",
+                        meta.number, meta.hash, meta.parent_hash
                     ),
                 ));
             }
+            Some(_) => {}
+            None => self.floor = meta.number.checked_sub(1).map(|n| (n, meta.parent_hash)),
         }
         let mut events = Vec::with_capacity(found.len());
         for f in &found {
@@ -70,7 +91,9 @@ impl Tracker {
         }
         self.blocks.push_back((meta, found));
         while self.blocks.len() as u64 > self.window {
-            self.blocks.pop_front();
+            if let Some((m, _)) = self.blocks.pop_front() {
+                self.floor = Some((m.number, m.hash));
+            }
         }
         Ok(events)
     }
@@ -93,7 +116,7 @@ impl Tracker {
     /// Reports confirmations that grew since last time, at the last block's
     /// height; deposits that reach their depth are reported final and forgotten.
     pub fn confirm(&mut self) -> Vec<DepositEvent> {
-        let Some(tip) = self.last().map(|m| m.number) else { return Vec::new() };
+        let Some((tip, _)) = self.tip() else { return Vec::new() };
         let mut events = Vec::new();
         self.pending.retain(|_, (f, reported)| {
             let confirmations = tip + 1 - f.deposit.block.number;
@@ -189,12 +212,26 @@ mod tests {
     }
 
     #[test]
+    fn rewinding_every_block_keeps_the_floor_to_resume_from() {
+        let mut t = Tracker::new(8);
+        let b11 = meta(11, 0);
+        t.push(b11, vec![found(&b11, 1, 3)]).unwrap();
+        assert_eq!(t.floor(), Some(10));
+        assert_eq!(t.rewind(10).len(), 1);
+        assert_eq!(t.tip(), Some((10, meta(10, 0).hash)));
+        t.push(meta(11, 2), vec![]).unwrap();
+        assert!(t.confirm().is_empty());
+    }
+
+    #[test]
     fn the_window_bounds_memory() {
         let mut t = Tracker::new(4);
         for n in 1..=20 {
             t.push(meta(n, 0), vec![]).unwrap();
         }
         assert_eq!(t.oldest().unwrap().number, 17);
-        assert_eq!(t.hash_at(16), None);
+        assert_eq!(t.floor(), Some(16));
+        assert!(t.hash_at(16).is_some());
+        assert_eq!(t.hash_at(15), None);
     }
 }

@@ -32,6 +32,9 @@ pub struct Progress {
     pub processed: Option<u64>,
     /// Reconnections so far.
     pub reconnects: u64,
+    /// The height the watcher last caught up to with every event of it
+    /// delivered to the channel (it then waits for the next head).
+    pub idle_at: Option<u64>,
 }
 
 /// A running watcher. Dropping the event receiver stops it; so does [`EthWatcher::stop`].
@@ -159,25 +162,27 @@ impl Session<'_> {
         loop {
             let head = p.get_block_number().await.map_err(|e| EthError::node("eth_blockNumber", e))?;
             self.progress.lock().unwrap_or_else(|e| e.into_inner()).node_head = head;
-            let next = match tracker.last().copied() {
+            let next = match tracker.tip() {
                 None => self.config.start_block.unwrap_or(head),
-                Some(last) => {
-                    let ancestor = self.find_ancestor(p, tracker, head.min(last.number)).await?;
-                    if ancestor < last.number {
-                        info!(ancestor, last = last.number, "eth branch switch");
+                Some((tip, _)) => {
+                    let ancestor = self.find_ancestor(p, tracker, head.min(tip)).await?;
+                    if ancestor < tip {
+                        info!(ancestor, tip, "eth branch switch");
                         self.send(tracker.rewind(ancestor)).await?;
                     }
                     ancestor + 1
                 }
             };
             if next > head {
+                self.progress.lock().unwrap_or_else(|e| e.into_inner()).idle_at =
+                    tracker.tip().map(|(n, _)| n);
                 return Ok(());
             }
             let end = head.min(next + self.config.max_blocks_per_round - 1);
             for number in next..=end {
                 let block = fetch_block(p, number).await?;
                 let meta = meta_of(&block);
-                if tracker.last().is_some_and(|last| meta.parent_hash != last.hash) {
+                if tracker.tip().is_some_and(|(_, hash)| meta.parent_hash != hash) {
                     // The branch changed under us: the next round finds the ancestor.
                     break;
                 }
@@ -193,7 +198,7 @@ impl Session<'_> {
     /// The newest kept height at or below `from` whose hash the node still
     /// has on its canonical chain.
     async fn find_ancestor(&self, p: &RootProvider, tracker: &Tracker, from: u64) -> Result<u64, End> {
-        let oldest = tracker.oldest().map_or(from, |m| m.number);
+        let oldest = tracker.floor().unwrap_or(from);
         let mut number = from;
         loop {
             let canonical = fetch_header_hash(p, number).await?;
