@@ -134,3 +134,90 @@ async fn a_reorg_before_depth_reverts_the_deposit_and_it_never_confirms() {
     );
     w.stop().await.unwrap();
 }
+
+/// A TCP proxy between the watcher and anvil that can cut every connection
+/// and refuse new ones, as a node restart or network drop would.
+struct Proxy {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    async fn start(upstream: u16) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, k) = (cut.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if c.load(Ordering::SeqCst) {
+                    continue; // dropped: connection refused in effect
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                k.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Proxy { port, cut, conns }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_is_reconnected_and_its_gap_rescanned_without_duplicates() {
+    let Some(anvil) = Anvil::start(&[]) else { return };
+    let rpc = anvil.rpc();
+    let proxy = Proxy::start(anvil.port).await;
+    let addrs: Vec<Address> = (0..3).map(deposit_address).collect();
+    let watch = WatchSet::new(10);
+    watch.add(&addrs).unwrap();
+    let start = rpc.head().await + 1;
+    let (w, mut rx) =
+        EthWatcher::spawn(config(format!("ws://127.0.0.1:{}", proxy.port), 2, start), watch).unwrap();
+    let from = rpc.dev(2).await;
+    let (first, _) = rpc.send_eth(from, addrs[0], U256::from(1u64)).await;
+    let DepositEvent::DepositSeen(d) = next(&mut rx).await else { panic!("expected DepositSeen") };
+    assert_eq!(d.key.tx_hash, first);
+
+    proxy.cut();
+    let mut gap = Vec::new();
+    for (i, to) in addrs.iter().enumerate().skip(1) {
+        gap.push(rpc.send_eth(from, *to, U256::from(10u64 + i as u64)).await.0);
+    }
+    rpc.mine(2).await;
+    proxy.restore();
+
+    let events = drain_at_head(&w, &rpc, &mut rx).await;
+    let seen: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            DepositEvent::DepositSeen(d) => Some(d.key.tx_hash.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        gap.iter().map(String::as_str).collect::<Vec<_>>(),
+        "each gap deposit exactly once, in order"
+    );
+    // After a gap the count may jump past the depth (it is the real depth); each deposit is final once.
+    let finals = events.iter().filter(|e| e.is_final()).count();
+    assert_eq!(finals, 3, "all three deposits reach depth 2 exactly once: {events:?}");
+    w.stop().await.unwrap();
+}
