@@ -155,3 +155,41 @@ pub fn deposit_address(index: u32) -> Address {
     .unwrap();
     d.address.parse().unwrap()
 }
+
+/// The creation bytecode of a test contract compiled by
+/// scripts/setup/eth-contracts.sh; `None` only with `MOLLY_SKIP_ANVIL=1`.
+pub fn contract_bytecode(name: &str) -> Option<Vec<u8>> {
+    let Some(dir) = std::env::var_os("MOLLY_ETH_CONTRACTS") else {
+        if std::env::var("MOLLY_SKIP_ANVIL").as_deref() == Ok("1") {
+            eprintln!("MOLLY_ETH_CONTRACTS unset and MOLLY_SKIP_ANVIL=1: skipping");
+            return None;
+        }
+        panic!("MOLLY_ETH_CONTRACTS is unset: run ./scripts/test.sh (scripts/setup/eth-contracts.sh)");
+    };
+    let path = PathBuf::from(dir).join(format!("{name}.bin"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    Some(alloy::primitives::hex::decode(text.trim()).unwrap())
+}
+
+impl Rpc {
+    /// Deploys `code` (creation bytecode + encoded constructor arguments) from an unlocked account.
+    pub async fn deploy(&self, from: Address, code: Vec<u8>) -> Address {
+        let data = alloy::primitives::Bytes::from(code);
+        let hash = self
+            .call("eth_sendTransaction", json!([{ "from": from, "data": data, "gas": "0x1c9c380" }]))
+            .await;
+        let hash = hash.as_str().unwrap().to_owned();
+        self.mined_in(&hash).await;
+        let receipt = self.call("eth_getTransactionReceipt", json!([hash])).await;
+        assert_eq!(receipt["status"], "0x1", "deployment failed: {receipt}");
+        receipt["contractAddress"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// Calls `to` with `data` from an unlocked account; returns (tx hash, block).
+    pub async fn send_call(&self, from: Address, to: Address, data: Vec<u8>) -> (String, u64) {
+        let data = alloy::primitives::Bytes::from(data);
+        let hash = self.call("eth_sendTransaction", json!([{ "from": from, "to": to, "data": data }])).await;
+        let hash = hash.as_str().unwrap().to_owned();
+        (hash.clone(), self.mined_in(&hash).await)
+    }
+}
