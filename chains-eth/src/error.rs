@@ -39,6 +39,35 @@ pub enum EthError {
         /// Its configured value.
         limit: u64,
     },
+    /// The signer refused, failed, or returned a signature that does not
+    /// recover to the wallet.
+    #[error("eth signer: {0}")]
+    Signer(String),
+    /// The withdrawal journal could not be read or written.
+    #[error("eth withdrawal journal: {0}")]
+    Journal(String),
+    /// The node has mined more transactions from the wallet than the journal
+    /// records: the key is used elsewhere. Nothing is sent.
+    #[error("eth nonce gap for {address}: the node has mined nonces up to {node}, the journal only up to {journal}")]
+    NonceGap {
+        /// The wallet.
+        address: alloy::primitives::Address,
+        /// Transactions the node has mined from it.
+        node: u64,
+        /// Next nonce per the journal.
+        journal: u64,
+    },
+    /// A withdrawal request is not acceptable.
+    #[error("eth withdrawal {id:?} rejected: {reason}")]
+    Rejected {
+        /// Its id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// No such withdrawal or transaction.
+    #[error("eth withdrawal {0:?} is unknown")]
+    Unknown(String),
     /// The configuration is not usable.
     #[error("eth config: {0}")]
     Config(String),

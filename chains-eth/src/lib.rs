@@ -48,10 +48,12 @@
 
 pub mod config;
 pub mod error;
+pub mod fees;
 pub mod scan;
 pub mod tracker;
 pub mod watcher;
 pub mod watchset;
+pub mod withdraw;
 
 pub use error::EthError;
 pub use watcher::{EthWatcher, Progress};

@@ -193,3 +193,25 @@ impl Rpc {
         (hash.clone(), self.mined_in(&hash).await)
     }
 }
+
+impl Rpc {
+    /// ETH balance at the head.
+    pub async fn balance(&self, a: Address) -> U256 {
+        self.0.get_balance(a).await.unwrap()
+    }
+
+    /// ERC-20 `balanceOf` at the head.
+    pub async fn token_balance(&self, token: Address, owner: Address) -> U256 {
+        use alloy::sol_types::SolCall;
+        alloy::sol! { function balanceOf(address owner) returns (uint256); }
+        let data = balanceOfCall { owner }.abi_encode();
+        let out = self
+            .call(
+                "eth_call",
+                json!([{ "to": token, "data": alloy::primitives::Bytes::from(data) }, "latest"]),
+            )
+            .await;
+        let bytes = alloy::primitives::hex::decode(out.as_str().unwrap()).unwrap();
+        balanceOfCall::abi_decode_returns(&bytes).unwrap()
+    }
+}
