@@ -84,23 +84,14 @@ impl WatcherConfig {
 
     /// Checks the limits against each other.
     pub fn validate(&self) -> Result<(), EthError> {
-        let deepest = self
-            .tokens
-            .iter()
-            .filter_map(|t| t.confirmations)
-            .chain([self.confirmations_native, self.confirmations_token])
-            .max()
-            .unwrap_or(0);
-        if self
-            .tokens
-            .iter()
-            .filter_map(|t| t.confirmations)
-            .chain([self.confirmations_native])
-            .any(|c| c == 0)
-            || self.confirmations_token == 0
-        {
+        // Depth of every asset watched: ETH, and each token (its own or the token default).
+        let depths: Vec<u64> = std::iter::once(self.confirmations_native)
+            .chain(self.tokens.iter().map(|t| t.confirmations.unwrap_or(self.confirmations_token)))
+            .collect();
+        if depths.contains(&0) || self.confirmations_token == 0 {
             return Err(EthError::Config("a confirmation depth of 0 would credit unmined deposits".into()));
         }
+        let deepest = depths.iter().copied().max().unwrap_or(0);
         if self.reorg_window <= deepest {
             return Err(EthError::Config(format!(
                 "reorg_window ({}) must exceed the deepest confirmation depth ({deepest})",

@@ -6,12 +6,16 @@
 //! ([`molly_chains::gateway::DepositEvent`]): seen, confirmations counting
 //! up to a configured depth per asset, reverted when a reorg orphans the
 //! block. Native ETH (top-level transaction value, successful receipts only)
-//! and ERC-20 `Transfer` logs of configured token contracts.
+//! and ERC-20 `Transfer` logs of configured token contracts. Also the hot
+//! wallet's withdrawals ([`withdraw::EthWallet`]) and both behind
+//! [`molly_chains::gateway::ChainGateway`] ([`EthGateway`]).
 //!
 //! **Must not:** poll balances; trust the node (every log is checked
 //! before it can become a deposit, and a bad answer is an error, never an
 //! event); confirm a deposit from a block that left the canonical branch;
-//! hand-roll RLP, ABI or crypto (alloy does all of it); hold private keys.
+//! hand-roll RLP, ABI or crypto (alloy does all of it); hold private keys
+//! (signing goes through the hsm-bridge `Signer`); broadcast a withdrawal
+//! before it is journaled.
 //!
 //! ```text
 //!  node ──ws newHeads──▶ catch_up: head? ─▶ canonical hash at our tip == kept hash?
@@ -28,8 +32,9 @@
 //! (default 2M), kept block hashes (`reorg_window`, default 128, must exceed
 //! every confirmation depth), logs per block, blocks per round, event
 //! buffer, reconnect backoff. Not seen: ETH moved by contract-internal calls
-//! (needs traces, see docs/eth-gateway.md). Withdrawals, fees, sweeping and
-//! persistence of the scan cursor across restarts are not in this crate yet.
+//! (needs traces, see docs/eth-gateway.md). Withdrawals ([`withdraw`]):
+//! EIP-1559, signed through the hsm-bridge `Signer`, journaled before
+//! broadcast. Not yet here: sweeping, persistence of the scan cursor.
 //!
 //! ```
 //! use molly_chain_eth::config::WatcherConfig;
@@ -49,6 +54,7 @@
 pub mod config;
 pub mod error;
 pub mod fees;
+pub mod gateway;
 pub mod scan;
 pub mod tracker;
 pub mod watcher;
@@ -56,4 +62,5 @@ pub mod watchset;
 pub mod withdraw;
 
 pub use error::EthError;
+pub use gateway::EthGateway;
 pub use watcher::{EthWatcher, Progress};

@@ -167,6 +167,16 @@ impl EthWallet {
         Ok(wallet)
     }
 
+    /// The configuration.
+    pub fn config(&self) -> &WalletConfig {
+        &self.config
+    }
+
+    /// The node connection (HTTP).
+    pub fn provider(&self) -> &RootProvider {
+        &self.provider
+    }
+
     /// The wallet's address (derived from the signer's public key).
     pub fn address(&self) -> Address {
         self.address
