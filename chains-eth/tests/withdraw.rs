@@ -40,7 +40,16 @@ async fn fixture(anvil: &Anvil, rpc: &Rpc) -> (Fixture, EthWallet) {
         SoftwareKeystore::create(&dir.path().join("keys"), b"pass", KdfParams::insecure_for_tests()).unwrap();
     let key = KeyId::new("eth-hot-0").unwrap();
     keys.generate(&key, Scheme::Secp256k1).await.unwrap();
-    let signer: Arc<dyn Signer> = Arc::new(keys);
+    fixture_with(anvil, rpc, dir, Arc::new(keys), key).await
+}
+
+async fn fixture_with(
+    anvil: &Anvil,
+    rpc: &Rpc,
+    dir: tempfile::TempDir,
+    signer: Arc<dyn Signer>,
+    key: KeyId,
+) -> (Fixture, EthWallet) {
     let mut config = WalletConfig::new(
         format!("http://127.0.0.1:{}", anvil.port),
         31337,
@@ -217,4 +226,29 @@ async fn a_stuck_transaction_is_replaced_and_only_the_replacement_is_mined() {
     let s = wallet.status("w-cancel").await.unwrap();
     assert!(matches!(&s, WithdrawalStatus::Failed { reason, .. } if reason == "cancelled"), "{s:?}");
     assert_eq!(rpc.balance(to).await, U256::from(5_000u64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawal_signed_on_softhsm2_is_mined_from_the_hsm_key_address() {
+    use molly_hsm_bridge::softhsm::{process_token, skip_requested};
+    if skip_requested() {
+        eprintln!("MOLLY_SKIP_SOFTHSM=1: skipping");
+        return;
+    }
+    let Some(anvil) = Anvil::start(&[]) else { return };
+    let rpc = anvil.rpc();
+    let token = process_token().expect("SoftHSM2 must be installed (scripts/setup/softhsm2.sh)");
+    let hsm = token.signer().expect("open a PKCS#11 session");
+    let key = KeyId::new(format!("eth-hot-hsm-{}", anvil.port)).unwrap();
+    let info = hsm.generate(&key, Scheme::Secp256k1).await.unwrap();
+    let (_f, wallet) = fixture_with(&anvil, &rpc, tempfile::tempdir().unwrap(), Arc::new(hsm), key).await;
+    assert_eq!(wallet.address(), Address::from(info.public_key.eth_address().unwrap()));
+    let to = deposit_address(34);
+    wallet.submit(&request("w-hsm", to, Asset::Native, 31_337)).await.unwrap();
+    let WithdrawalStatus::Final { tx_hash, .. } = final_status(&wallet, &rpc, "w-hsm").await else {
+        panic!("expected Final")
+    };
+    assert_eq!(rpc.balance(to).await, U256::from(31_337u64));
+    let tx = rpc.call("eth_getTransactionByHash", serde_json::json!([tx_hash])).await;
+    assert_eq!(tx["from"].as_str().unwrap().parse::<Address>().unwrap(), wallet.address());
 }
