@@ -51,6 +51,7 @@
 //! assert!(watch.contains(&addr));
 //! ```
 
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod fees;
