@@ -285,4 +285,40 @@ mod tests {
         let err = token_deposits(&meta(), &logs, &tokens, &AddressSet::default(), 2).unwrap_err();
         assert!(matches!(err, EthError::Limit { limit: 2, .. }), "{err}");
     }
+
+    /// Node answers that must not decode at all (the watcher turns the
+    /// decoder's error into `eth node: ...` and retries; nothing is emitted).
+    #[test]
+    fn malformed_node_json_does_not_decode() {
+        let log = serde_json::json!({
+            "address": "0x7070707070707070707070707070707070707070",
+            "topics": [format!("{TRANSFER_TOPIC:#x}")],
+            "data": "0x",
+            "blockHash": format!("{:#x}", B256::repeat_byte(1)),
+            "blockNumber": "0x7",
+            "transactionHash": format!("{:#x}", B256::repeat_byte(2)),
+            "transactionIndex": "0x0",
+            "logIndex": "0x4",
+            "removed": false
+        });
+        assert!(serde_json::from_value::<Log>(log.clone()).is_ok(), "the well-formed row decodes");
+        let rows: Vec<(&str, serde_json::Value)> = vec![
+            ("logIndex", serde_json::json!("0x1ffffffffffffffff")), // over 64 bits
+            ("blockNumber", serde_json::json!(7.5)),                // wrong type
+            ("address", serde_json::json!("0x70")),                 // short address
+            ("data", serde_json::json!("0xzz")),                    // not hex
+            ("topics", serde_json::json!("0x00")),                  // not a list
+        ];
+        for (field, value) in rows {
+            let mut bad = log.clone();
+            bad[field] = value;
+            assert!(serde_json::from_value::<Log>(bad).is_err(), "{field} must not decode");
+        }
+        let mut missing = log.clone();
+        missing.as_object_mut().unwrap().remove("address");
+        assert!(serde_json::from_value::<Log>(missing).is_err(), "a log without address must not decode");
+        // A 257-bit quantity is not a U256.
+        let over = format!("0x1{}", "0".repeat(64));
+        assert!(serde_json::from_value::<U256>(serde_json::json!(over)).is_err());
+    }
 }
