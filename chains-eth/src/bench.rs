@@ -107,7 +107,7 @@ pub fn run(config: &BenchConfig) -> Result<Report, EthError> {
         let logs: Vec<Log> = (0..n_logs)
             .map(|i| {
                 let k = n * n_logs + i;
-                let to = if k % 100 == 0 {
+                let to = if k.is_multiple_of(100) {
                     address(
                         u64::from_le_bytes(keccak256(k.to_le_bytes())[..8].try_into().unwrap_or_default())
                             % config.watched.max(1),
