@@ -70,7 +70,15 @@ async fn deposits_withdrawals_fees_and_head_through_the_chain_gateway_interface(
         amount: 1_000,
         fee: FeePolicy::Normal,
     };
-    let status = gw.submit_withdrawal(&request).await.unwrap();
+    let mut status = gw.submit_withdrawal(&request).await.unwrap();
+    // anvil automines; the receipt may lag the submission by a moment.
+    for _ in 0..600 {
+        if !matches!(status, WithdrawalStatus::Pending { .. }) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        status = gw.withdrawal_status("gw-1").await.unwrap();
+    }
     assert!(matches!(status, WithdrawalStatus::Mined { confirmations: 1, .. }), "{status:?}");
     // The first deposit's second confirmation (this block) and the withdrawal arriving as a deposit.
     let mut from_wallet = None;
