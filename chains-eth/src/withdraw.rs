@@ -198,6 +198,14 @@ impl EthWallet {
     /// half of [`EthWallet::submit`]; a crash after it is what
     /// [`EthWallet::open`] recovers from).
     pub async fn prepare(&self, request: &WithdrawalRequest) -> Result<Record, EthError> {
+        self.prepare_with(request, None).await
+    }
+
+    async fn prepare_with(
+        &self,
+        request: &WithdrawalRequest,
+        fees: Option<Fees>,
+    ) -> Result<Record, EthError> {
         let mut state = self.state.lock().await;
         if let Some(r) = state.records.get(&request.id) {
             return Ok(r.clone());
@@ -212,7 +220,10 @@ impl EthWallet {
                 Some(t.parse::<Address>().map_err(|e| reject(request, format!("token: {e}")))?)
             }
         };
-        let fees = fees::estimate(&self.provider, request.fee, &self.config.fees).await?;
+        let fees = match fees {
+            Some(f) => f,
+            None => fees::estimate(&self.provider, request.fee, &self.config.fees).await?,
+        };
         let nonce = state.next_nonce;
         let mut record = Record {
             id: request.id.clone(),
@@ -227,6 +238,57 @@ impl EthWallet {
         state.records.insert(record.id.clone(), record.clone());
         state.next_nonce = nonce + 1;
         Ok(record)
+    }
+
+    /// Sweeps the wallet's whole ETH balance to `to`, leaving no dust: the
+    /// transaction sets its tip equal to its max fee, so the price paid per
+    /// gas is exactly the max fee whatever the base fee (as long as the base
+    /// fee stays below it), and the amount is `balance − 21,000 × max fee`.
+    /// Refused while the wallet has pending transactions, or when the balance
+    /// does not cover the fee. Journaled and idempotent by `id` like a withdrawal.
+    pub async fn sweep_native(
+        &self,
+        id: &str,
+        to: Address,
+        policy: FeePolicy,
+    ) -> Result<WithdrawalStatus, EthError> {
+        if self.state.lock().await.records.contains_key(id) {
+            let record = self.record(id).await?;
+            self.ensure_known(&record).await?;
+            return self.status(id).await;
+        }
+        let pending = nonce(&self.provider, self.address, BlockId::pending()).await?;
+        let mined = nonce(&self.provider, self.address, BlockId::latest()).await?;
+        if pending != mined {
+            return Err(EthError::Rejected {
+                id: id.into(),
+                reason: format!("{} transactions from the wallet are pending", pending - mined),
+            });
+        }
+        let balance =
+            self.provider.get_balance(self.address).await.map_err(|e| EthError::node("eth_getBalance", e))?;
+        let estimate = fees::estimate(&self.provider, policy, &self.config.fees).await?;
+        let fees = Fees {
+            max_fee_per_gas: estimate.max_fee_per_gas,
+            max_priority_fee_per_gas: estimate.max_fee_per_gas,
+        };
+        let fee = U256::from(fees.max_fee_per_gas) * U256::from(self.config.gas_limit_native);
+        let amount = balance.checked_sub(fee).filter(|a| !a.is_zero()).ok_or_else(|| EthError::Rejected {
+            id: id.into(),
+            reason: format!("balance {balance} wei does not cover the fee {fee} wei"),
+        })?;
+        let amount = u128::try_from(amount)
+            .map_err(|_| EthError::Rejected { id: id.into(), reason: "balance over u128".into() })?;
+        let request = WithdrawalRequest {
+            id: id.into(),
+            to: to.to_checksum(None),
+            asset: Asset::Native,
+            amount,
+            fee: policy,
+        };
+        let record = self.prepare_with(&request, Some(fees)).await?;
+        self.broadcast(&record).await?;
+        self.status(id).await
     }
 
     /// Replaces a withdrawal's pending transaction with the same nonce and

@@ -252,3 +252,20 @@ async fn a_withdrawal_signed_on_softhsm2_is_mined_from_the_hsm_key_address() {
     let tx = rpc.call("eth_getTransactionByHash", serde_json::json!([tx_hash])).await;
     assert_eq!(tx["from"].as_str().unwrap().parse::<Address>().unwrap(), wallet.address());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eth_sweep_leaves_exactly_zero_behind() {
+    let Some(anvil) = Anvil::start(&[]) else { return };
+    let rpc = anvil.rpc();
+    let (_f, wallet) = fixture(&anvil, &rpc).await; // funded with 10 ETH
+    let hot = deposit_address(35);
+    let funded = rpc.balance(wallet.address()).await;
+    wallet.sweep_native("sweep-1", hot, FeePolicy::Normal).await.unwrap();
+    let WithdrawalStatus::Final { fee_paid, .. } = final_status(&wallet, &rpc, "sweep-1").await else {
+        panic!("expected Final")
+    };
+    assert_eq!(rpc.balance(wallet.address()).await, U256::ZERO, "no dust");
+    assert_eq!(rpc.balance(hot).await, funded - U256::from(fee_paid));
+    let again = wallet.sweep_native("sweep-2", hot, FeePolicy::Normal).await.unwrap_err();
+    assert!(again.to_string().contains("does not cover the fee"), "{again}");
+}
