@@ -34,7 +34,8 @@
 //! buffer, reconnect backoff. Not seen: ETH moved by contract-internal calls
 //! (needs traces, see docs/eth-gateway.md). Withdrawals ([`withdraw`]):
 //! EIP-1559, signed through the hsm-bridge `Signer`, journaled before
-//! broadcast. Not yet here: sweeping, persistence of the scan cursor.
+//! broadcast; an ETH sweep that leaves no dust. Not yet here: ERC-20
+//! sweeps, persistence of the scan cursor.
 //!
 //! ```
 //! use molly_chain_eth::config::WatcherConfig;
