@@ -3,7 +3,9 @@
 //! **Owns:** turning one installation's BIP39 mnemonic into deposit
 //! addresses on every chain Molly serves, validating withdrawal destinations,
 //! and generating (and durably recording) millions of wallets with their hot
-//! and warm sweep targets.
+//! and warm sweep targets. It also defines the chain-gateway interface
+//! ([`gateway::ChainGateway`]: deposit events, withdrawals, fees, head) that
+//! each chain's gateway crate implements; no network code lives here.
 //!
 //! **Must not:** hold private keys for ETH, Tron or Bitcoin deposit
 //! addresses (they come from the account-level xpub by public derivation;
@@ -43,6 +45,7 @@
 pub mod address;
 pub mod batch;
 pub mod chain;
+pub mod gateway;
 pub mod generate;
 pub mod path;
 pub mod secp;

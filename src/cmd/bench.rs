@@ -16,6 +16,9 @@ pub enum Command {
     Shards(ShardsArgs),
     /// Time to derive and encode N deposit addresses per chain (`<chain>_seconds`).
     Wallets(crate::cmd::wallets::BenchArgs),
+    /// ETH deposit watching: blocks/s filtered against N watched addresses, and
+    /// mined-to-event latency against a local anvil (p50/p99).
+    EthWatch(EthWatchArgs),
     /// Signer: signatures/s per backend (software, SoftHSM2) and IPC round trip.
     Signer {
         /// Write the figures as JSON to this file.
@@ -25,6 +28,45 @@ pub enum Command {
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EthWatchArgs {
+    /// Watched addresses.
+    #[arg(long, default_value_t = 1_000_000)]
+    watched: u64,
+    /// Synthetic blocks to filter.
+    #[arg(long, default_value_t = 500)]
+    blocks: u64,
+    /// ERC-20 Transfer logs per block (a 60M-gas block holds ~1,700).
+    #[arg(long, default_value_t = 1_500)]
+    logs_per_block: u64,
+    /// Deposits timed against anvil (0 skips the latency part).
+    #[arg(long, default_value_t = 200)]
+    deposits: u64,
+    /// The anvil binary (default: $MOLLY_ANVIL, set by scripts/setup/anvil.sh).
+    #[arg(long)]
+    anvil: Option<PathBuf>,
+    /// Write the figures as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn eth_watch(args: EthWatchArgs) -> anyhow::Result<()> {
+    let config = molly_chain_eth::bench::BenchConfig {
+        watched: args.watched,
+        blocks: args.blocks,
+        logs_per_block: args.logs_per_block,
+        deposits: args.deposits,
+        anvil: args.anvil.or_else(|| std::env::var_os("MOLLY_ANVIL").map(PathBuf::from)),
+    };
+    let report = molly_chain_eth::bench::run(&config)?;
+    let text = serde_json::to_string_pretty(&report)?;
+    println!("{text}");
+    if let Some(path) = args.json {
+        std::fs::write(&path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
@@ -147,6 +189,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Engine(args) => engine(args),
         Command::Shards(args) => shards(args),
         Command::Wallets(args) => crate::cmd::wallets::bench(args),
+        Command::EthWatch(args) => eth_watch(args),
         Command::Signer { json, seconds } => {
             let report = molly_hsm_bridge::bench::run(seconds)?;
             let text = serde_json::to_string_pretty(&report)?;

@@ -1,0 +1,566 @@
+//! EIP-1559 withdrawals (ETH and ERC-20 `transfer`) from one hot wallet,
+//! signed through the hsm-bridge [`Signer`], with a journal that makes them
+//! survive restarts.
+//!
+//! Every withdrawal is written to the journal (JSON lines, fsynced) with
+//! its nonce and signed raw transaction **before** it is broadcast. On open
+//! the journal is replayed and every unfinished withdrawal whose
+//! transactions the node does not know is broadcast again (the same bytes,
+//! so the same hash: never a second transfer). The next nonce is the larger
+//! of the node's pending nonce and the journal's last nonce + 1; if the node
+//! has mined more transactions from the wallet than the journal holds, the
+//! key is used elsewhere and opening fails.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use alloy::consensus::{SignableTransaction, TxEip1559, TxEnvelope};
+use alloy::eips::eip2718::{Decodable2718, Encodable2718};
+use alloy::eips::BlockId;
+use alloy::network::TransactionBuilder;
+use alloy::primitives::{Address, Bytes, Signature, TxKind, B256, U256};
+use alloy::providers::{Provider, RootProvider};
+use alloy::rpc::client::ClientBuilder;
+use alloy::rpc::types::TransactionRequest;
+use alloy::sol_types::SolCall;
+use molly_chains::gateway::{Asset, BlockRef, FeePolicy, WithdrawalRequest, WithdrawalStatus};
+use molly_hsm_bridge::{KeyId, Signer};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::error::EthError;
+use crate::fees::{self, FeeConfig, Fees};
+
+alloy::sol! {
+    /// ERC-20 `transfer`. Tokens like USDT return nothing; success is "no revert".
+    function transfer(address to, uint256 amount);
+}
+
+/// The hot wallet's configuration.
+#[derive(Debug, Clone)]
+pub struct WalletConfig {
+    /// JSON-RPC over HTTP (`http://127.0.0.1:8545`).
+    pub http_url: String,
+    /// The chain id every transaction is signed for.
+    pub chain_id: u64,
+    /// The signer's key for this wallet.
+    pub key: KeyId,
+    /// The journal file.
+    pub journal: PathBuf,
+    /// Gas limit of an ETH transfer to an account.
+    pub gas_limit_native: u64,
+    /// Gas limit of a token `transfer` (no estimate: a transfer that would
+    /// revert is still mined and reported failed with its reason).
+    pub gas_limit_token: u64,
+    /// Confirmations at which a withdrawal is final.
+    pub confirmations: u64,
+    /// Fee rules.
+    pub fees: FeeConfig,
+    /// Minimum fee increase of a replacement, percent (nodes require 10).
+    pub bump_percent: u128,
+}
+
+impl WalletConfig {
+    /// Defaults for the rest.
+    pub fn new(http_url: impl Into<String>, chain_id: u64, key: KeyId, journal: PathBuf) -> Self {
+        WalletConfig {
+            http_url: http_url.into(),
+            chain_id,
+            key,
+            journal,
+            gas_limit_native: 21_000,
+            gas_limit_token: 100_000,
+            confirmations: 12,
+            fees: FeeConfig::default(),
+            bump_percent: 13,
+        }
+    }
+}
+
+/// One signed transaction of a withdrawal (the first, or a replacement).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentTx {
+    /// Its hash.
+    pub hash: B256,
+    /// EIP-2718 bytes, as broadcast.
+    pub raw: Bytes,
+    /// Max fee per gas.
+    pub max_fee_per_gas: u128,
+    /// Max priority fee per gas.
+    pub max_priority_fee_per_gas: u128,
+    /// Whether this is a cancel (0 ETH to self) rather than the transfer.
+    pub cancel: bool,
+}
+
+/// A withdrawal as journaled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Caller's id.
+    pub id: String,
+    /// Nonce every transaction of it uses.
+    pub nonce: u64,
+    /// Destination.
+    pub to: Address,
+    /// `None`: ETH; else the token contract.
+    pub token: Option<Address>,
+    /// Base units, as decimal text (JSON numbers cannot hold u128).
+    pub amount: String,
+    /// Transactions, oldest first; the last one is current.
+    pub txs: Vec<SentTx>,
+}
+
+/// The hot wallet.
+#[derive(Debug)]
+pub struct EthWallet {
+    config: WalletConfig,
+    provider: RootProvider,
+    signer: Arc<dyn Signer>,
+    address: Address,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    journal: File,
+    records: BTreeMap<String, Record>,
+    next_nonce: u64,
+}
+
+impl EthWallet {
+    /// Opens the wallet: loads the journal, reconciles its nonce with the
+    /// node's, re-broadcasts unfinished withdrawals the node has lost.
+    pub async fn open(config: WalletConfig, signer: Arc<dyn Signer>) -> Result<Self, EthError> {
+        let url = config.http_url.parse().map_err(|e| EthError::Config(format!("http_url: {e}")))?;
+        let provider = RootProvider::new(ClientBuilder::default().http(url));
+        let chain_id = provider.get_chain_id().await.map_err(|e| EthError::node("eth_chainId", e))?;
+        if chain_id != config.chain_id {
+            return Err(EthError::Config(format!(
+                "node is chain {chain_id}, wallet signs for {}",
+                config.chain_id
+            )));
+        }
+        let public = signer.public_key(&config.key).await.map_err(|e| EthError::Signer(e.to_string()))?;
+        let address = Address::from(public.eth_address().map_err(|e| EthError::Signer(e.to_string()))?);
+        let records = load(&config.journal)?;
+        let journal = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&config.journal)
+            .map_err(|e| EthError::Journal(format!("{}: {e}", config.journal.display())))?;
+        let pending = nonce(&provider, address, BlockId::pending()).await?;
+        let mined = nonce(&provider, address, BlockId::latest()).await?;
+        let journal_next = records.values().map(|r| r.nonce + 1).max().unwrap_or(0);
+        if mined > journal_next && !records.is_empty() {
+            return Err(EthError::NonceGap { address, node: mined, journal: journal_next });
+        }
+        let wallet = EthWallet {
+            provider,
+            signer,
+            address,
+            state: Mutex::new(State { journal, records, next_nonce: pending.max(journal_next) }),
+            config,
+        };
+        wallet.rebroadcast_lost().await?;
+        Ok(wallet)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &WalletConfig {
+        &self.config
+    }
+
+    /// The node connection (HTTP).
+    pub fn provider(&self) -> &RootProvider {
+        &self.provider
+    }
+
+    /// The wallet's address (derived from the signer's public key).
+    pub fn address(&self) -> Address {
+        self.address
+    }
+
+    /// Submits a withdrawal (idempotent by id): sign, journal, broadcast.
+    pub async fn submit(&self, request: &WithdrawalRequest) -> Result<WithdrawalStatus, EthError> {
+        let existed = self.state.lock().await.records.contains_key(&request.id);
+        let record = self.prepare(request).await?;
+        if existed {
+            self.ensure_known(&record).await?;
+        } else {
+            self.broadcast(&record).await?;
+        }
+        self.status(&request.id).await
+    }
+
+    /// Signs and journals a withdrawal without broadcasting it (the first
+    /// half of [`EthWallet::submit`]; a crash after it is what
+    /// [`EthWallet::open`] recovers from).
+    pub async fn prepare(&self, request: &WithdrawalRequest) -> Result<Record, EthError> {
+        self.prepare_with(request, None).await
+    }
+
+    async fn prepare_with(
+        &self,
+        request: &WithdrawalRequest,
+        fees: Option<Fees>,
+    ) -> Result<Record, EthError> {
+        let mut state = self.state.lock().await;
+        if let Some(r) = state.records.get(&request.id) {
+            return Ok(r.clone());
+        }
+        let to: Address = request.to.parse().map_err(|e| reject(request, format!("destination: {e}")))?;
+        if request.amount == 0 {
+            return Err(reject(request, "amount is zero".into()));
+        }
+        let token = match &request.asset {
+            Asset::Native => None,
+            Asset::Token(t) => {
+                Some(t.parse::<Address>().map_err(|e| reject(request, format!("token: {e}")))?)
+            }
+        };
+        let fees = match fees {
+            Some(f) => f,
+            None => fees::estimate(&self.provider, request.fee, &self.config.fees).await?,
+        };
+        let nonce = state.next_nonce;
+        let mut record = Record {
+            id: request.id.clone(),
+            nonce,
+            to,
+            token,
+            amount: request.amount.to_string(),
+            txs: Vec::new(),
+        };
+        record.txs.push(self.sign(&record, fees, false).await?);
+        append(&mut state.journal, &record)?;
+        state.records.insert(record.id.clone(), record.clone());
+        state.next_nonce = nonce + 1;
+        Ok(record)
+    }
+
+    /// Sweeps the wallet's whole ETH balance to `to`, leaving no dust: the
+    /// transaction sets its tip equal to its max fee, so the price paid per
+    /// gas is exactly the max fee whatever the base fee (as long as the base
+    /// fee stays below it), and the amount is `balance − 21,000 × max fee`.
+    /// Refused while the wallet has pending transactions, or when the balance
+    /// does not cover the fee. Journaled and idempotent by `id` like a withdrawal.
+    pub async fn sweep_native(
+        &self,
+        id: &str,
+        to: Address,
+        policy: FeePolicy,
+    ) -> Result<WithdrawalStatus, EthError> {
+        if self.state.lock().await.records.contains_key(id) {
+            let record = self.record(id).await?;
+            self.ensure_known(&record).await?;
+            return self.status(id).await;
+        }
+        let pending = nonce(&self.provider, self.address, BlockId::pending()).await?;
+        let mined = nonce(&self.provider, self.address, BlockId::latest()).await?;
+        if pending != mined {
+            return Err(EthError::Rejected {
+                id: id.into(),
+                reason: format!("{} transactions from the wallet are pending", pending - mined),
+            });
+        }
+        let balance =
+            self.provider.get_balance(self.address).await.map_err(|e| EthError::node("eth_getBalance", e))?;
+        let estimate = fees::estimate(&self.provider, policy, &self.config.fees).await?;
+        let fees = Fees {
+            max_fee_per_gas: estimate.max_fee_per_gas,
+            max_priority_fee_per_gas: estimate.max_fee_per_gas,
+        };
+        let fee = U256::from(fees.max_fee_per_gas) * U256::from(self.config.gas_limit_native);
+        let amount = balance.checked_sub(fee).filter(|a| !a.is_zero()).ok_or_else(|| EthError::Rejected {
+            id: id.into(),
+            reason: format!("balance {balance} wei does not cover the fee {fee} wei"),
+        })?;
+        let amount = u128::try_from(amount)
+            .map_err(|_| EthError::Rejected { id: id.into(), reason: "balance over u128".into() })?;
+        let request = WithdrawalRequest {
+            id: id.into(),
+            to: to.to_checksum(None),
+            asset: Asset::Native,
+            amount,
+            fee: policy,
+        };
+        let record = self.prepare_with(&request, Some(fees)).await?;
+        self.broadcast(&record).await?;
+        self.status(id).await
+    }
+
+    /// Replaces a withdrawal's pending transaction with the same nonce and
+    /// fees bumped by at least `bump_percent`: the same transfer
+    /// (`cancel = false`, speed-up) or 0 ETH to the wallet itself (cancel).
+    pub async fn replace(&self, id: &str, policy: FeePolicy, cancel: bool) -> Result<B256, EthError> {
+        let mut state = self.state.lock().await;
+        let mut record = state.records.get(id).cloned().ok_or_else(|| EthError::Unknown(id.to_owned()))?;
+        for tx in &record.txs {
+            if self.receipt(tx.hash).await?.is_some() {
+                return Err(EthError::Config(format!(
+                    "withdrawal {id:?} is already mined in {:#x}",
+                    tx.hash
+                )));
+            }
+        }
+        let last = record.txs.last().cloned().ok_or_else(|| EthError::Unknown(id.to_owned()))?;
+        let now = fees::estimate(&self.provider, policy, &self.config.fees).await?;
+        let old = Fees {
+            max_fee_per_gas: last.max_fee_per_gas,
+            max_priority_fee_per_gas: last.max_priority_fee_per_gas,
+        };
+        let new = fees::bumped(old, now, self.config.bump_percent, &self.config.fees);
+        if new.max_fee_per_gas <= old.max_fee_per_gas {
+            return Err(EthError::Limit { what: "max fee per gas (max_fee_cap)", limit: 0 });
+        }
+        let tx = self.sign(&record, new, cancel).await?;
+        record.txs.push(tx.clone());
+        append(&mut state.journal, &record)?;
+        state.records.insert(id.to_owned(), record.clone());
+        drop(state);
+        self.send_raw(&tx).await?;
+        Ok(tx.hash)
+    }
+
+    /// Where a withdrawal stands.
+    pub async fn status(&self, id: &str) -> Result<WithdrawalStatus, EthError> {
+        let record = self.record(id).await?;
+        for tx in &record.txs {
+            let Some(receipt) = self.receipt(tx.hash).await? else { continue };
+            let hash = format!("{:#x}", tx.hash);
+            let number = receipt.block_number.ok_or_else(|| EthError::bad("receipt", "no block number"))?;
+            let block = BlockRef {
+                number,
+                hash: format!(
+                    "{:#x}",
+                    receipt.block_hash.ok_or_else(|| EthError::bad("receipt", "no block hash"))?
+                ),
+            };
+            if !receipt.status() {
+                let reason = self.revert_reason(&record, tx, number).await;
+                return Ok(WithdrawalStatus::Failed { tx_hash: Some(hash), reason });
+            }
+            if tx.cancel {
+                return Ok(WithdrawalStatus::Failed { tx_hash: Some(hash), reason: "cancelled".into() });
+            }
+            let head =
+                self.provider.get_block_number().await.map_err(|e| EthError::node("eth_blockNumber", e))?;
+            let confirmations = (head + 1).saturating_sub(number);
+            if confirmations >= self.config.confirmations {
+                let fee_paid = u128::from(receipt.gas_used).saturating_mul(receipt.effective_gas_price);
+                return Ok(WithdrawalStatus::Final { tx_hash: hash, block, fee_paid });
+            }
+            return Ok(WithdrawalStatus::Mined { tx_hash: hash, block, confirmations });
+        }
+        let last = record.txs.last().ok_or_else(|| EthError::Unknown(id.to_owned()))?;
+        Ok(WithdrawalStatus::Pending { tx_hash: format!("{:#x}", last.hash) })
+    }
+
+    /// The status of one transaction of a withdrawal: `Replaced` if a later
+    /// one superseded it, else the withdrawal's status.
+    pub async fn tx_status(&self, id: &str, hash: B256) -> Result<WithdrawalStatus, EthError> {
+        let record = self.record(id).await?;
+        record
+            .txs
+            .iter()
+            .position(|t| t.hash == hash)
+            .ok_or_else(|| EthError::Unknown(format!("{hash:#x}")))?;
+        let status = self.status(id).await?;
+        let current = match &status {
+            WithdrawalStatus::Pending { tx_hash }
+            | WithdrawalStatus::Mined { tx_hash, .. }
+            | WithdrawalStatus::Final { tx_hash, .. } => Some(tx_hash.clone()),
+            WithdrawalStatus::Failed { tx_hash, .. } => tx_hash.clone(),
+            WithdrawalStatus::Replaced { by, .. } => Some(by.clone()),
+        };
+        let me = format!("{hash:#x}");
+        match current {
+            Some(by) if by != me => Ok(WithdrawalStatus::Replaced { tx_hash: me, by }),
+            _ => Ok(status),
+        }
+    }
+
+    /// The journaled record of `id`.
+    pub async fn record(&self, id: &str) -> Result<Record, EthError> {
+        self.state.lock().await.records.get(id).cloned().ok_or_else(|| EthError::Unknown(id.to_owned()))
+    }
+
+    async fn sign(&self, record: &Record, fees: Fees, cancel: bool) -> Result<SentTx, EthError> {
+        let amount: u128 =
+            record.amount.parse().map_err(|_| EthError::Journal(format!("amount {:?}", record.amount)))?;
+        let (to, value, input, gas_limit) = match (cancel, record.token) {
+            (true, _) => (self.address, U256::ZERO, Bytes::new(), self.config.gas_limit_native),
+            (false, None) => (record.to, U256::from(amount), Bytes::new(), self.config.gas_limit_native),
+            (false, Some(token)) => (
+                token,
+                U256::ZERO,
+                transferCall { to: record.to, amount: U256::from(amount) }.abi_encode().into(),
+                self.config.gas_limit_token,
+            ),
+        };
+        let tx = TxEip1559 {
+            chain_id: self.config.chain_id,
+            nonce: record.nonce,
+            gas_limit,
+            max_fee_per_gas: fees.max_fee_per_gas,
+            max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
+            to: TxKind::Call(to),
+            value,
+            access_list: Default::default(),
+            input,
+        };
+        let digest = tx.signature_hash();
+        let sig = self
+            .signer
+            .sign_digest(&self.config.key, &digest.0)
+            .await
+            .map_err(|e| EthError::Signer(e.to_string()))?;
+        // The signature must recover to this wallet's address before it leaves.
+        let (k_sig, k_rid) = sig.to_k256().map_err(|e| EthError::Signer(e.to_string()))?;
+        let recovered = k256::ecdsa::VerifyingKey::recover_from_prehash(&digest.0, &k_sig, k_rid)
+            .map_err(|e| EthError::Signer(format!("signature does not recover: {e}")))?;
+        let recovered = Address::from(molly_hsm_bridge::ecdsa::eth_address(&recovered));
+        if recovered != self.address {
+            return Err(EthError::Signer(format!(
+                "signature recovers to {recovered}, not the wallet {}",
+                self.address
+            )));
+        }
+        let signature =
+            Signature::new(U256::from_be_bytes(sig.r), U256::from_be_bytes(sig.s), sig.recovery_id == 1);
+        let envelope = TxEnvelope::from(tx.into_signed(signature));
+        Ok(SentTx {
+            hash: *envelope.tx_hash(),
+            raw: envelope.encoded_2718().into(),
+            max_fee_per_gas: fees.max_fee_per_gas,
+            max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
+            cancel,
+        })
+    }
+
+    async fn broadcast(&self, record: &Record) -> Result<(), EthError> {
+        if let Some(tx) = record.txs.last() {
+            self.send_raw(tx).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_raw(&self, tx: &SentTx) -> Result<(), EthError> {
+        match self.provider.send_raw_transaction(&tx.raw).await {
+            Ok(_) => Ok(()),
+            // Broadcasting the same bytes twice is harmless; nodes say so in words.
+            Err(e) if is_known(&e.to_string()) => Ok(()),
+            Err(e) => Err(EthError::node(format!("eth_sendRawTransaction {:#x}", tx.hash), e)),
+        }
+    }
+
+    async fn rebroadcast_lost(&self) -> Result<(), EthError> {
+        let records: Vec<Record> = self.state.lock().await.records.values().cloned().collect();
+        for r in &records {
+            self.ensure_known(r).await?;
+        }
+        Ok(())
+    }
+
+    /// Broadcasts `r`'s current transaction again if the node knows none of
+    /// its transactions (lost from the pool, or never sent before a crash).
+    async fn ensure_known(&self, r: &Record) -> Result<(), EthError> {
+        for tx in &r.txs {
+            let seen = self
+                .provider
+                .get_transaction_by_hash(tx.hash)
+                .await
+                .map_err(|e| EthError::node("eth_getTransactionByHash", e))?;
+            if seen.is_some() {
+                return Ok(());
+            }
+        }
+        tracing::info!(id = %r.id, nonce = r.nonce, "re-broadcasting a journaled withdrawal the node does not know");
+        self.broadcast(r).await
+    }
+
+    async fn receipt(&self, hash: B256) -> Result<Option<alloy::rpc::types::TransactionReceipt>, EthError> {
+        self.provider
+            .get_transaction_receipt(hash)
+            .await
+            .map_err(|e| EthError::node(format!("eth_getTransactionReceipt {hash:#x}"), e))
+    }
+
+    /// Replays the transaction as a call on the state before its block to
+    /// learn the revert reason.
+    async fn revert_reason(&self, record: &Record, tx: &SentTx, block: u64) -> String {
+        let Ok(decoded) = alloy::consensus::TxEnvelope::decode_2718(&mut tx.raw.as_ref()) else {
+            return "reverted (transaction bytes unreadable)".into();
+        };
+        let alloy::consensus::TxEnvelope::Eip1559(signed) = decoded else { return "reverted".into() };
+        let t = signed.tx();
+        let mut req = TransactionRequest::default()
+            .with_from(self.address)
+            .with_nonce(record.nonce)
+            .with_gas_limit(t.gas_limit)
+            .with_value(t.value)
+            .with_input(t.input.clone());
+        if let TxKind::Call(to) = t.to {
+            req = req.with_to(to);
+        }
+        match self.provider.call(req).block(BlockId::number(block.saturating_sub(1))).await {
+            Ok(_) => "reverted (no reason: the call succeeds on the parent state)".into(),
+            Err(e) => {
+                let data = e.as_error_resp().and_then(|p| p.as_revert_data());
+                match data.as_ref().and_then(|d| alloy::sol_types::decode_revert_reason(d)) {
+                    Some(reason) => format!("reverted: {reason}"),
+                    None => format!("reverted: {e}"),
+                }
+            }
+        }
+    }
+}
+
+fn is_known(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("already known") || m.contains("already imported") || m.contains("known transaction")
+}
+
+fn reject(request: &WithdrawalRequest, reason: String) -> EthError {
+    EthError::Rejected { id: request.id.clone(), reason }
+}
+
+async fn nonce(p: &RootProvider, address: Address, at: BlockId) -> Result<u64, EthError> {
+    p.get_transaction_count(address)
+        .block_id(at)
+        .await
+        .map_err(|e| EthError::node("eth_getTransactionCount", e))
+}
+
+fn load(path: &Path) -> Result<BTreeMap<String, Record>, EthError> {
+    let mut records = BTreeMap::new();
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(records),
+        Err(e) => return Err(EthError::Journal(format!("{}: {e}", path.display()))),
+    };
+    let lines: Vec<String> = BufReader::new(file)
+        .lines()
+        .collect::<Result<_, _>>()
+        .map_err(|e| EthError::Journal(format!("{}: {e}", path.display())))?;
+    let count = lines.len();
+    for (i, line) in lines.into_iter().enumerate() {
+        match serde_json::from_str::<Record>(&line) {
+            Ok(r) => {
+                records.insert(r.id.clone(), r);
+            }
+            // A torn last line is a crash during append: that record was never broadcast.
+            Err(_) if i + 1 == count => tracing::warn!(line = i + 1, "ignoring a torn last journal line"),
+            Err(e) => return Err(EthError::Journal(format!("{} line {}: {e}", path.display(), i + 1))),
+        }
+    }
+    Ok(records)
+}
+
+fn append(journal: &mut File, record: &Record) -> Result<(), EthError> {
+    let mut line = serde_json::to_vec(record).map_err(|e| EthError::Journal(e.to_string()))?;
+    line.push(b'\n');
+    journal.write_all(&line).and_then(|()| journal.sync_data()).map_err(|e| EthError::Journal(e.to_string()))
+}
