@@ -41,6 +41,9 @@ pub struct ShardScenario {
     pub pin: bool,
     /// Workload seed.
     pub seed: u64,
+    /// Journal bytes between snapshots (0: none during the run). A snapshot
+    /// pauses its shard while it is written.
+    pub snapshot_every_bytes: u64,
 }
 
 /// The figures of one run.
@@ -90,6 +93,7 @@ pub fn run(scenario: &ShardScenario, mut progress: impl FnMut(u64)) -> anyhow::R
     config.shards = scenario.shards;
     config.pin = scenario.pin;
     config.prefault = true;
+    config.snapshot_every_bytes = scenario.snapshot_every_bytes;
     config.inbox_depth = scenario.in_flight.max(16);
     config.engine = Config {
         batch_events_max: scenario.batch,

@@ -122,6 +122,10 @@ pub struct ShardsArgs {
     /// Do not pin shards to CPUs.
     #[arg(long)]
     no_pin: bool,
+    /// Journal bytes between snapshots during the run (0: none; a snapshot
+    /// pauses its shard while it is written).
+    #[arg(long, default_value_t = 0)]
+    snapshot_every_bytes: u64,
     /// Write the figures as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -149,6 +153,7 @@ fn shards(args: ShardsArgs) -> anyhow::Result<()> {
             data_dir: args.data_dir.clone(),
             pin: !args.no_pin,
             seed: 1,
+            snapshot_every_bytes: args.snapshot_every_bytes,
         };
         let name = format!("{shards}-shard{}", if shards == 1 { "" } else { "s" });
         let bar = progress_bar(args.transfers, &name);
