@@ -545,3 +545,17 @@ fn import_refuses_inconsistent_states() {
         molly_engine::ImportError::OverLimits
     );
 }
+
+/// Every result code has a row in the tables above (a new code without a
+/// test fails here).
+#[test]
+fn every_result_code_has_a_table_row() {
+    let source = include_str!("result_codes.rs");
+    let untested: Vec<String> = TR::ALL
+        .iter()
+        .map(|code| format!("TR::{code:?}"))
+        .chain(AR::ALL.iter().map(|code| format!("AR::{code:?}")))
+        .filter(|needle| source.matches(needle.as_str()).count() < 1)
+        .collect();
+    assert!(untested.is_empty(), "result codes without a test row: {untested:?}");
+}
