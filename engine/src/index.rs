@@ -93,11 +93,6 @@ impl IdIndex {
         self.entries_max
     }
 
-    /// Bytes the table occupies.
-    pub fn table_bytes(&self) -> usize {
-        self.slots.len() * core::mem::size_of::<Slot>()
-    }
-
     /// Touches every page of the table (see `Engine::prefault`).
     pub fn prefault(&mut self) {
         crate::prefault::slice(&mut self.slots);

@@ -18,7 +18,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -458,11 +458,6 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
         // A clean stop leaves a snapshot at the journal's end: the next start replays nothing.
         let _ = core.snapshot(&context.dir);
     }
-}
-
-/// Waits for a reply with a timeout (for callers that must not hang).
-pub fn recv_timeout<T>(answer: &Receiver<T>, timeout: Duration) -> Option<T> {
-    answer.recv_timeout(timeout).ok()
 }
 
 #[cfg(test)]
