@@ -8,14 +8,16 @@
 //! batch's latency runs from its submission to its durable reply.
 
 use std::path::PathBuf;
-use std::sync::mpsc::{sync_channel, Receiver};
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot::error::TryRecvError;
 
 use anyhow::{bail, ensure, Context};
 use molly_engine::{Account, Config, Transfer};
 use molly_shards::durable::Outcome;
 use molly_shards::journal::CommandBuf;
-use molly_shards::runtime::{shard_for, Backpressure, Request, Runtime, RuntimeConfig, WriteReply};
+use molly_shards::runtime::{
+    reply_channel, shard_for, Answer, Backpressure, Request, Runtime, RuntimeConfig, WriteReply,
+};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::Serialize;
@@ -157,7 +159,7 @@ pub fn run(scenario: &ShardScenario, mut progress: impl FnMut(u64)) -> anyhow::R
     let groups_before: u64 = runtime.metrics().iter().map(|m| m.groups.get()).sum();
 
     let mut histogram = latency_histogram();
-    let mut waiting: Vec<Vec<(Instant, Receiver<WriteReply>)>> =
+    let mut waiting: Vec<Vec<(Instant, Answer<WriteReply>)>> =
         (0..scenario.shards).map(|_| Vec::new()).collect();
     let (mut done, mut rejected, mut batches) = (0u64, 0u64, 0u64);
     let started = Instant::now();
@@ -166,7 +168,7 @@ pub fn run(scenario: &ShardScenario, mut progress: impl FnMut(u64)) -> anyhow::R
         for shard in 0..scenario.shards {
             while waiting[shard].len() < scenario.in_flight {
                 let Some(batch) = queues[shard].pop_front() else { break };
-                let (reply, answer) = sync_channel(1);
+                let (reply, answer) = reply_channel();
                 match runtime.submit(
                     shard,
                     Request::Write { commands: vec![CommandBuf::CreateTransfers(batch)], reply },
@@ -195,8 +197,8 @@ pub fn run(scenario: &ShardScenario, mut progress: impl FnMut(u64)) -> anyhow::R
                         batches += 1;
                         idle = false;
                     }
-                    Err(std::sync::mpsc::TryRecvError::Empty) => i += 1,
-                    Err(std::sync::mpsc::TryRecvError::Disconnected) => bail!("shard {shard} stopped"),
+                    Err(TryRecvError::Empty) => i += 1,
+                    Err(TryRecvError::Closed) => bail!("shard {shard} stopped"),
                 }
             }
         }

@@ -19,12 +19,14 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
+
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+pub use tokio::sync::oneshot::{channel as reply_channel, Receiver as Answer, Sender as Reply};
 
 use crossbeam_queue::ArrayQueue;
-use molly_engine::{Account, Config, LedgerTotals, Transfer};
+use molly_engine::{Account, AccountBalance, AccountFilter, Config, LedgerTotals, QueryError, Transfer};
 
 use crate::durable::{recover, DurableError, Outcome, RecoveryReport};
 use crate::journal::CommandBuf;
@@ -88,26 +90,40 @@ pub enum Request {
         /// The commands, applied in order.
         commands: Vec<CommandBuf>,
         /// Where the outcomes go.
-        reply: SyncSender<WriteReply>,
+        reply: Reply<WriteReply>,
     },
     /// Look accounts up.
     LookupAccounts {
         /// Ids.
         ids: Vec<u128>,
         /// The accounts found.
-        reply: SyncSender<Vec<Account>>,
+        reply: Reply<Vec<Account>>,
     },
     /// Look transfers up.
     LookupTransfers {
         /// Ids.
         ids: Vec<u128>,
         /// The transfers found.
-        reply: SyncSender<Vec<Transfer>>,
+        reply: Reply<Vec<Transfer>>,
+    },
+    /// An account's transfers (`Engine::get_account_transfers`).
+    GetAccountTransfers {
+        /// The query.
+        filter: Box<AccountFilter>,
+        /// The transfers, or why the filter is invalid.
+        reply: Reply<Result<Vec<Transfer>, QueryError>>,
+    },
+    /// An account's balance history (`Engine::get_account_balances`).
+    GetAccountBalances {
+        /// The query.
+        filter: Box<AccountFilter>,
+        /// The points, or why the filter is invalid.
+        reply: Reply<Result<Vec<AccountBalance>, QueryError>>,
     },
     /// Counts and per-ledger totals, with the invariants checked.
     Stats {
         /// The answer.
-        reply: SyncSender<ShardStats>,
+        reply: Reply<ShardStats>,
     },
 }
 
@@ -307,32 +323,32 @@ impl Runtime {
     /// Journals and applies `commands` on `shard`, waiting for the reply.
     /// Spins politely while the inbox is full.
     pub fn write(&self, shard: usize, commands: Vec<CommandBuf>) -> WriteReply {
-        let (reply, answer) = sync_channel(1);
+        let (reply, answer) = reply_channel();
         self.submit_blocking(shard, Request::Write { commands, reply });
-        answer.recv().unwrap_or_else(|_| {
+        answer.blocking_recv().unwrap_or_else(|_| {
             Err(ShardError::Failed { shard, reason: "the shard stopped before answering".into() })
         })
     }
 
     /// Looks accounts up on `shard`.
     pub fn lookup_accounts(&self, shard: usize, ids: Vec<u128>) -> Vec<Account> {
-        let (reply, answer) = sync_channel(1);
+        let (reply, answer) = reply_channel();
         self.submit_blocking(shard, Request::LookupAccounts { ids, reply });
-        answer.recv().unwrap_or_default()
+        answer.blocking_recv().unwrap_or_default()
     }
 
     /// Looks transfers up on `shard`.
     pub fn lookup_transfers(&self, shard: usize, ids: Vec<u128>) -> Vec<Transfer> {
-        let (reply, answer) = sync_channel(1);
+        let (reply, answer) = reply_channel();
         self.submit_blocking(shard, Request::LookupTransfers { ids, reply });
-        answer.recv().unwrap_or_default()
+        answer.blocking_recv().unwrap_or_default()
     }
 
     /// Counts, totals and the invariants of `shard`.
     pub fn stats(&self, shard: usize) -> Option<ShardStats> {
-        let (reply, answer) = sync_channel(1);
+        let (reply, answer) = reply_channel();
         self.submit_blocking(shard, Request::Stats { reply });
-        answer.recv().ok()
+        answer.blocking_recv().ok()
     }
 
     fn submit_blocking(&self, shard: usize, mut request: Request) {

@@ -13,7 +13,6 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,13 +21,13 @@ use molly_engine::Engine;
 use crate::durable::{apply, JournalWriter, Outcome};
 use crate::journal::{Command, CommandBuf, HEADER_SIZE};
 use crate::metrics::ShardMetrics;
-use crate::runtime::{shard_for, Request, ShardError, ShardStats, WriteReply};
+use crate::runtime::{reply_channel, shard_for, Reply, Request, ShardError, ShardStats, WriteReply};
 use crate::snapshot::SnapshotError;
 
 /// A write taken into the current group.
 struct Pending {
     commands: Vec<CommandBuf>,
-    reply: SyncSender<WriteReply>,
+    reply: Reply<WriteReply>,
     /// For the batch-latency metric only.
     taken: Instant,
     /// The shard's own tick: no caller waits for it, no batch metric.
@@ -39,7 +38,7 @@ impl Pending {
     fn tick(now_ns: u64) -> Self {
         Self {
             commands: vec![CommandBuf::Tick { now_ns }],
-            reply: sync_channel(1).0,
+            reply: reply_channel().0,
             taken: Instant::now(),
             internal: true,
         }
@@ -144,6 +143,14 @@ impl ShardCore {
                 let mut out = Vec::with_capacity(ids.len());
                 let _ = self.engine.lookup_transfers(&ids, &mut out);
                 let _ = reply.send(out);
+            }
+            Request::GetAccountTransfers { filter, reply } => {
+                let mut out = Vec::new();
+                let _ = reply.send(self.engine.get_account_transfers(&filter, &mut out).map(|()| out));
+            }
+            Request::GetAccountBalances { filter, reply } => {
+                let mut out = Vec::new();
+                let _ = reply.send(self.engine.get_account_balances(&filter, &mut out).map(|()| out));
             }
             Request::Stats { reply } => {
                 let _ = reply.send(stats(shard, &self.engine));
@@ -271,11 +278,11 @@ pub(crate) fn stats(shard: usize, engine: &Engine) -> ShardStats {
 mod tests {
     use super::*;
     use crate::journal;
+    use crate::runtime::Answer;
     use molly_engine::{Account, Config, Transfer};
-    use std::sync::mpsc::Receiver;
 
-    fn write(commands: Vec<CommandBuf>) -> (Request, Receiver<WriteReply>) {
-        let (reply, answer) = sync_channel(1);
+    fn write(commands: Vec<CommandBuf>) -> (Request, Answer<WriteReply>) {
+        let (reply, answer) = reply_channel();
         (Request::Write { commands, reply }, answer)
     }
 
@@ -296,7 +303,7 @@ mod tests {
         let mut now = 1_000_000_000u64;
         let accounts =
             (1..=4u128).map(|id| Account { id, ledger: 1, code: 1, ..Account::default() }).collect();
-        let (request, accounts_answer) = write(vec![CommandBuf::CreateAccounts(accounts)]);
+        let (request, mut accounts_answer) = write(vec![CommandBuf::CreateAccounts(accounts)]);
         core.offer(request, now).unwrap();
         let transfer = |id, amount| Transfer {
             id,
@@ -307,7 +314,7 @@ mod tests {
             code: 1,
             ..Transfer::default()
         };
-        let (request, transfers_answer) =
+        let (request, mut transfers_answer) =
             write(vec![CommandBuf::CreateTransfers(vec![transfer(1, 5), transfer(2, 6)])]);
         core.offer(request, now).unwrap();
         // Nothing is answered before the group is durable.
@@ -325,12 +332,12 @@ mod tests {
 
         // A failed write: the group's writes fail, later ones are refused.
         now += 1_000;
-        let (request, answer) = write(vec![CommandBuf::CreateTransfers(vec![transfer(3, 7)])]);
+        let (request, mut answer) = write(vec![CommandBuf::CreateTransfers(vec![transfer(3, 7)])]);
         core.offer(request, now).unwrap();
         assert!(core.seal(now).is_some());
         core.write_failed("simulated torn write".into());
         assert!(matches!(answer.try_recv().unwrap(), Err(ShardError::Failed { .. })));
-        let (request, answer) = write(vec![CommandBuf::CreateTransfers(vec![transfer(4, 8)])]);
+        let (request, mut answer) = write(vec![CommandBuf::CreateTransfers(vec![transfer(4, 8)])]);
         core.offer(request, now).unwrap();
         assert!(matches!(answer.try_recv().unwrap(), Err(ShardError::Failed { .. })));
         assert!(core.seal(now).is_none());

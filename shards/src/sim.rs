@@ -19,7 +19,6 @@
 //! violation the report carries the seed and the first violated check;
 //! `molly sim --seed N` replays the same run exactly.
 
-use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 
 use molly_engine::{Account, AccountFlags, Config, Engine, EngineState, Transfer, TransferFlags};
@@ -27,7 +26,7 @@ use molly_engine::{Account, AccountFlags, Config, Engine, EngineState, Transfer,
 use crate::durable::{apply, JournalWriter, Outcome};
 use crate::journal::{self, CommandBuf, SECTOR_SIZE};
 use crate::metrics::ShardMetrics;
-use crate::runtime::{Request, WriteReply};
+use crate::runtime::{reply_channel, Answer, Request, WriteReply};
 use crate::shard::ShardCore;
 
 /// splitmix64: a small, well-known PRNG; the whole run follows from its seed.
@@ -135,7 +134,7 @@ struct World {
     in_flight: Option<Vec<CommandBuf>>,
     /// Commands staged in the open group, in order.
     open: Vec<CommandBuf>,
-    replies: Vec<Receiver<WriteReply>>,
+    replies: Vec<Answer<WriteReply>>,
     sent: Vec<Vec<Transfer>>,
     next_id: u128,
     report: SimReport,
@@ -244,7 +243,7 @@ impl World {
         } else {
             (0..1 + self.prng.below(2)).map(|_| CommandBuf::CreateTransfers(self.transfer_batch())).collect()
         };
-        let (reply, answer) = sync_channel(1);
+        let (reply, answer) = reply_channel();
         let staged = commands.clone();
         match self.core.offer(Request::Write { commands, reply }, self.now_ns) {
             Ok(()) => {
@@ -288,7 +287,7 @@ impl World {
         self.in_flight = None;
         self.acknowledged = self.core.engine().export();
         self.report.groups_acknowledged += 1;
-        for answer in self.replies.drain(..) {
+        for mut answer in self.replies.drain(..) {
             if let Ok(Ok(outcomes)) = answer.try_recv() {
                 for outcome in outcomes {
                     if let Outcome::Transfers(results) = outcome {
@@ -360,7 +359,7 @@ impl World {
         match self.prng.below(100) {
             0..=44 => self.client_write(),
             45..=49 => {
-                let (reply, answer) = sync_channel(1);
+                let (reply, mut answer) = reply_channel();
                 let ids = vec![1 + u128::from(self.prng.below(self.next_id as u64))];
                 self.core
                     .offer(Request::LookupTransfers { ids, reply }, self.now_ns)

@@ -155,7 +155,7 @@ fn refusals_and_backpressure_are_values() {
     let mut refused = 0;
     let mut answers = Vec::new();
     for i in 0..200u128 {
-        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        let (reply, answer) = molly_shards::runtime::reply_channel();
         match runtime.submit(0, Request::LookupAccounts { ids: vec![i + 1], reply }) {
             Ok(()) => answers.push(answer),
             Err(Backpressure(Request::LookupAccounts { ids, .. })) => {
@@ -167,7 +167,7 @@ fn refusals_and_backpressure_are_values() {
     }
     assert!(refused > 0, "200 submissions into an inbox of 1 all fitted");
     for answer in answers {
-        assert!(answer.recv().unwrap().is_empty());
+        assert!(answer.blocking_recv().unwrap().is_empty());
     }
 }
 
