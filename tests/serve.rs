@@ -27,7 +27,16 @@ fn molly() -> Command {
 
 fn serve(dir: &Path, extra: &[&str]) -> Child {
     molly()
-        .args(["serve", "--shards", "2", "--metrics-addr", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--shards",
+            "2",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir)
         .args(extra)
         .stdout(Stdio::piped())

@@ -101,6 +101,9 @@ result_codes! {
         LedgerNotRegistered = 22 => "ledger_not_registered",
         /// The engine holds `accounts_max` accounts already.
         AccountsLimitReached = 23 => "accounts_limit_reached",
+        /// Assigned by the shard router, not the engine: the linked chain's
+        /// accounts live on different shards; nothing of the chain applied.
+        LinkedEventChainCrossShard = 24 => "linked_event_chain_cross_shard",
     }
 }
 
@@ -229,6 +232,10 @@ result_codes! {
         CreditAccountAlreadyClosed = 59 => "credit_account_already_closed",
         /// The engine holds `transfers_max` transfers already.
         TransfersLimitReached = 60 => "transfers_limit_reached",
+        /// Assigned by the shard router, not the engine: the linked chain's
+        /// transfers are routed to different shards (by debit account);
+        /// nothing of the chain applied.
+        LinkedEventChainCrossShard = 61 => "linked_event_chain_cross_shard",
     }
 }
 

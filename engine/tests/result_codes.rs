@@ -546,6 +546,28 @@ fn import_refuses_inconsistent_states() {
     );
 }
 
+/// Codes a single engine never assigns: the shard router gives them to a
+/// linked chain whose events live on different shards. Their behaviour is
+/// tested with a live server in `tests/protocol.rs`
+/// (`linked_chains_across_shards_are_rejected_whole_and_post_finds_its_pending`); here, that one engine
+/// accepts the same chain (the code is the router's, never an engine's).
+#[test]
+fn router_codes_are_never_the_engines() {
+    let routed = [AR::LinkedEventChainCrossShard];
+    let routed_transfers = [TR::LinkedEventChainCrossShard];
+    let mut engine = Engine::new(Config::default()).unwrap();
+    let mut results = Vec::new();
+    let chain = [account(1, ETH, AF::LINKED), account(2, ETH, AF::NONE)];
+    engine.create_accounts(&chain, &mut results).unwrap();
+    assert!(results.iter().all(|r| !routed.contains(r)), "{results:?}");
+    assert!(results.iter().all(|r| r.is_ok()));
+    let mut results = Vec::new();
+    let mut first = transfer(1, 1, 2, 10);
+    first.flags = TF::LINKED;
+    engine.create_transfers(&[first, transfer(2, 2, 1, 5)], &mut results).unwrap();
+    assert!(results.iter().all(|r| !routed_transfers.contains(r) && r.is_ok()), "{results:?}");
+}
+
 /// Every result code has a row in the tables above (a new code without a
 /// test fails here).
 #[test]

@@ -86,6 +86,54 @@ impl Operation {
     }
 }
 
+/// `status` of a reply that answers its request with a request-level
+/// failure instead of results: the body is a UTF-8 message and the
+/// connection stays open. (Error frames, which close the connection, carry
+/// a [`FrameError`] code instead.)
+pub mod status {
+    /// The reply carries its results.
+    pub const OK: u32 = 0;
+    /// A shard could not make its part of the request durable (its journal
+    /// failed; it refuses writes until restarted). Other shards' parts may
+    /// have been applied: retrying the same request is safe, because ids are
+    /// idempotent (applied events answer `exists`).
+    pub const SHARD_UNAVAILABLE: u32 = 100;
+    /// The query's filter is invalid (the message says why); nothing was read.
+    pub const INVALID_QUERY: u32 = 101;
+    /// The server is shutting down and did not apply the request; retry on
+    /// the restarted server.
+    pub const SHUTTING_DOWN: u32 = 102;
+    /// A shard refused its part for breaking a configured limit (the
+    /// message says which); nothing of that part was applied.
+    pub const REFUSED: u32 = 103;
+}
+
+/// The body of a `server_info` reply (64 bytes, little-endian).
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Pod, Zeroable)]
+pub struct ServerInfo {
+    /// The protocol version ([`VERSION`]).
+    pub protocol_version: u32,
+    /// Shards serving the ledger.
+    pub shards: u32,
+    /// Most events in one request.
+    pub batch_events_max: u32,
+    /// Largest request body, bytes.
+    pub body_size_max: u32,
+    /// Requests read ahead per connection before the server stops reading.
+    pub in_flight_max: u32,
+    /// Connections the server holds at most.
+    pub connections_max: u32,
+    /// Most records in one query reply.
+    pub query_results_max: u32,
+    /// Zero.
+    pub reserved: u32,
+    /// The server's version, UTF-8, zero-padded.
+    pub server_version: [u8; 32],
+}
+
+const _: () = assert!(core::mem::size_of::<ServerInfo>() == 64);
+
 /// The header, exactly as on the wire.
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Pod, Zeroable)]
@@ -162,6 +210,9 @@ pub enum FrameError {
         /// Bytes the header announced.
         need: usize,
     },
+    /// The server holds `connections_max` connections already.
+    #[error("too many connections (the server's limit is {0})")]
+    TooManyConnections(usize),
 }
 
 impl FrameError {
@@ -177,6 +228,7 @@ impl FrameError {
             Self::UnknownClient(_) => 7,
             Self::BadMac(_) => 8,
             Self::Truncated { .. } => 9,
+            Self::TooManyConnections(_) => 10,
         }
     }
 }
@@ -244,6 +296,26 @@ pub fn check_header(
     bytes: &[u8; HEADER_SIZE],
     body_size_max: u32,
 ) -> Result<(FrameHeader, Operation), FrameError> {
+    let (header, operation) = check_reply_header(bytes, body_size_max)?;
+    let size = operation.request_event_size() as u32;
+    if size > 0 && u64::from(header.body_len) != u64::from(header.event_count) * u64::from(size) {
+        return Err(FrameError::EventCountMismatch {
+            len: header.body_len,
+            events: header.event_count,
+            size,
+        });
+    }
+    Ok((header, operation))
+}
+
+/// The checks a client makes on a reply's header: magic, version,
+/// operation, body length against `body_size_max`. (A reply's body is
+/// result codes or found records, not the request's event layout, so the
+/// event-size check of [`check_header`] does not apply; [`verify`] follows.)
+pub fn check_reply_header(
+    bytes: &[u8; HEADER_SIZE],
+    body_size_max: u32,
+) -> Result<(FrameHeader, Operation), FrameError> {
     let header: FrameHeader = bytemuck::pod_read_unaligned(bytes);
     if header.magic != MAGIC {
         return Err(FrameError::BadMagic(header.magic));
@@ -255,14 +327,6 @@ pub fn check_header(
         Operation::from_u16(header.operation).ok_or(FrameError::UnknownOperation(header.operation))?;
     if header.body_len > body_size_max {
         return Err(FrameError::BodyTooLarge { len: header.body_len, max: body_size_max });
-    }
-    let size = operation.request_event_size() as u32;
-    if size > 0 && u64::from(header.body_len) != u64::from(header.event_count) * u64::from(size) {
-        return Err(FrameError::EventCountMismatch {
-            len: header.body_len,
-            events: header.event_count,
-            size,
-        });
     }
     Ok((header, operation))
 }
@@ -296,14 +360,26 @@ pub fn decode<'a, K: AsRef<[u8]>>(
         return Err(FrameError::Truncated { have: bytes.len(), need: total });
     }
     let body = &bytes[HEADER_SIZE..total];
-    if checksum(&header, body) != header.checksum {
+    verify(&header, body, key_of)?;
+    Ok((Frame { header, operation, body }, total))
+}
+
+/// The checks that need the whole body, for a header that passed
+/// [`check_header`] and its body read separately (how the server reads a
+/// body straight into aligned records): checksum, then the client's MAC.
+pub fn verify<K: AsRef<[u8]>>(
+    header: &FrameHeader,
+    body: &[u8],
+    key_of: impl Fn(u32) -> Option<K>,
+) -> Result<(), FrameError> {
+    if checksum(header, body) != header.checksum {
         return Err(FrameError::BadChecksum);
     }
     let key = key_of(header.client_id).ok_or(FrameError::UnknownClient(header.client_id))?;
-    if !mac_matches(key.as_ref(), &header, body) {
+    if !mac_matches(key.as_ref(), header, body) {
         return Err(FrameError::BadMac(header.client_id));
     }
-    Ok((Frame { header, operation, body }, total))
+    Ok(())
 }
 
 #[cfg(test)]

@@ -27,3 +27,7 @@
 //! ```
 
 pub mod frame;
+#[cfg(feature = "server")]
+pub mod keys;
+#[cfg(feature = "server")]
+pub mod server;

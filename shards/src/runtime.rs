@@ -16,7 +16,9 @@
 //! wall clock with a journaled tick when time has moved and there are
 //! writes, or when a pending transfer is due to expire.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 
@@ -54,6 +56,56 @@ pub struct RuntimeConfig {
     pub prefault: bool,
     /// Write a snapshot after this many journal bytes (0: only at shutdown).
     pub snapshot_every_bytes: u64,
+    /// Work to run on every shard's executor beside the shard loop (the
+    /// network edge's listeners and connections), started once the shard
+    /// has recovered. It stops when the shard stops.
+    pub task: Option<ShardTask>,
+}
+
+/// A task factory run once on each shard's executor (see [`RuntimeConfig::task`]).
+#[derive(Clone)]
+pub struct ShardTask(pub Arc<dyn Fn(ShardHandle) -> LocalTask + Send + Sync>);
+
+/// A future that runs on one shard's executor (it need not be `Send`).
+pub type LocalTask = Pin<Box<dyn Future<Output = ()>>>;
+
+impl std::fmt::Debug for ShardTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ShardTask")
+    }
+}
+
+/// What a task on a shard's executor gets: its shard, and a router to every shard.
+#[derive(Clone, Debug)]
+pub struct ShardHandle {
+    /// The shard whose executor runs the task.
+    pub shard: usize,
+    /// Submits requests to any shard.
+    pub router: Router,
+}
+
+/// Submits requests to the shards' inboxes from any thread: cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Router {
+    inboxes: Arc<[Arc<ArrayQueue<Request>>]>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Router {
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    /// Queues a request on `shard`; a full inbox hands it back.
+    pub fn submit(&self, shard: usize, request: Request) -> Result<(), Backpressure> {
+        self.inboxes[shard].push(request).map_err(Backpressure)
+    }
+
+    /// True once the runtime is stopping: the shards answer what is queued and exit.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
 }
 
 /// Default journal bytes between snapshots: 1 GiB.
@@ -72,6 +124,7 @@ impl RuntimeConfig {
             idle_sleep: Duration::from_micros(50),
             prefault: false,
             snapshot_every_bytes: SNAPSHOT_EVERY_BYTES_DEFAULT,
+            task: None,
         }
     }
 }
@@ -168,6 +221,7 @@ pub struct Backpressure(pub Request);
 #[derive(Debug)]
 pub struct Runtime {
     inboxes: Vec<Arc<ArrayQueue<Request>>>,
+    router: Router,
     threads: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     metrics: Vec<Arc<ShardMetrics>>,
@@ -229,16 +283,20 @@ impl Runtime {
         }
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let stop = Arc::new(AtomicBool::new(false));
+        let inboxes: Vec<Arc<ArrayQueue<Request>>> =
+            (0..config.shards).map(|_| Arc::new(ArrayQueue::new(config.inbox_depth))).collect();
+        let router = Router { inboxes: inboxes.iter().cloned().collect(), stop: stop.clone() };
         let mut runtime = Runtime {
             inboxes: Vec::new(),
+            router: router.clone(),
             threads: Vec::new(),
             stop: stop.clone(),
             metrics: Vec::new(),
             recoveries: Vec::new(),
         };
         let mut started = Vec::new();
-        for shard in 0..config.shards {
-            let inbox = Arc::new(ArrayQueue::new(config.inbox_depth));
+        for (shard, inbox) in inboxes.iter().enumerate() {
+            let inbox = inbox.clone();
             let metrics = Arc::new(ShardMetrics::new(shard));
             let (ready_tx, ready_rx) = sync_channel(1);
             let placement = if config.pin {
@@ -258,6 +316,8 @@ impl Runtime {
                 inbox: inbox.clone(),
                 stop: stop.clone(),
                 metrics: metrics.clone(),
+                task: config.task.clone(),
+                router: router.clone(),
             };
             let builder = glommio::LocalExecutorBuilder::new(placement).name(&format!("molly-shard-{shard}"));
             let handle = std::thread::Builder::new()
@@ -303,6 +363,11 @@ impl Runtime {
     /// What recovery did, per shard.
     pub fn recoveries(&self) -> &[RecoveryReport] {
         &self.recoveries
+    }
+
+    /// A router to every shard's inbox.
+    pub fn router(&self) -> Router {
+        self.router.clone()
     }
 
     /// Per-shard metrics.
@@ -393,6 +458,8 @@ struct ShardContext {
     inbox: Arc<ArrayQueue<Request>>,
     stop: Arc<AtomicBool>,
     metrics: Arc<ShardMetrics>,
+    task: Option<ShardTask>,
+    router: Router,
 }
 
 async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryReport, StartError>>) {
@@ -424,6 +491,9 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
     };
     context.metrics.recovery_seconds.set(report.micros as f64 / 1e6);
     let _ = ready.send(Ok(report));
+    if let Some(task) = &context.task {
+        glommio::spawn_local((task.0)(ShardHandle { shard, router: context.router.clone() })).detach();
+    }
 
     let mut bytes_since_snapshot = 0u64;
     let mut carry: Option<Request> = None;

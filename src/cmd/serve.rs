@@ -33,6 +33,10 @@ pub struct Args {
     /// Prometheus metrics listener, e.g. 127.0.0.1:9464; "off" to disable.
     #[arg(long)]
     metrics_addr: Option<String>,
+    /// Protocol listener for clients, e.g. 127.0.0.1:3000 (port 0: any free
+    /// port); "off" to disable. The bound address is written to DATA_DIR/server.addr.
+    #[arg(long)]
+    listen: Option<String>,
     /// Do not pin shards to CPUs.
     #[arg(long)]
     no_pin: bool,
@@ -54,6 +58,38 @@ pub struct ServeConfig {
     pub serve: ServeSection,
     /// Ledger limits, per shard.
     pub engine: EngineSection,
+    /// The binary protocol's listener and limits.
+    pub net: NetSection,
+}
+
+/// `[net]`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetSection {
+    /// Protocol listener ("off" to disable; port 0 picks a free port).
+    pub listen: String,
+    /// Client keys file (`<client_id> <hex key>` per line); empty means
+    /// `DATA_DIR/client-keys`, created with a development key on first start.
+    pub keys_file: PathBuf,
+    /// Connections held at most.
+    pub connections_max: usize,
+    /// Requests read ahead per connection before reading pauses.
+    pub in_flight_max: usize,
+    /// Largest request body, bytes.
+    pub body_size_max: u32,
+}
+
+impl Default for NetSection {
+    fn default() -> Self {
+        let server = molly_net::server::ServerConfig::default();
+        Self {
+            listen: "127.0.0.1:3000".into(),
+            keys_file: PathBuf::new(),
+            connections_max: server.connections_max,
+            in_flight_max: server.in_flight_max,
+            body_size_max: server.body_size_max,
+        }
+    }
 }
 
 /// `[serve]`.
@@ -141,6 +177,9 @@ impl ServeConfig {
         if let Some(addr) = &args.metrics_addr {
             config.serve.metrics_addr = addr.clone();
         }
+        if let Some(addr) = &args.listen {
+            config.net.listen = addr.clone();
+        }
         if args.no_pin {
             config.serve.pin = false;
         }
@@ -188,9 +227,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
 
-    let runtime_config = config.runtime();
+    let data_dir = &config.serve.data_dir;
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let _lock = lock_data_dir(data_dir)?;
+    let mut runtime_config = config.runtime();
+    let server = start_server(&config, runtime_config.shards)?;
+    if let Some(server) = &server {
+        runtime_config.task = Some(server.shard_task());
+    }
     let started = Instant::now();
     let runtime = Runtime::start(runtime_config.clone()).context("starting the shards")?;
+    if let Some(server) = &server {
+        // Written once the shards accept: `molly bench --data-dir` reads it.
+        write_atomically(&data_dir.join("server.addr"), &format!("{}\n", server.local_addr()))?;
+    }
     for (shard, report) in runtime.recoveries().iter().enumerate() {
         for (path, reason) in &report.snapshots_skipped {
             tracing::warn!(shard, snapshot = %path.display(), reason, "snapshot skipped");
@@ -215,6 +265,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         shards = runtime.shards(),
         data_dir = %config.serve.data_dir.display(),
         metrics = metrics_server.as_ref().map_or("off".to_string(), |(addr, _)| addr.clone()),
+        listen = server.as_ref().map_or("off".to_string(), |s| s.local_addr().to_string()),
         pinned = runtime_config.pin,
         start_ms = started.elapsed().as_millis() as u64,
         "serving"
@@ -234,6 +285,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(driver) = driver {
         let _ = driver.join();
     }
+    if let Some(server) = &server {
+        // Take no new requests; let those taken become durable and be answered.
+        server.drain();
+        let waited = Instant::now();
+        while !server.idle() && waited.elapsed() < DRAIN_TIMEOUT {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if !server.idle() {
+            tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; stopping anyway");
+        }
+        let _ = std::fs::remove_file(data_dir.join("server.addr"));
+    }
     match Arc::try_unwrap(runtime) {
         Ok(mut runtime) => runtime.shutdown(),
         Err(_) => bail!("the runtime is still shared at shutdown"),
@@ -242,6 +305,66 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         server.unblock();
     }
     tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// Longest wait at shutdown for requests in flight.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Binds the protocol listener (before the shards start, so a taken port
+/// fails fast) with the client keys; `None` when `listen = "off"`.
+fn start_server(
+    config: &ServeConfig,
+    shards: usize,
+) -> anyhow::Result<Option<Arc<molly_net::server::Server>>> {
+    let net = &config.net;
+    if net.listen == "off" {
+        return Ok(None);
+    }
+    let addr: std::net::SocketAddr =
+        net.listen.parse().with_context(|| format!("listen address {:?} is not HOST:PORT", net.listen))?;
+    let keys_file = if net.keys_file.as_os_str().is_empty() {
+        config.serve.data_dir.join("client-keys")
+    } else {
+        net.keys_file.clone()
+    };
+    let (keys, created) = molly_net::keys::ClientKeys::load_or_generate(&keys_file)?;
+    if created {
+        tracing::info!(file = %keys_file.display(), "generated a development client key (client 1)");
+    }
+    let server_config = molly_net::server::ServerConfig {
+        connections_max: net.connections_max,
+        in_flight_max: net.in_flight_max,
+        body_size_max: net.body_size_max,
+        batch_events_max: config.engine.batch_events_max,
+        query_results_max: config.engine.query_results_max,
+    };
+    let server = molly_net::server::Server::bind(addr, shards, server_config, keys)
+        .with_context(|| format!("listening on {addr}"))?;
+    Ok(Some(server))
+}
+
+/// Holds an exclusive lock on `DATA_DIR/LOCK` for the life of the process:
+/// two servers on one data directory would corrupt each other's journals.
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = data_dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    if let Err(error) = file.try_lock() {
+        bail!("{} is locked: another molly serve is using this data directory ({error})", path.display());
+    }
+    Ok(file)
+}
+
+/// Writes `text` to `path` through a temporary file and a rename.
+fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(())
 }
 

@@ -1,0 +1,703 @@
+//! The TCP server on the shards: every shard's executor accepts
+//! connections on the same port (`SO_REUSEPORT`: the kernel spreads them),
+//! reads frames, routes each event to the shard that owns it, and answers
+//! every request with one reply, in request order per connection.
+//!
+//! ```text
+//!  shard k's executor (pinned)                            any shard's inbox
+//!  accept ─► connection: reader ──frame──► check, verify ─► split by owner ─► Write / lookups
+//!                          │ (at most in_flight_max replies pending)               │
+//!                          └─► ordered queue of pending replies ─► writer ◄─ answers (durable)
+//! ```
+//!
+//! - Reading stops while `in_flight_max` replies are pending: TCP carries the
+//!   backpressure to the client, the server never buffers without bound.
+//! - A frame failing any check gets an error frame after the replies before
+//!   it, then the connection closes; nothing of it was submitted.
+//! - Routing: accounts and their lookups go to `shard_for(id)`; transfers to
+//!   the shard of their debit account (post/void with `debit_account_id = 0`
+//!   to the shard holding the pending transfer); linked chains must be
+//!   routed to one shard whole, or every event of the chain answers
+//!   `linked_event_chain_cross_shard`. Transfer lookups ask every shard.
+//! - A request split over shards is not atomic as a whole (each event is);
+//!   if one shard fails its part, the reply says `shard_unavailable` and a
+//!   retry of the same request is safe (ids are idempotent).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel;
+use glommio::net::{TcpListener, TcpStream};
+use molly_engine::{
+    Account, AccountFilter, AccountFlags, CreateAccountResult, CreateTransferResult, Transfer, TransferFlags,
+};
+use molly_shards::durable::Outcome;
+use molly_shards::journal::CommandBuf;
+use molly_shards::runtime::{reply_channel, shard_for, Answer, Backpressure, Request, Router, ShardError};
+use molly_shards::runtime::{LocalTask, ShardHandle, ShardTask};
+
+use crate::frame::{self, status, FrameError, FrameHeader, Operation, ServerInfo, HEADER_SIZE};
+use crate::keys::ClientKeys;
+
+/// Default connections held at most.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 1024;
+/// Default requests read ahead per connection.
+pub const IN_FLIGHT_MAX_DEFAULT: usize = 64;
+/// Default listen backlog per shard.
+pub const BACKLOG_DEFAULT: i32 = 1024;
+/// How long a submit waits before retrying a full inbox.
+const BACKPRESSURE_RETRY: Duration = Duration::from_micros(50);
+
+/// Server limits (each has a default; see `molly serve --print-config`).
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Connections held at most; one more gets `too many connections`.
+    pub connections_max: usize,
+    /// Requests read ahead per connection before reading pauses.
+    pub in_flight_max: usize,
+    /// Largest request body, bytes.
+    pub body_size_max: u32,
+    /// Most events in one request (the engine's `batch_events_max`).
+    pub batch_events_max: u32,
+    /// Most records in one query reply (the engine's `query_results_max`).
+    pub query_results_max: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            connections_max: CONNECTIONS_MAX_DEFAULT,
+            in_flight_max: IN_FLIGHT_MAX_DEFAULT,
+            body_size_max: frame::BODY_SIZE_MAX_DEFAULT,
+            batch_events_max: 8190,
+            query_results_max: 8190,
+        }
+    }
+}
+
+/// Counters any thread may read.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Connections open now.
+    pub connections: AtomicUsize,
+    /// Requests read and not yet answered.
+    pub in_flight: AtomicUsize,
+    /// Requests answered.
+    pub requests: AtomicU64,
+    /// Frames refused with an error frame.
+    pub frame_errors: AtomicU64,
+    /// Connections refused at the limit.
+    pub connections_refused: AtomicU64,
+}
+
+/// The server: listeners bound before the shards start, handed to them as
+/// a [`ShardTask`].
+#[derive(Debug)]
+pub struct Server {
+    config: ServerConfig,
+    keys: ClientKeys,
+    listeners: Mutex<Vec<Option<OwnedFd>>>,
+    addr: SocketAddr,
+    shards: usize,
+    draining: AtomicBool,
+    stats: ServerStats,
+}
+
+impl Server {
+    /// Binds `addr` once per shard with `SO_REUSEPORT`. The address is
+    /// first bound without it, so a port in use by anyone (even another
+    /// Molly) is an error rather than silently shared; port 0 picks a free
+    /// port, the same for every shard.
+    pub fn bind(
+        addr: SocketAddr,
+        shards: usize,
+        config: ServerConfig,
+        keys: ClientKeys,
+    ) -> io::Result<Arc<Self>> {
+        if shards == 0 || config.connections_max == 0 || config.in_flight_max == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "shards, connections_max and in_flight_max must be at least 1",
+            ));
+        }
+        let addr = std::net::TcpListener::bind(addr)?.local_addr()?;
+        let mut listeners = Vec::with_capacity(shards);
+        for _ in 0..shards {
+            let domain = if addr.is_ipv6() { socket2::Domain::IPV6 } else { socket2::Domain::IPV4 };
+            let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+            socket.set_reuse_port(true)?;
+            socket.set_reuse_address(true)?;
+            socket.bind(&addr.into())?;
+            socket.listen(BACKLOG_DEFAULT)?;
+            listeners.push(Some(OwnedFd::from(socket)));
+        }
+        Ok(Arc::new(Self {
+            config,
+            keys,
+            listeners: Mutex::new(listeners),
+            addr,
+            shards,
+            draining: AtomicBool::new(false),
+            stats: ServerStats::default(),
+        }))
+    }
+
+    /// The address clients connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &ServerStats {
+        &self.stats
+    }
+
+    /// Stops taking requests: a frame read from now on is answered
+    /// `shutting_down` (not applied) and its connection closed. Requests
+    /// already taken complete; wait for [`Server::idle`] before stopping the shards.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// True when no request is in flight.
+    pub fn idle(&self) -> bool {
+        self.stats.in_flight.load(Ordering::SeqCst) == 0
+    }
+
+    /// The task each shard runs: its listener's accept loop.
+    pub fn shard_task(self: &Arc<Self>) -> ShardTask {
+        let server = self.clone();
+        ShardTask(Arc::new(move |handle: ShardHandle| {
+            let server = server.clone();
+            Box::pin(async move { server.accept_loop(handle).await }) as LocalTask
+        }))
+    }
+
+    async fn accept_loop(self: Arc<Self>, handle: ShardHandle) {
+        assert_eq!(handle.router.shards(), self.shards, "the server was bound for another shard count");
+        let Some(fd) =
+            self.listeners.lock().expect("not poisoned").get_mut(handle.shard).and_then(Option::take)
+        else {
+            tracing::error!(shard = handle.shard, "no listener for this shard");
+            return;
+        };
+        // SAFETY: the descriptor is a bound, listening TCP socket that this
+        // task now owns alone (taken out of the list above).
+        let listener = unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) };
+        let router = Rc::new(handle.router);
+        loop {
+            let stream = match listener.accept().await {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::warn!(shard = handle.shard, %error, "accept failed");
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            if self.stats.connections.fetch_add(1, Ordering::SeqCst) >= self.config.connections_max {
+                self.stats.connections.fetch_sub(1, Ordering::SeqCst);
+                self.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+                let error = FrameError::TooManyConnections(self.config.connections_max);
+                glommio::spawn_local(async move {
+                    let mut stream = stream;
+                    let _ = stream.write_all(&error_frame(0, 0, &error, &[])).await;
+                    let _ = stream.close().await;
+                })
+                .detach();
+                continue;
+            }
+            let server = self.clone();
+            let router = router.clone();
+            glommio::spawn_local(async move {
+                server.connection(stream, router).await;
+                server.stats.connections.fetch_sub(1, Ordering::SeqCst);
+            })
+            .detach();
+        }
+    }
+
+    async fn connection(self: &Arc<Self>, stream: TcpStream, router: Rc<Router>) {
+        let (mut reader, mut writer) = futures_lite::io::split(stream);
+        let (queue, pending) = local_channel::new_bounded::<PendingReply>(self.config.in_flight_max);
+        let writer_task = glommio::spawn_local(async move {
+            while let Some(reply) = pending.recv().await {
+                let (bytes, close) = reply.await;
+                if writer.write_all(&bytes).await.is_err() || close {
+                    break;
+                }
+            }
+            let _ = writer.close().await;
+        });
+        loop {
+            let next = self.read_request(&mut reader, &router).await;
+            let Some(reply) = next else { break };
+            if queue.send(reply).await.is_err() {
+                break;
+            }
+        }
+        drop(queue);
+        writer_task.await;
+    }
+
+    /// Reads one frame and starts serving it. `None`: the client closed
+    /// cleanly between frames (or the connection broke).
+    async fn read_request<R: AsyncRead + Unpin>(
+        self: &Arc<Self>,
+        reader: &mut R,
+        router: &Rc<Router>,
+    ) -> Option<PendingReply> {
+        let mut head = [0u8; HEADER_SIZE];
+        match read_full(reader, &mut head).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) if n < HEADER_SIZE => {
+                return Some(self.refuse(&head, FrameError::Truncated { have: n, need: HEADER_SIZE }));
+            }
+            Ok(_) => {}
+        }
+        let (header, operation) = match frame::check_header(&head, self.config.body_size_max) {
+            Ok(checked) => checked,
+            Err(error) => return Some(self.refuse(&head, error)),
+        };
+        let body_len = header.body_len as usize;
+        // Aligned for the engine's records (16 bytes), read in place.
+        let mut body = vec![0u128; body_len.div_ceil(16)];
+        let bytes = &mut bytemuck::cast_slice_mut::<u128, u8>(&mut body)[..body_len];
+        match read_full(reader, bytes).await {
+            Ok(n) if n == body_len => {}
+            Ok(n) => {
+                let error = FrameError::Truncated { have: HEADER_SIZE + n, need: HEADER_SIZE + body_len };
+                return Some(self.refuse(&head, error));
+            }
+            Err(_) => return None,
+        }
+        if let Err(error) = frame::verify(&header, bytes, |id| self.keys.get(id)) {
+            return Some(self.refuse(&head, error));
+        }
+        let key: Rc<[u8]> = self.keys.get(header.client_id).expect("verified").into();
+        if self.draining.load(Ordering::SeqCst) {
+            let message = b"the server is shutting down; the request was not applied";
+            let reply = frame::encode(
+                operation,
+                header.request_id,
+                header.client_id,
+                status::SHUTTING_DOWN,
+                0,
+                message,
+                &key,
+            );
+            return Some(Box::pin(async move { (reply, true) }));
+        }
+        if operation == Operation::Error {
+            return Some(self.refuse(&head, FrameError::UnknownOperation(header.operation)));
+        }
+        self.stats.in_flight.fetch_add(1, Ordering::SeqCst);
+        let guard = InFlight(self.clone());
+        let server = self.clone();
+        let router = router.clone();
+        Some(Box::pin(async move {
+            let (status, events, body) = server.serve(&router, operation, &header, body).await;
+            drop(guard);
+            server.stats.requests.fetch_add(1, Ordering::Relaxed);
+            (
+                frame::encode(operation, header.request_id, header.client_id, status, events, &body, &key),
+                false,
+            )
+        }))
+    }
+
+    /// An error frame for a refused frame (signed with the client's key when
+    /// the client is known), then close.
+    fn refuse(&self, head: &[u8; HEADER_SIZE], error: FrameError) -> PendingReply {
+        self.stats.frame_errors.fetch_add(1, Ordering::Relaxed);
+        let header: FrameHeader = bytemuck::pod_read_unaligned(head);
+        let key = self.keys.get(header.client_id).unwrap_or(&[]);
+        let reply = error_frame(header.request_id, header.client_id, &error, key);
+        Box::pin(async move { (reply, true) })
+    }
+
+    /// Serves one verified request: (status, event count, body) of the reply.
+    async fn serve(
+        &self,
+        router: &Router,
+        operation: Operation,
+        header: &FrameHeader,
+        body: Vec<u128>,
+    ) -> (u32, u32, Vec<u8>) {
+        let events = header.event_count as usize;
+        match operation {
+            Operation::Ping => (status::OK, 0, Vec::new()),
+            Operation::ServerInfo => {
+                let mut info = ServerInfo {
+                    protocol_version: u32::from(frame::VERSION),
+                    shards: self.shards as u32,
+                    batch_events_max: self.config.batch_events_max,
+                    body_size_max: self.config.body_size_max,
+                    in_flight_max: self.config.in_flight_max as u32,
+                    connections_max: self.config.connections_max as u32,
+                    query_results_max: self.config.query_results_max,
+                    reserved: 0,
+                    server_version: [0; 32],
+                };
+                let version = env!("CARGO_PKG_VERSION").as_bytes();
+                info.server_version[..version.len()].copy_from_slice(version);
+                (status::OK, 1, bytemuck::bytes_of(&info).to_vec())
+            }
+            Operation::CreateAccounts => {
+                let accounts: &[Account] = bytemuck::cast_slice(&body[..events * 8]);
+                self.create_accounts(router, accounts).await
+            }
+            Operation::CreateTransfers => {
+                let transfers: &[Transfer] = bytemuck::cast_slice(&body[..events * 8]);
+                self.create_transfers(router, transfers).await
+            }
+            Operation::LookupAccounts => {
+                let ids: Vec<u128> = body[..events].to_vec();
+                let found = lookup_accounts(router, &ids).await;
+                (status::OK, found.len() as u32, bytemuck::cast_slice(&found).to_vec())
+            }
+            Operation::LookupTransfers => {
+                let ids: Vec<u128> = body[..events].to_vec();
+                let found = lookup_transfers(router, &ids).await;
+                let found: Vec<Transfer> = ids.iter().filter_map(|id| found.get(id).copied()).collect();
+                (status::OK, found.len() as u32, bytemuck::cast_slice(&found).to_vec())
+            }
+            Operation::GetAccountTransfers | Operation::GetAccountBalances => {
+                if events != 1 {
+                    let message = format!("a query carries exactly one filter, not {events}");
+                    return (status::INVALID_QUERY, 0, message.into_bytes());
+                }
+                let filter: AccountFilter = bytemuck::cast_slice::<u128, AccountFilter>(&body[..8])[0];
+                let shard = shard_of_account(filter.account_id, router.shards());
+                let filter = Box::new(filter);
+                if operation == Operation::GetAccountTransfers {
+                    let (reply, answer) = reply_channel();
+                    submit(router, shard, Request::GetAccountTransfers { filter, reply }).await;
+                    query_reply(shard, answer.await)
+                } else {
+                    let (reply, answer) = reply_channel();
+                    submit(router, shard, Request::GetAccountBalances { filter, reply }).await;
+                    query_reply(shard, answer.await)
+                }
+            }
+            Operation::Error => unreachable!("refused before serving"),
+        }
+    }
+
+    async fn create_accounts(&self, router: &Router, accounts: &[Account]) -> (u32, u32, Vec<u8>) {
+        let shards = router.shards();
+        let plan = plan(
+            accounts.len(),
+            |i| accounts[i].flags.contains(AccountFlags::LINKED),
+            |i| shard_of_account(accounts[i].id, shards),
+            shards,
+        );
+        let mut codes = vec![CreateAccountResult::Ok as u32; accounts.len()];
+        for &i in &plan.cross_shard {
+            codes[i as usize] = CreateAccountResult::LinkedEventChainCrossShard as u32;
+        }
+        let mut answers = Vec::new();
+        for (shard, indices) in plan.per_shard.iter().enumerate().filter(|(_, v)| !v.is_empty()) {
+            let batch: Vec<Account> = indices.iter().map(|&i| accounts[i as usize]).collect();
+            answers.push((shard, write(router, shard, CommandBuf::CreateAccounts(batch)).await));
+        }
+        for (shard, answer) in answers {
+            match answer.await {
+                Ok(Ok(outcomes)) => match outcomes.first() {
+                    Some(Outcome::Accounts(results)) => {
+                        for (&i, result) in plan.per_shard[shard].iter().zip(results) {
+                            codes[i as usize] = *result as u32;
+                        }
+                    }
+                    other => panic!("shard {shard} answered create_accounts with {other:?}"),
+                },
+                Ok(Err(error)) => return shard_failed(shard, &error),
+                Err(_) => return unavailable(shard),
+            }
+        }
+        (status::OK, codes.len() as u32, bytemuck::cast_slice(&codes).to_vec())
+    }
+
+    async fn create_transfers(&self, router: &Router, transfers: &[Transfer]) -> (u32, u32, Vec<u8>) {
+        let shards = router.shards();
+        let pending_shard = locate_pending(router, transfers).await;
+        let route = |i: usize| {
+            let t = &transfers[i];
+            if t.debit_account_id != 0 {
+                shard_of_account(t.debit_account_id, shards)
+            } else {
+                pending_shard.get(&t.pending_id).copied().unwrap_or(0)
+            }
+        };
+        let plan =
+            plan(transfers.len(), |i| transfers[i].flags.contains(TransferFlags::LINKED), route, shards);
+        let mut codes = vec![CreateTransferResult::Ok as u32; transfers.len()];
+        for &i in &plan.cross_shard {
+            codes[i as usize] = CreateTransferResult::LinkedEventChainCrossShard as u32;
+        }
+        let mut answers = Vec::new();
+        for (shard, indices) in plan.per_shard.iter().enumerate().filter(|(_, v)| !v.is_empty()) {
+            let batch: Vec<Transfer> = if indices.len() == transfers.len() {
+                transfers.to_vec()
+            } else {
+                indices.iter().map(|&i| transfers[i as usize]).collect()
+            };
+            answers.push((shard, write(router, shard, CommandBuf::CreateTransfers(batch)).await));
+        }
+        for (shard, answer) in answers {
+            match answer.await {
+                Ok(Ok(outcomes)) => match outcomes.first() {
+                    Some(Outcome::Transfers(results)) => {
+                        for (&i, result) in plan.per_shard[shard].iter().zip(results) {
+                            codes[i as usize] = *result as u32;
+                        }
+                    }
+                    other => panic!("shard {shard} answered create_transfers with {other:?}"),
+                },
+                Ok(Err(error)) => return shard_failed(shard, &error),
+                Err(_) => return unavailable(shard),
+            }
+        }
+        (status::OK, codes.len() as u32, bytemuck::cast_slice(&codes).to_vec())
+    }
+}
+
+/// A reply being prepared: its bytes, and whether the connection closes after it.
+type PendingReply = Pin<Box<dyn Future<Output = (Vec<u8>, bool)>>>;
+
+/// Counts a request in flight until dropped (answered, or abandoned with its connection).
+struct InFlight(Arc<Server>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn error_frame(request_id: u64, client_id: u32, error: &FrameError, key: &[u8]) -> Vec<u8> {
+    let message = error.to_string();
+    frame::encode(Operation::Error, request_id, client_id, error.code(), 0, message.as_bytes(), key)
+}
+
+/// The reply to a query: its records, or why the filter is invalid.
+fn query_reply<T: bytemuck::Pod, E: std::fmt::Display>(
+    shard: usize,
+    answer: Result<Result<Vec<T>, E>, impl Sized>,
+) -> (u32, u32, Vec<u8>) {
+    match answer {
+        Ok(Ok(found)) => (status::OK, found.len() as u32, bytemuck::cast_slice(&found).to_vec()),
+        Ok(Err(error)) => (status::INVALID_QUERY, 0, error.to_string().into_bytes()),
+        Err(_) => unavailable(shard),
+    }
+}
+
+fn unavailable(shard: usize) -> (u32, u32, Vec<u8>) {
+    let message = format!("shard {shard} stopped before answering; retrying the request is safe");
+    (status::SHARD_UNAVAILABLE, 0, message.into_bytes())
+}
+
+fn shard_failed(shard: usize, error: &ShardError) -> (u32, u32, Vec<u8>) {
+    match error {
+        ShardError::Refused(reason) => (status::REFUSED, 0, format!("shard {shard}: {reason}").into_bytes()),
+        _ => {
+            let message = format!("shard {shard}: {error}; retrying the request is safe");
+            (status::SHARD_UNAVAILABLE, 0, message.into_bytes())
+        }
+    }
+}
+
+/// The shard of an account id; invalid ids (0, `u128::MAX`) go to shard 0,
+/// whose engine answers them with the right result code.
+fn shard_of_account(id: u128, shards: usize) -> usize {
+    if shards == 1 {
+        0
+    } else {
+        shard_for(id, shards as u32) as usize
+    }
+}
+
+/// Reads until `buf` is full or the peer closes; the bytes read.
+async fn read_full<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]).await {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(filled)
+}
+
+/// Queues `request` on `shard`, waiting politely while its inbox is full.
+async fn submit(router: &Router, shard: usize, mut request: Request) {
+    loop {
+        match router.submit(shard, request) {
+            Ok(()) => return,
+            Err(Backpressure(back)) => {
+                request = back;
+                glommio::timer::sleep(BACKPRESSURE_RETRY).await;
+            }
+        }
+    }
+}
+
+/// Submits one write; the answer comes when it is durable.
+async fn write(
+    router: &Router,
+    shard: usize,
+    command: CommandBuf,
+) -> Answer<molly_shards::runtime::WriteReply> {
+    let (reply, answer) = reply_channel();
+    submit(router, shard, Request::Write { commands: vec![command], reply }).await;
+    answer
+}
+
+/// Where each event of a request goes: indices per shard (in request
+/// order), and the indices of linked chains that would span shards.
+#[derive(Debug, PartialEq, Eq)]
+struct Plan {
+    per_shard: Vec<Vec<u32>>,
+    cross_shard: Vec<u32>,
+}
+
+/// Splits `n` events by `shard_of`, keeping each linked chain (events
+/// with `linked` set, closed by the next event without it, or by the end of
+/// the request) whole on one shard, or refusing it.
+fn plan(n: usize, linked: impl Fn(usize) -> bool, shard_of: impl Fn(usize) -> usize, shards: usize) -> Plan {
+    let mut plan = Plan { per_shard: vec![Vec::new(); shards], cross_shard: Vec::new() };
+    let mut start = 0;
+    while start < n {
+        let mut end = start;
+        while end + 1 < n && linked(end) {
+            end += 1;
+        }
+        let shard = shard_of(start);
+        if (start..=end).all(|i| shard_of(i) == shard) {
+            plan.per_shard[shard].extend((start..=end).map(|i| i as u32));
+        } else {
+            plan.cross_shard.extend((start..=end).map(|i| i as u32));
+        }
+        start = end + 1;
+    }
+    plan
+}
+
+/// For post/void events that leave `debit_account_id` 0: the shard holding
+/// their pending transfer, from earlier events of the same request or by
+/// asking every shard. Unknown pending ids are absent (routed to shard 0,
+/// whose engine answers `pending_transfer_not_found`).
+async fn locate_pending(router: &Router, transfers: &[Transfer]) -> HashMap<u128, usize> {
+    let shards = router.shards();
+    let mut located = HashMap::new();
+    let needs = |t: &Transfer| {
+        t.debit_account_id == 0
+            && t.pending_id != 0
+            && (t.flags.contains(TransferFlags::POST_PENDING)
+                || t.flags.contains(TransferFlags::VOID_PENDING))
+    };
+    if shards == 1 || !transfers.iter().any(needs) {
+        return located;
+    }
+    let mut in_request = HashMap::new();
+    let mut unknown = Vec::new();
+    for t in transfers {
+        if needs(t) {
+            match in_request.get(&t.pending_id) {
+                Some(&shard) => {
+                    located.insert(t.pending_id, shard);
+                }
+                None => unknown.push(t.pending_id),
+            }
+        }
+        if t.debit_account_id != 0 {
+            in_request.entry(t.id).or_insert(shard_of_account(t.debit_account_id, shards));
+        }
+    }
+    unknown.retain(|id| !located.contains_key(id));
+    if unknown.is_empty() {
+        return located;
+    }
+    let mut answers = Vec::new();
+    for shard in 0..shards {
+        let (reply, answer) = reply_channel();
+        submit(router, shard, Request::LookupTransfers { ids: unknown.clone(), reply }).await;
+        answers.push(answer);
+    }
+    for (shard, answer) in answers.into_iter().enumerate() {
+        for t in answer.await.unwrap_or_default() {
+            if t.flags.contains(TransferFlags::PENDING) {
+                located.entry(t.id).or_insert(shard);
+            }
+        }
+    }
+    located
+}
+
+/// Accounts found, in request order.
+async fn lookup_accounts(router: &Router, ids: &[u128]) -> Vec<Account> {
+    let shards = router.shards();
+    let mut per_shard: Vec<Vec<u128>> = vec![Vec::new(); shards];
+    for &id in ids {
+        per_shard[shard_of_account(id, shards)].push(id);
+    }
+    let mut answers = Vec::new();
+    for (shard, ids) in per_shard.into_iter().enumerate().filter(|(_, v)| !v.is_empty()) {
+        let (reply, answer) = reply_channel();
+        submit(router, shard, Request::LookupAccounts { ids, reply }).await;
+        answers.push(answer);
+    }
+    let mut found = HashMap::new();
+    for answer in answers {
+        for account in answer.await.unwrap_or_default() {
+            found.insert(account.id, account);
+        }
+    }
+    ids.iter().filter_map(|id| found.get(id).copied()).collect()
+}
+
+/// Transfers found on any shard, by id.
+async fn lookup_transfers(router: &Router, ids: &[u128]) -> HashMap<u128, Transfer> {
+    let mut answers = Vec::new();
+    for shard in 0..router.shards() {
+        let (reply, answer) = reply_channel();
+        submit(router, shard, Request::LookupTransfers { ids: ids.to_vec(), reply }).await;
+        answers.push(answer);
+    }
+    let mut found = HashMap::new();
+    for answer in answers {
+        for transfer in answer.await.unwrap_or_default() {
+            found.entry(transfer.id).or_insert(transfer);
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chains_stay_whole_or_are_refused() {
+        // Events 0..6: shards [0, 1, 1, 0, 0, 1]; links 1→2 and 3→4→5.
+        let shard = [0, 1, 1, 0, 0, 1];
+        let linked = [false, true, false, true, true, false];
+        let got = plan(6, |i| linked[i], |i| shard[i], 2);
+        assert_eq!(got, Plan { per_shard: vec![vec![0], vec![1, 2]], cross_shard: vec![3, 4, 5] });
+        // An open chain at the end is kept whole too (the engine answers it
+        // `linked_event_chain_open`).
+        let got = plan(3, |i| i >= 1, |i| [0, 1, 1][i], 2);
+        assert_eq!(got, Plan { per_shard: vec![vec![0], vec![1, 2]], cross_shard: vec![] });
+        assert_eq!(plan(0, |_| false, |_| 0, 1), Plan { per_shard: vec![vec![]], cross_shard: vec![] });
+    }
+}
