@@ -26,9 +26,9 @@ enum Command {
     Sim(cmd::sim::Args),
     /// Run the in-memory ledger demo: create accounts, move money, print balances.
     Demo(cmd::demo::Args),
-    /// Benchmarks (`molly bench engine`, ...).
-    #[command(subcommand)]
-    Bench(cmd::bench::Command),
+    /// Benchmarks: `molly bench [flags]` drives a server over the protocol;
+    /// `molly bench engine|shards|...` measure one layer.
+    Bench(Box<cmd::bench::BenchArgs>),
     /// Chain keys and addresses (`molly wallets derive|xpub|validate|generate`).
     #[command(subcommand)]
     Wallets(cmd::wallets::Command),
@@ -43,7 +43,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => cmd::serve::run(args),
         Command::Sim(args) => cmd::sim::run(args),
         Command::Demo(args) => cmd::demo::run(args),
-        Command::Bench(command) => cmd::bench::run(command),
+        Command::Bench(args) => cmd::bench::run(*args),
         Command::Wallets(command) => cmd::wallets::run(command),
         Command::Signer(command) => cmd::signer::run(command),
     }

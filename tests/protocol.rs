@@ -412,3 +412,38 @@ fn a_client_reconnects_after_a_crash_and_its_retry_is_safe() {
         assert_eq!(debited[0].debits_posted, 15, "each transfer applied exactly once");
     });
 }
+
+#[test]
+fn molly_bench_drives_a_server_it_starts_and_verifies_the_ledger() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("data");
+    let json = temp.path().join("bench.json");
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_molly"))
+            .args(["bench", "--shards", "2", "--transfers", "40000", "--batch", "1000", "--accounts", "100"])
+            .args(["--warmup", "2", "--verify", "--data-dir"])
+            .arg(&dir)
+            .args(["--json"])
+            .arg(&json)
+            .args(extra)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        stdout
+    };
+    let stdout = run(&["--cross-shard", "0"]);
+    assert!(stdout.contains("server started by this command"), "{stdout}");
+    assert!(stdout.contains("verified: all"), "{stdout}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(report["transfers_per_second"].as_f64().unwrap() > 0.0);
+    assert!(report["p99_batch_ms"].as_f64().unwrap() > 0.0);
+    assert!(report["report"]["transfers"].as_u64().unwrap() >= 40_000);
+    assert!(report["server_peak_rss_bytes"].as_u64().unwrap() > 0);
+    // Again on the same data (recovered from its journal), compared with the first run.
+    let first = temp.path().join("first.json");
+    std::fs::rename(&json, &first).unwrap();
+    let stdout = run(&["--compare", first.to_str().unwrap(), "--cross-shard", "0"]);
+    assert!(stdout.contains("compared with") && stdout.contains("transfers_per_second"), "{stdout}");
+    assert!(!dir.join("server.addr").exists(), "the server the bench started was stopped");
+}

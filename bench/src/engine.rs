@@ -100,7 +100,7 @@ pub fn create_accounts(engine: &mut Engine, accounts: u32, batch: u32) -> anyhow
 }
 
 /// Draws account pairs for a scenario.
-struct PairSource {
+pub(crate) struct PairSource {
     rng: Xoshiro256PlusPlus,
     accounts: u32,
     zipf: Option<Zipf<f64>>,
@@ -109,7 +109,7 @@ struct PairSource {
 }
 
 impl PairSource {
-    fn new(accounts: u32, pairs: Pairs, seed: u64) -> anyhow::Result<Self> {
+    pub(crate) fn new(accounts: u32, pairs: Pairs, seed: u64) -> anyhow::Result<Self> {
         ensure!(accounts >= 2, "need at least 2 accounts");
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
         let zipf = match pairs {
@@ -124,7 +124,7 @@ impl PairSource {
         Ok(Self { rng, accounts, zipf, rank_to_id })
     }
 
-    fn account(&mut self) -> u32 {
+    pub(crate) fn account(&mut self) -> u32 {
         match &self.zipf {
             None => self.rng.random_range(1..=self.accounts),
             Some(zipf) => {

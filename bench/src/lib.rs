@@ -24,5 +24,6 @@
 //! ```
 
 pub mod engine;
+pub mod network;
 pub mod report;
 pub mod shards;

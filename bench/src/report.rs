@@ -69,10 +69,19 @@ impl Machine {
 /// time it excludes time the thread spent descheduled, so figures stay
 /// comparable on a busy machine (the report gives both).
 pub fn thread_cpu_ns() -> u128 {
+    cpu_clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+/// CPU time consumed by the whole process (every thread), in nanoseconds.
+pub fn process_cpu_ns() -> u128 {
+    cpu_clock_ns(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+fn cpu_clock_ns(clock: libc::clockid_t) -> u128 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID is
+    // SAFETY: `ts` is a valid, writable timespec; the CPU-time clocks are
     // supported on every Linux Molly runs on.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime({clock}) failed");
     ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
 }

@@ -6,6 +6,16 @@ use anyhow::Context;
 use molly_bench::engine::{run_lookups, run_transfers, standard_scenarios, Pairs, TransferScenario};
 use molly_bench::report::Machine;
 
+/// `molly bench`: with no subcommand, the protocol load generator.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    net: crate::cmd::bench_net::NetArgs,
+}
+
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// The ledger engine in memory on one core: create_transfers over 10K and
@@ -189,7 +199,10 @@ fn shards(args: ShardsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(command: Command) -> anyhow::Result<()> {
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let Some(command) = args.command else {
+        return crate::cmd::bench_net::run(args.net);
+    };
     match command {
         Command::Engine(args) => engine(args),
         Command::Shards(args) => shards(args),
@@ -207,7 +220,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-fn progress_bar(total: u64, name: &str) -> indicatif::ProgressBar {
+pub(crate) fn progress_bar(total: u64, name: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{prefix:>14} [{bar:40}] {pos}/{len} transfers ({per_sec})")

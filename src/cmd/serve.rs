@@ -239,6 +239,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let runtime = Runtime::start(runtime_config.clone()).context("starting the shards")?;
     if let Some(server) = &server {
         // Written once the shards accept: `molly bench --data-dir` reads it.
+        write_atomically(&data_dir.join("server.pid"), &format!("{}\n", std::process::id()))?;
         write_atomically(&data_dir.join("server.addr"), &format!("{}\n", server.local_addr()))?;
     }
     for (shard, report) in runtime.recoveries().iter().enumerate() {
@@ -296,6 +297,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; stopping anyway");
         }
         let _ = std::fs::remove_file(data_dir.join("server.addr"));
+        let _ = std::fs::remove_file(data_dir.join("server.pid"));
     }
     match Arc::try_unwrap(runtime) {
         Ok(mut runtime) => runtime.shutdown(),
