@@ -185,10 +185,21 @@ fn sigterm_stops_cleanly_and_metrics_are_served() {
         "molly_batch_seconds_count",
         "molly_inbox_depth",
         "molly_recovery_seconds{shard=\"1\"}",
+        "molly_net_connections 0",
+        "molly_net_requests_total",
+        "molly_net_frame_errors_total",
     ] {
         assert!(body.contains(metric), "missing {metric} in:\n{body}");
     }
     assert!(ureq::get(&format!("http://{addr}/other")).call().is_err(), "unknown paths are 404");
+    // A second server on the same data directory is refused: it would corrupt the journals.
+    let second = molly()
+        .args(["serve", "--listen", "127.0.0.1:0", "--metrics-addr", "off", "--data-dir"])
+        .arg(&dir.0)
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("is locked"), "{second:?}");
     // SAFETY: kill(2) with a valid pid of our own child and a valid signal.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -216,9 +227,15 @@ fn configuration_file_defaults_and_refusals() {
     let out = molly().args(["serve", "--print-config"]).output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    for line in
-        ["data_dir = \"data\"", "metrics_addr = \"127.0.0.1:9464\"", "batch_events_max = 8190", "pin = true"]
-    {
+    for line in [
+        "data_dir = \"data\"",
+        "metrics_addr = \"127.0.0.1:9464\"",
+        "batch_events_max = 8190",
+        "pin = true",
+        "listen = \"127.0.0.1:3000\"",
+        "connections_max = 1024",
+        "transfers_max = 8388608",
+    ] {
         assert!(text.contains(line), "{line} missing from:\n{text}");
     }
     // A file sets values; flags override the file.

@@ -152,7 +152,9 @@ impl Default for EngineSection {
         Self {
             batch_events_max: engine.batch_events_max,
             accounts_max: engine.accounts_max,
-            transfers_max: engine.transfers_max,
+            // Twice the engine's default: 10M transfers (the standard
+            // benchmark) fit two shards; memory is touched only as used.
+            transfers_max: TRANSFERS_MAX_DEFAULT,
             query_results_max: engine.query_results_max,
         }
     }
@@ -261,7 +263,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for metrics in runtime.metrics() {
         metrics.register(&registry).context("registering metrics")?;
     }
-    let metrics_server = start_metrics(&config.serve.metrics_addr, &config.serve.data_dir, registry)?;
+    let refresh = match &server {
+        Some(server) => net_metrics(server.clone(), &registry)?,
+        None => Box::new(|| {}),
+    };
+    let metrics_server =
+        start_metrics(&config.serve.metrics_addr, &config.serve.data_dir, registry, refresh)?;
     tracing::info!(
         shards = runtime.shards(),
         data_dir = %config.serve.data_dir.display(),
@@ -310,6 +317,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Transfers held in memory per shard by default (8,388,608).
+pub const TRANSFERS_MAX_DEFAULT: u32 = 1 << 23;
+
 /// Longest wait at shutdown for requests in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -346,6 +356,38 @@ fn start_server(
     Ok(Some(server))
 }
 
+/// The protocol server's counters as Prometheus metrics, read at each scrape.
+fn net_metrics(
+    server: Arc<molly_net::server::Server>,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<Box<dyn Fn() + Send>> {
+    use prometheus::{IntCounter, IntGauge};
+    let connections = IntGauge::new("molly_net_connections", "Client connections open.")?;
+    let in_flight = IntGauge::new("molly_net_requests_in_flight", "Requests read and not yet answered.")?;
+    let requests = IntCounter::new("molly_net_requests_total", "Requests answered.")?;
+    let errors = IntCounter::new("molly_net_frame_errors_total", "Frames refused with an error frame.")?;
+    let refused =
+        IntCounter::new("molly_net_connections_refused_total", "Connections refused at connections_max.")?;
+    for metric in [&connections, &in_flight] {
+        registry.register(Box::new(metric.clone()))?;
+    }
+    for metric in [&requests, &errors, &refused] {
+        registry.register(Box::new(metric.clone()))?;
+    }
+    Ok(Box::new(move || {
+        let stats = server.stats();
+        connections.set(stats.connections.load(Ordering::Relaxed) as i64);
+        in_flight.set(stats.in_flight.load(Ordering::Relaxed) as i64);
+        for (counter, value) in [
+            (&requests, &stats.requests),
+            (&errors, &stats.frame_errors),
+            (&refused, &stats.connections_refused),
+        ] {
+            counter.inc_by(value.load(Ordering::Relaxed).saturating_sub(counter.get()));
+        }
+    }))
+}
+
 /// Holds an exclusive lock on `DATA_DIR/LOCK` for the life of the process:
 /// two servers on one data directory would corrupt each other's journals.
 fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
@@ -376,6 +418,7 @@ fn start_metrics(
     addr: &str,
     data_dir: &Path,
     registry: prometheus::Registry,
+    refresh: Box<dyn Fn() + Send>,
 ) -> anyhow::Result<Option<(String, Arc<tiny_http::Server>)>> {
     if addr == "off" {
         return Ok(None);
@@ -389,6 +432,7 @@ fn start_metrics(
     std::thread::Builder::new().name("molly-metrics".into()).spawn(move || {
         for request in serving.incoming_requests() {
             let response = if request.url() == "/metrics" {
+                refresh();
                 let mut body = Vec::new();
                 let encoder = prometheus::TextEncoder::new();
                 if let Err(error) = prometheus::Encoder::encode(&encoder, &registry.gather(), &mut body) {
