@@ -1,8 +1,11 @@
 //! # molly-net: Molly's network edge
 //!
-//! **Owns**: the binary wire protocol exchanges use (frames: [`frame`]),
-//! and, as issue 4 lands, the TCP server on the shards, the Rust client and
-//! the merchants' HTTP gateway.
+//! **Owns**: the binary wire protocol exchanges use (frames: [`frame`]);
+//! with the `server` feature (default), the client keys ([`keys`]) and the
+//! TCP server that runs on the shards' executors ([`server`]): listeners,
+//! per-connection pipelining with replies in request order, routing of each
+//! event to its owning shard, error frames. The client is crate
+//! `molly-client` (which uses this crate without the `server` feature).
 //!
 //! **Must not**: apply any part of a frame that fails a check (magic,
 //! version, operation, length limits, checksum, MAC), panic on any input, or
@@ -16,7 +19,9 @@
 //! ```
 //!
 //! **Limits**: the body size limit is the caller's (default
-//! [`frame::BODY_SIZE_MAX_DEFAULT`]: 8190 records of 128 bytes).
+//! [`frame::BODY_SIZE_MAX_DEFAULT`]: 8190 records of 128 bytes); the server
+//! also limits connections and requests read ahead per connection
+//! ([`server::ServerConfig`]).
 //!
 //! ```
 //! use molly_net::frame::{decode, encode, Operation, BODY_SIZE_MAX_DEFAULT};
