@@ -311,6 +311,13 @@ impl EthWallet {
     /// fees bumped by at least `bump_percent`: the same transfer
     /// (`cancel = false`, speed-up) or 0 ETH to the wallet itself (cancel).
     pub async fn replace(&self, id: &str, policy: FeePolicy, cancel: bool) -> Result<B256, EthError> {
+        let tx = self.sign_replacement(id, policy, cancel).await?;
+        self.send_raw(&tx).await?;
+        Ok(tx.hash)
+    }
+
+    /// Signs and journals a replacement (not broadcast).
+    async fn sign_replacement(&self, id: &str, policy: FeePolicy, cancel: bool) -> Result<SentTx, EthError> {
         let mut state = self.state.lock().await;
         let mut record = state.records.get(id).cloned().ok_or_else(|| EthError::Unknown(id.to_owned()))?;
         for tx in &record.txs {
@@ -338,16 +345,16 @@ impl EthWallet {
         record.txs.push(tx.clone());
         append(&mut state.journal, &record)?;
         state.records.insert(id.to_owned(), record.clone());
-        drop(state);
-        self.send_raw(&tx).await?;
-        Ok(tx.hash)
+        Ok(tx)
     }
 
     /// Finds stuck withdrawals and replaces them with bumped fees (the same
     /// transfer, or the same cancel). A withdrawal is stuck when none of its
     /// transactions is mined and its current one is either
     /// `stuck_after_blocks` old or offers a max fee below the next block's
-    /// base fee ([`stuck_reason`]). The replacement's fees are
+    /// base fee ([`stuck_reason`]). A current transaction the node does
+    /// not know (it refused it) is broadcast again first, unchanged. The
+    /// replacement's fees are
     /// [`fees::bumped`]: each at least `bump_percent` above the old one and
     /// at least the current estimate for `policy`, never above
     /// `max_fee_cap`; when the cap leaves less than the nodes' +10 %, nothing
@@ -363,9 +370,6 @@ impl EthWallet {
         let mut out = Vec::new();
         for record in open {
             let Some(last) = record.txs.last().cloned() else { continue };
-            let Some(why) = stuck_reason(&last, head, next_base, self.config.stuck_after_blocks) else {
-                continue;
-            };
             let mut any_mined = false;
             for tx in &record.txs {
                 any_mined |= self.receipt(tx.hash).await?.is_some();
@@ -373,15 +377,24 @@ impl EthWallet {
             if any_mined {
                 continue;
             }
-            match self.replace(&record.id, policy, last.cancel).await {
-                Ok(new) => {
-                    let fees = self.record(&record.id).await?.txs.last().map(|t| Fees {
-                        max_fee_per_gas: t.max_fee_per_gas,
-                        max_priority_fee_per_gas: t.max_priority_fee_per_gas,
-                    });
-                    tracing::info!(id = %record.id, old = %last.hash, %new, ?why, "replaced a stuck withdrawal");
-                    out.push(Unstick::Replaced { id: record.id, old: last.hash, new, why, fees });
+            // A current transaction the node does not know (anvil drops and
+            // refuses a max fee below the base fee; geth queues it) is
+            // offered again, unchanged; if it is stuck it is replaced anyway.
+            let known = self
+                .provider
+                .get_transaction_by_hash(last.hash)
+                .await
+                .map_err(|e| EthError::node("eth_getTransactionByHash", e))?
+                .is_some();
+            let refused = if known { None } else { self.send_raw(&last).await.err() };
+            let Some(why) = stuck_reason(&last, head, next_base, self.config.stuck_after_blocks) else {
+                if let Some(e) = refused {
+                    out.push(Unstick::NotAccepted { id: record.id, tx: last.hash, error: e.to_string() });
                 }
+                continue;
+            };
+            let new = match self.sign_replacement(&record.id, policy, last.cancel).await {
+                Ok(new) => new,
                 Err(EthError::Limit { .. }) => {
                     tracing::warn!(id = %record.id, ?why, "stuck withdrawal cannot be bumped under max_fee_cap");
                     out.push(Unstick::AtCap {
@@ -390,8 +403,22 @@ impl EthWallet {
                         why,
                         max_fee_per_gas: last.max_fee_per_gas,
                     });
+                    continue;
                 }
                 Err(e) => return Err(e),
+            };
+            tracing::info!(id = %record.id, old = %last.hash, new = %new.hash, ?why, "replacing a stuck withdrawal");
+            let fees = Fees {
+                max_fee_per_gas: new.max_fee_per_gas,
+                max_priority_fee_per_gas: new.max_priority_fee_per_gas,
+            };
+            match self.send_raw(&new).await {
+                Ok(()) => {
+                    out.push(Unstick::Replaced { id: record.id, old: last.hash, new: new.hash, why, fees })
+                }
+                Err(e) => {
+                    out.push(Unstick::NotAccepted { id: record.id, tx: new.hash, error: e.to_string() })
+                }
             }
         }
         Ok(out)
@@ -636,7 +663,17 @@ pub enum Unstick {
         /// Why it was stuck.
         why: StuckReason,
         /// The replacement's fees.
-        fees: Option<Fees>,
+        fees: Fees,
+    },
+    /// The withdrawal's current (journaled) transaction was refused by the
+    /// node; it is offered again on every check until it is taken.
+    NotAccepted {
+        /// Withdrawal id.
+        id: String,
+        /// The refused transaction.
+        tx: B256,
+        /// The node's answer.
+        error: String,
     },
     /// Stuck, but `max_fee_cap` leaves no room for a valid (+10 %) replacement.
     AtCap {
