@@ -11,10 +11,12 @@
 //! and executed; then the same deposits arrive again and are swept again
 //! (what ETH the first round left behind counts toward the second's top-ups).
 //!
-//! Fees are paid at a fixed price (`FeePolicy::Fixed`, `gwei` per gas): the
-//! price paid per gas is then exactly that (tip = max fee − base fee), so
-//! `fee = gas used × price` is as deterministic as the gas, and scenarios
-//! compare at one price. Gas used is deterministic on anvil.
+//! Fees are paid at a fixed price (`FeePolicy::Fixed`, `gwei` per gas) on an
+//! anvil started with base fee 0 (which stays 0): the price paid per gas is
+//! then exactly that, so `fee = gas used × price` is as deterministic as
+//! the gas, and scenarios compare at one price. Gas used is deterministic
+//! on anvil. The last scenario batches top-ups through the Disperse
+//! contract (compiled by the setup script too).
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -37,6 +39,7 @@ use serde::Serialize;
 use crate::error::EthError;
 use crate::sweep::{
     DepositAccount, GasLimit, SkipReason, SweepAsset, SweepConfig, SweepToken, Sweeper, TokenPrice,
+    TopUpBatch,
 };
 use crate::withdraw::{transferCall, EthWallet, WalletConfig};
 
@@ -65,27 +68,46 @@ pub struct Scenario {
     pub gas_limit: GasLimit,
     /// Worth-it threshold, percent of the cost bound (0: sweep everything).
     pub worth_percent: u128,
+    /// Top-ups of existing accounts batched through the Disperse contract.
+    pub batch_topups: bool,
 }
 
 /// The standard ladder: each row adds one optimisation to the one before.
-pub const SCENARIOS: [Scenario; 4] = [
-    Scenario { name: "fixed-100k-sweep-all", gas_limit: GasLimit::Fixed(100_000), worth_percent: 0 },
+pub const SCENARIOS: [Scenario; 5] = [
+    Scenario {
+        name: "fixed-100k-sweep-all",
+        gas_limit: GasLimit::Fixed(100_000),
+        worth_percent: 0,
+        batch_topups: false,
+    },
     Scenario {
         name: "estimated+10%-sweep-all",
         gas_limit: GasLimit::Estimate { margin_percent: 10 },
         worth_percent: 0,
+        batch_topups: false,
     },
     Scenario {
         name: "estimated-sweep-all",
         gas_limit: GasLimit::Estimate { margin_percent: 0 },
         worth_percent: 0,
+        batch_topups: false,
     },
     Scenario {
         name: "estimated-worth-3x",
         gas_limit: GasLimit::Estimate { margin_percent: 0 },
         worth_percent: 300,
+        batch_topups: false,
+    },
+    Scenario {
+        name: "estimated-worth-3x-batched-topups",
+        gas_limit: GasLimit::Estimate { margin_percent: 0 },
+        worth_percent: 300,
+        batch_topups: true,
     },
 ];
+
+/// Most recipients per batched top-up in the bench.
+pub const BATCH_RECIPIENTS: usize = 200;
 
 /// One round's figures.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -94,8 +116,10 @@ pub struct Round {
     pub sweeps: u64,
     /// Skipped as not worth it.
     pub skipped_not_worth_it: u64,
-    /// Top-ups sent.
+    /// Top-ups sent (one per address, batched or not).
     pub topups: u64,
+    /// Batch transactions among them.
+    pub topup_batches: u64,
     /// Gas used by sweeps.
     pub sweep_gas: u64,
     /// Gas used by top-ups.
@@ -221,7 +245,8 @@ async fn scenario(
         .port();
     let _node = Node(
         Command::new(anvil)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            // Base fee 0 (it stays 0): every transaction pays exactly its fixed price per gas.
+            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--base-fee", "0"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -260,6 +285,7 @@ async fn scenario(
     usd_code.extend(&noReturnConstructorCall { supply }.abi_encode()[4..]);
     let oz = dev.deploy(oz_code).await?;
     let usd = dev.deploy(usd_code).await?;
+    let disperse = dev.deploy(read("Disperse")?).await?;
 
     let hot = Address::repeat_byte(0x40);
     dev.token(oz, hot, ETH).await?;
@@ -280,6 +306,9 @@ async fn scenario(
     config.fee_policy = FeePolicy::Fixed { per_unit: gwei * GWEI };
     config.poll_interval = Duration::from_millis(10);
     config.receipt_timeout = Duration::from_secs(120);
+    if s.batch_topups {
+        config.topup_batch = Some(TopUpBatch { contract: disperse, max_recipients: BATCH_RECIPIENTS });
+    }
     let sweeper = Sweeper::new(fee_wallet, signer, config)?;
     let names = BTreeMap::from([(oz, "OZ".to_owned()), (usd, "USD (no return)".to_owned())]);
     let mut rounds = Vec::new();
@@ -327,9 +356,16 @@ async fn round(
                 matches!(i.asset, SweepAsset::Token(_)) && matches!(why, SkipReason::NotWorthIt { .. })
             })
             .count() as u64,
-        topups: report.topups.len() as u64,
+        topups: (report.topups.len() + report.topup_batches.iter().map(|b| b.recipients.len()).sum::<usize>())
+            as u64,
+        topup_batches: report.topup_batches.len() as u64,
         sweep_gas: report.swept.iter().map(|s| s.mined.gas_used).sum(),
-        topup_gas: report.topups.iter().map(|t| t.mined.gas_used).sum(),
+        topup_gas: report
+            .topups
+            .iter()
+            .map(|t| t.mined.gas_used)
+            .chain(report.topup_batches.iter().map(|b| b.mined.gas_used))
+            .sum(),
         gas_total: report.gas_used(),
         fee_wei: report.fee_wei(),
         topup_wei: report.topup_wei(),

@@ -49,11 +49,27 @@ use serde::Serialize;
 
 use crate::error::EthError;
 use crate::fees::{self, Fees};
-use crate::withdraw::{send_raw, sign_eip1559, transferCall, EthWallet};
+use crate::withdraw::{send_raw, sign_eip1559, transferCall, ContractCall, EthWallet};
 
 alloy::sol! {
     /// ERC-20 `balanceOf`.
     function balanceOf(address owner) returns (uint256);
+    /// The Disperse contract's batch ETH transfer (chains-eth/testdata/contracts/Disperse.sol).
+    function disperseEther(address[] recipients, uint256[] values) payable;
+}
+
+/// Batched top-ups through a Disperse contract: one fee-wallet transaction
+/// sends the gas of many deposit addresses. Only addresses that already
+/// exist on chain (nonce > 0 or ETH > 0) are batched: sending ETH to an
+/// empty account from a contract costs 25,000 gas more (EIP-161 account
+/// creation) than the 21,000 of a plain transaction, so empty ones get
+/// plain top-ups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopUpBatch {
+    /// The deployed Disperse contract.
+    pub contract: Address,
+    /// Most recipients per batch transaction.
+    pub max_recipients: usize,
 }
 
 /// Gas of a plain ETH transfer to an account without code.
@@ -113,6 +129,8 @@ pub struct SweepConfig {
     pub receipt_timeout: Duration,
     /// Pause between receipt polls.
     pub poll_interval: Duration,
+    /// Batch the top-ups of existing accounts (`None`: one transaction each).
+    pub topup_batch: Option<TopUpBatch>,
 }
 
 impl SweepConfig {
@@ -128,6 +146,7 @@ impl SweepConfig {
             max_addresses: 10_000,
             receipt_timeout: Duration::from_secs(600),
             poll_interval: Duration::from_secs(1),
+            topup_batch: None,
         }
     }
 
@@ -139,6 +158,9 @@ impl SweepConfig {
             if g < GAS_NATIVE_TRANSFER {
                 return Err(EthError::Config(format!("fixed gas limit {g} is below 21,000")));
             }
+        }
+        if self.topup_batch.is_some_and(|b| b.max_recipients == 0) {
+            return Err(EthError::Config("topup_batch.max_recipients must be > 0".into()));
         }
         if self.max_addresses == 0 || self.poll_interval.is_zero() {
             return Err(EthError::Config("max_addresses and poll_interval must be > 0".into()));
@@ -255,6 +277,8 @@ pub struct PlannedTopUp {
     pub amount: u128,
     /// ETH it held when planned, wei.
     pub held_wei: u128,
+    /// Sent in a batch (the address exists on chain and batching is configured).
+    pub batched: bool,
 }
 
 /// What [`Sweeper::plan`] decided for a set of deposit addresses.
@@ -321,11 +345,22 @@ pub struct ToppedUp {
     pub mined: Mined,
 }
 
+/// One executed batch of top-ups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BatchedTopUp {
+    /// Recipients and wei each.
+    pub recipients: Vec<(Address, u128)>,
+    /// Its receipt.
+    pub mined: Mined,
+}
+
 /// What [`Sweeper::execute`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct SweepReport {
     /// Top-ups, mined.
     pub topups: Vec<ToppedUp>,
+    /// Batched top-ups, mined.
+    pub topup_batches: Vec<BatchedTopUp>,
     /// Sweeps, mined (`mined.success` false: reverted, fee paid, nothing moved).
     pub swept: Vec<SweptItem>,
     /// Planned sweeps not sent, and why.
@@ -337,17 +372,31 @@ pub struct SweepReport {
 impl SweepReport {
     /// Gas used by top-ups and sweeps.
     pub fn gas_used(&self) -> u64 {
-        self.topups.iter().map(|t| t.mined.gas_used).chain(self.swept.iter().map(|s| s.mined.gas_used)).sum()
+        self.topups
+            .iter()
+            .map(|t| t.mined.gas_used)
+            .chain(self.topup_batches.iter().map(|b| b.mined.gas_used))
+            .chain(self.swept.iter().map(|s| s.mined.gas_used))
+            .sum()
     }
 
     /// Fees paid by top-ups and sweeps, wei.
     pub fn fee_wei(&self) -> u128 {
-        self.topups.iter().map(|t| t.mined.fee_wei).chain(self.swept.iter().map(|s| s.mined.fee_wei)).sum()
+        self.topups
+            .iter()
+            .map(|t| t.mined.fee_wei)
+            .chain(self.topup_batches.iter().map(|b| b.mined.fee_wei))
+            .chain(self.swept.iter().map(|s| s.mined.fee_wei))
+            .sum()
     }
 
     /// ETH sent by top-ups, wei.
     pub fn topup_wei(&self) -> u128 {
-        self.topups.iter().map(|t| t.amount).sum()
+        self.topups
+            .iter()
+            .map(|t| t.amount)
+            .chain(self.topup_batches.iter().flat_map(|b| b.recipients.iter().map(|(_, v)| *v)))
+            .sum()
     }
 
     /// ETH left on the swept addresses, wei.
@@ -505,11 +554,13 @@ impl Sweeper {
         }
         if need_swept > 0 {
             if need_swept > eth {
+                let batched = self.config.topup_batch.is_some() && (mined > 0 || eth > 0);
                 plan.topups.push(PlannedTopUp {
                     address,
                     nonce: mined,
                     amount: need_swept - eth,
                     held_wei: eth,
+                    batched,
                 });
             }
             if eth > 0 {
@@ -594,7 +645,7 @@ impl Sweeper {
         let mut report = SweepReport::default();
         // 1. Top-ups from the fee wallet, all broadcast, then all awaited.
         let mut ids = Vec::new();
-        for t in &plan.topups {
+        for t in plan.topups.iter().filter(|t| !t.batched) {
             let id = format!("sweep-topup-{:#x}-{}", t.address, t.nonce);
             let request = WithdrawalRequest {
                 id: id.clone(),
@@ -606,10 +657,26 @@ impl Sweeper {
             self.fee_wallet.submit(&request).await?;
             ids.push((t, id));
         }
+        let batched: Vec<&PlannedTopUp> = plan.topups.iter().filter(|t| t.batched).collect();
+        let mut batch_ids = Vec::new();
+        if let Some(batch) = self.config.topup_batch {
+            for chunk in batched.chunks(batch.max_recipients) {
+                batch_ids.push((chunk, self.send_batch(batch.contract, chunk).await?));
+            }
+        }
         for (t, id) in ids {
             let hash = self.await_withdrawal(&id).await?;
             let mined = self.await_receipt(hash).await?;
             report.topups.push(ToppedUp { address: t.address, amount: t.amount, mined });
+        }
+        for (chunk, id) in batch_ids {
+            let hash = self.await_withdrawal(&id).await?;
+            let mined = self.await_receipt(hash).await?;
+            if !mined.success {
+                return Err(EthError::Rejected { id, reason: "the batched top-up reverted".into() });
+            }
+            let recipients = chunk.iter().map(|t| (t.address, t.amount)).collect();
+            report.topup_batches.push(BatchedTopUp { recipients, mined });
         }
         // 2. Sweeps, signed by each deposit address's key, all broadcast, then all awaited.
         let mut sent = Vec::new();
@@ -684,6 +751,45 @@ impl Sweeper {
             *left = u128::try_from(b).unwrap_or(u128::MAX);
         }
         Ok(report)
+    }
+
+    /// Sends one batch of top-ups through the Disperse contract; its
+    /// withdrawal id (a hash of the recipients and their nonces, so a
+    /// re-run of the same plan sends it once).
+    async fn send_batch(&self, contract: Address, chunk: &[&PlannedTopUp]) -> Result<String, EthError> {
+        let mut key = Vec::with_capacity(chunk.len() * 28);
+        for t in chunk {
+            key.extend_from_slice(t.address.as_slice());
+            key.extend_from_slice(&t.nonce.to_be_bytes());
+        }
+        let id = format!("sweep-topup-batch-{:x}", alloy::primitives::keccak256(&key));
+        let total = chunk.iter().try_fold(0u128, |sum, t| sum.checked_add(t.amount));
+        let total = total.ok_or_else(|| EthError::Config("batched top-up total overflows u128".into()))?;
+        let input: Bytes = disperseEtherCall {
+            recipients: chunk.iter().map(|t| t.address).collect(),
+            values: chunk.iter().map(|t| U256::from(t.amount)).collect(),
+        }
+        .abi_encode()
+        .into();
+        let req = TransactionRequest::default()
+            .with_from(self.fee_wallet.address())
+            .with_to(contract)
+            .with_value(U256::from(total))
+            .with_input(input.clone());
+        let gas_limit = self
+            .provider()
+            .estimate_gas(req)
+            .await
+            .map_err(|e| EthError::node(format!("eth_estimateGas disperseEther on {contract}"), e))?;
+        let request = WithdrawalRequest {
+            id: id.clone(),
+            to: contract.to_checksum(None),
+            asset: Asset::Native,
+            amount: total,
+            fee: self.config.fee_policy,
+        };
+        self.fee_wallet.submit_call(&request, ContractCall { input, gas_limit }).await?;
+        Ok(id)
     }
 
     /// Waits until a fee-wallet withdrawal is mined; its transaction hash.

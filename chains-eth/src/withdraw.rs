@@ -126,6 +126,20 @@ pub struct Record {
     pub amount: String,
     /// Transactions, oldest first; the last one is current.
     pub txs: Vec<SentTx>,
+    /// A contract call instead of a transfer: `amount` wei of ETH to `to`
+    /// with this input and gas limit (used for batched sweep top-ups).
+    /// Absent in journals written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<ContractCall>,
+}
+
+/// A contract call a withdrawal makes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContractCall {
+    /// ABI-encoded input.
+    pub input: Bytes,
+    /// Its gas limit.
+    pub gas_limit: u64,
 }
 
 /// The hot wallet.
@@ -217,10 +231,40 @@ impl EthWallet {
         self.prepare_with(request, None).await
     }
 
+    /// Submits a contract call sending `request.amount` wei (idempotent by
+    /// id, journaled before broadcast like a withdrawal). `request.asset`
+    /// must be `Native`.
+    pub async fn submit_call(
+        &self,
+        request: &WithdrawalRequest,
+        call: ContractCall,
+    ) -> Result<WithdrawalStatus, EthError> {
+        if request.asset != Asset::Native {
+            return Err(reject(request, "a contract call sends ETH only".into()));
+        }
+        let existed = self.state.lock().await.records.contains_key(&request.id);
+        let record = self.prepare_call(request, None, Some(call)).await?;
+        if existed {
+            self.ensure_known(&record).await?;
+        } else {
+            self.broadcast(&record).await?;
+        }
+        self.status(&request.id).await
+    }
+
     async fn prepare_with(
         &self,
         request: &WithdrawalRequest,
         fees: Option<Fees>,
+    ) -> Result<Record, EthError> {
+        self.prepare_call(request, fees, None).await
+    }
+
+    async fn prepare_call(
+        &self,
+        request: &WithdrawalRequest,
+        fees: Option<Fees>,
+        call: Option<ContractCall>,
     ) -> Result<Record, EthError> {
         let mut state = self.state.lock().await;
         if let Some(r) = state.records.get(&request.id) {
@@ -248,6 +292,7 @@ impl EthWallet {
             token,
             amount: request.amount.to_string(),
             txs: Vec::new(),
+            call,
         };
         record.txs.push(self.sign(&record, fees, false).await?);
         append(&mut state.journal, &record)?;
@@ -492,6 +537,10 @@ impl EthWallet {
             record.amount.parse().map_err(|_| EthError::Journal(format!("amount {:?}", record.amount)))?;
         let (to, value, input, gas_limit) = match (cancel, record.token) {
             (true, _) => (self.address, U256::ZERO, Bytes::new(), self.config.gas_limit_native),
+            (false, _) if record.call.is_some() => {
+                let call = record.call.as_ref().ok_or_else(|| EthError::Journal("call vanished".into()))?;
+                (record.to, U256::from(amount), call.input.clone(), call.gas_limit)
+            }
             (false, None) => (record.to, U256::from(amount), Bytes::new(), self.config.gas_limit_native),
             (false, Some(token)) => (
                 token,

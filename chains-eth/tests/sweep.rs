@@ -210,3 +210,60 @@ async fn token_and_eth_sweeps_move_everything_top_up_exactly_and_skip_what_is_no
     assert_eq!(rpc.token_balance(oz, c.address).await, U256::ZERO);
     assert_eq!(rpc.token_balance(oz, hot).await, U256::from(150 * ETH + ETH / 10));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_top_ups_fund_existing_accounts_in_one_transaction_and_empty_ones_plainly() {
+    let Some(anvil) = Anvil::start(&[]) else { return };
+    let Some(disperse_code) = contract_bytecode("Disperse") else { return };
+    let rpc = anvil.rpc();
+    let owner = rpc.dev(0).await;
+    let (oz, _) = deploy(&rpc, owner).await;
+    let disperse = rpc.deploy(owner, disperse_code).await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys =
+        SoftwareKeystore::create(&dir.path().join("keys"), b"pass", KdfParams::insecure_for_tests()).unwrap();
+    let fee_key = KeyId::new("eth-fee").unwrap();
+    keys.generate(&fee_key, Scheme::Secp256k1).await.unwrap();
+    let accounts =
+        vec![account(&keys, "dep-x").await, account(&keys, "dep-y").await, account(&keys, "dep-z").await];
+    let signer: Arc<dyn Signer> = Arc::new(keys);
+    let mut wc = WalletConfig::new(
+        format!("http://127.0.0.1:{}", anvil.port),
+        31337,
+        fee_key,
+        dir.path().join("fee-wallet.jsonl"),
+    );
+    wc.confirmations = 1;
+    let fee_wallet = Arc::new(EthWallet::open(wc, signer.clone()).await.unwrap());
+    rpc.send_eth(owner, fee_wallet.address(), U256::from(10 * ETH)).await;
+    // x and y exist on chain (they hold 1 wei); z is empty.
+    for a in &accounts[..2] {
+        rpc.send_eth(owner, a.address, U256::from(1u64)).await;
+    }
+    for a in &accounts {
+        give(&rpc, owner, oz, a.address, 100 * ETH).await;
+    }
+    let mut config =
+        SweepConfig::new(deposit_address(98), vec![SweepToken { contract: oz, price: OZ_PRICE }]);
+    config.poll_interval = Duration::from_millis(20);
+    config.topup_batch = Some(molly_chain_eth::sweep::TopUpBatch { contract: disperse, max_recipients: 10 });
+    let sweeper = Sweeper::new(fee_wallet, signer, config).unwrap();
+    let plan = sweeper.plan(&accounts).await.unwrap();
+    let batched: Vec<(Address, bool)> = plan.topups.iter().map(|t| (t.address, t.batched)).collect();
+    assert_eq!(
+        batched,
+        [(accounts[0].address, true), (accounts[1].address, true), (accounts[2].address, false)]
+    );
+    let report = sweeper.execute(&plan, &accounts).await.unwrap();
+    assert_eq!(report.topup_batches.len(), 1, "{report:#?}");
+    assert_eq!(report.topup_batches[0].recipients.len(), 2);
+    assert_eq!(report.topups.len(), 1);
+    assert!(report.swept.iter().all(|s| s.mined.success), "{report:#?}");
+    for (a, t) in accounts.iter().zip(&plan.topups) {
+        let swept = report.swept.iter().find(|s| s.address == a.address).unwrap();
+        assert_eq!(rpc.token_balance(oz, a.address).await, U256::ZERO);
+        // Each address got exactly its top-up: what is left = held + top-up − fee.
+        assert_eq!(rpc.balance(a.address).await, U256::from(t.held_wei + t.amount - swept.mined.fee_wei));
+    }
+    assert_eq!(rpc.token_balance(oz, deposit_address(98)).await, U256::from(300 * ETH));
+}
