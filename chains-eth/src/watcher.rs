@@ -376,6 +376,10 @@ impl Session<'_> {
             }
             let events = d.tracker.confirm();
             self.send(&mut d.sent, events).await?;
+            // A long catch-up (many rounds) keeps its position durable as it goes.
+            d.offer()?;
+            let acked = *control.acked.borrow();
+            d.flush(acked, self.progress)?;
         }
     }
 
