@@ -8,7 +8,8 @@
 //!                   cost bound = gas limit × max fee (+ 21,000 × max fee if a top-up is needed)
 //!                   value = amount × price  ─▶ value × 100 ≥ worth_percent × cost bound ? sweep : skip
 //!                   top-up = Σ gas limit × max fee − ETH balance (if > 0)
-//!  execute(plan):   fee wallet sends every top-up (journaled, id per address and nonce)
+//!  execute(plan):   fee wallet sends every top-up (journaled, id per address and nonce;
+//!                   existing accounts batched through a Disperse contract if configured)
 //!                   ─▶ all mined ─▶ each deposit address signs its sweeps ─▶ all mined ─▶ report
 //! ```
 //!
