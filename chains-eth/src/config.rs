@@ -60,6 +60,12 @@ pub struct WatcherConfig {
     pub head_timeout: Duration,
     /// Capacity of the event channel (the watcher waits when it is full).
     pub event_buffer: usize,
+    /// Longest wait for one answer from the node (connect, subscribe, each
+    /// call); silence beyond it is an error and the watcher reconnects.
+    pub rpc_timeout: Duration,
+    /// Where the watcher keeps its position (`None`: in memory only; a
+    /// restart begins at `start_block`). See [`crate::persist`].
+    pub state_path: Option<std::path::PathBuf>,
 }
 
 impl WatcherConfig {
@@ -79,6 +85,8 @@ impl WatcherConfig {
             backoff_max: Duration::from_secs(30),
             head_timeout: Duration::from_secs(30),
             event_buffer: 4_096,
+            rpc_timeout: Duration::from_secs(30),
+            state_path: None,
         }
     }
 
@@ -102,6 +110,9 @@ impl WatcherConfig {
             return Err(EthError::Config(
                 "max_blocks_per_round, max_logs_per_block and event_buffer must be > 0".into(),
             ));
+        }
+        if self.rpc_timeout.is_zero() {
+            return Err(EthError::Config("rpc_timeout must be > 0".into()));
         }
         if self.backoff_min.is_zero() || self.backoff_max < self.backoff_min {
             return Err(EthError::Config("backoff_min must be > 0 and <= backoff_max".into()));

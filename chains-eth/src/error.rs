@@ -73,9 +73,29 @@ pub enum EthError {
     Config(String),
 }
 
+/// Longest node error detail kept, bytes: alloy's decode errors append the
+/// whole answer (a full block can be megabytes), which would flood logs on
+/// every retry.
+pub const MAX_ERROR_DETAIL: usize = 300;
+
+/// The first line of `text`, at most [`MAX_ERROR_DETAIL`] bytes, with how much was cut.
+pub(crate) fn clip(text: &str) -> String {
+    let first = text.lines().next().unwrap_or("");
+    let mut end = first.len().min(MAX_ERROR_DETAIL);
+    while !first.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = text.len() - end;
+    if cut == 0 {
+        first.to_owned()
+    } else {
+        format!("{} [{cut} more bytes of the answer not shown]", &first[..end])
+    }
+}
+
 impl EthError {
     pub(crate) fn node(context: impl Into<String>, err: impl std::fmt::Display) -> Self {
-        EthError::Node { context: context.into(), detail: err.to_string() }
+        EthError::Node { context: context.into(), detail: clip(&err.to_string()) }
     }
 
     pub(crate) fn bad(what: &'static str, detail: impl Into<String>) -> Self {
@@ -86,5 +106,21 @@ impl EthError {
 impl From<EthError> for molly_chains::gateway::GatewayError {
     fn from(e: EthError) -> Self {
         molly_chains::gateway::GatewayError::Node { chain: molly_chains::Chain::Eth, detail: e.to_string() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_errors_keep_the_first_line_and_say_what_was_cut() {
+        assert_eq!(clip("short"), "short");
+        let long = format!("deserialization error: missing field `hash`\n{}", "x".repeat(5_000));
+        let c = clip(&long);
+        assert!(c.starts_with("deserialization error: missing field `hash` ["), "{c}");
+        assert!(c.ends_with("5001 more bytes of the answer not shown]"), "{c}");
+        let wide = "é".repeat(400);
+        assert!(clip(&wide).len() < 400, "cut on a char boundary");
     }
 }

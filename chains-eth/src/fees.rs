@@ -7,6 +7,7 @@
 //! base-fee growth), capped at `max_fee_cap`.
 
 use alloy::eips::BlockNumberOrTag;
+use alloy::primitives::U256;
 use alloy::providers::{Provider, RootProvider};
 use alloy::rpc::types::FeeHistory;
 use molly_chains::gateway::FeePolicy;
@@ -91,6 +92,35 @@ pub async fn estimate(p: &RootProvider, policy: FeePolicy, config: &FeeConfig) -
     from_history(&history, policy, config)
 }
 
+/// The base fee of the block after the head (the last entry of a one-block
+/// fee history), wei per gas.
+pub async fn next_base_fee(p: &RootProvider) -> Result<u128, EthError> {
+    let history = p
+        .get_fee_history(1, BlockNumberOrTag::Latest, &[])
+        .await
+        .map_err(|e| EthError::node("eth_feeHistory", e))?;
+    history
+        .base_fee_per_gas
+        .last()
+        .copied()
+        .ok_or_else(|| EthError::bad("fee history", "no base fee (is the chain pre-London?)"))
+}
+
+/// The smallest increase, percent, that geth's and anvil's pools accept for
+/// a replacement of the same nonce: both fees must rise by at least this.
+pub const NODE_REPLACEMENT_BUMP_PERCENT: u128 = 10;
+
+/// Whether `new` may replace `old` in a node's pool: max fee and tip each
+/// at least [`NODE_REPLACEMENT_BUMP_PERCENT`] higher.
+pub fn is_valid_replacement(old: Fees, new: Fees) -> bool {
+    let enough = |old: u128, new: u128| {
+        U256::from(new) * U256::from(100u8)
+            >= U256::from(old) * U256::from(100 + NODE_REPLACEMENT_BUMP_PERCENT)
+    };
+    enough(old.max_fee_per_gas, new.max_fee_per_gas)
+        && enough(old.max_priority_fee_per_gas, new.max_priority_fee_per_gas)
+}
+
 /// A replacement's fees: each at least `bump_percent` above the old one
 /// (nodes require +10%), and at least the current estimate.
 pub fn bumped(old: Fees, now: Fees, bump_percent: u128, config: &FeeConfig) -> Fees {
@@ -133,5 +163,15 @@ mod tests {
         let old = Fees { max_fee_per_gas: 100, max_priority_fee_per_gas: 10 };
         let b = bumped(old, Fees { max_fee_per_gas: 50, max_priority_fee_per_gas: 1 }, 13, &c);
         assert_eq!(b, Fees { max_fee_per_gas: 113, max_priority_fee_per_gas: 12 });
+        assert!(is_valid_replacement(old, b));
+        // The cap can leave less than the nodes' +10 %: not a valid replacement.
+        let capped = bumped(old, old, 13, &FeeConfig { max_fee_cap: 105, ..c });
+        assert_eq!(capped.max_fee_per_gas, 105);
+        assert!(!is_valid_replacement(old, capped));
+        // Exactly +10 % on both is accepted; one unit less on either is not.
+        let ten = Fees { max_fee_per_gas: 110, max_priority_fee_per_gas: 11 };
+        assert!(is_valid_replacement(old, ten));
+        assert!(!is_valid_replacement(old, Fees { max_priority_fee_per_gas: 10, ..ten }));
+        assert!(!is_valid_replacement(old, Fees { max_fee_per_gas: 109, ..ten }));
     }
 }

@@ -27,8 +27,17 @@ use crate::withdraw::{EthWallet, WalletConfig};
 pub struct EthGateway {
     watcher: EthWatcher,
     watch: WatchSet,
-    events: Mutex<mpsc::Receiver<DepositEvent>>,
-    wallet: EthWallet,
+    /// The receiver, and how many events the last `next_events` returned
+    /// (acknowledged to the watcher by the next call).
+    events: Mutex<(mpsc::Receiver<DepositEvent>, u64)>,
+    wallet: Arc<EthWallet>,
+    unstick: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for EthGateway {
+    fn drop(&mut self) {
+        self.unstick.abort();
+    }
 }
 
 impl EthGateway {
@@ -38,10 +47,14 @@ impl EthGateway {
         wallet: WalletConfig,
         signer: Arc<dyn Signer>,
     ) -> Result<Self, EthError> {
-        let wallet = EthWallet::open(wallet, signer).await?;
+        if wallet.stuck_check_interval.is_zero() {
+            return Err(EthError::Config("stuck_check_interval must be > 0".into()));
+        }
+        let wallet = Arc::new(EthWallet::open(wallet, signer).await?);
         let watch = WatchSet::new(watcher.max_watched);
         let (watcher, events) = EthWatcher::spawn(watcher, watch.clone())?;
-        Ok(EthGateway { watcher, watch, events: Mutex::new(events), wallet })
+        let unstick = tokio::spawn(unstick_loop(wallet.clone()));
+        Ok(EthGateway { watcher, watch, events: Mutex::new((events, 0)), wallet, unstick })
     }
 
     /// The hot wallet.
@@ -52,6 +65,19 @@ impl EthGateway {
     /// The watcher.
     pub fn watcher(&self) -> &EthWatcher {
         &self.watcher
+    }
+}
+
+/// Every `stuck_check_interval`, replaces the wallet's stuck withdrawals
+/// ([`EthWallet::unstick`]). Errors are logged and retried next time.
+async fn unstick_loop(wallet: Arc<EthWallet>) {
+    let mut every = tokio::time::interval(wallet.config().stuck_check_interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if let Err(e) = wallet.unstick(wallet.config().stuck_fee_policy).await {
+            tracing::warn!(error = %e, "eth stuck-withdrawal check failed");
+        }
     }
 }
 
@@ -90,8 +116,13 @@ impl ChainGateway for EthGateway {
         self.watch.add(&parsed).map_err(to_gateway)
     }
 
+    /// Calling it again acknowledges the previous batch: the caller has
+    /// durably handled those events, so the watcher may write a position
+    /// past them (`WatcherConfig::state_path`).
     async fn next_events(&self, max: usize) -> Result<Vec<DepositEvent>, GatewayError> {
-        let mut rx = self.events.lock().await;
+        let mut guard = self.events.lock().await;
+        let (rx, last) = &mut *guard;
+        self.watcher.ack(std::mem::take(last));
         let first = rx.recv().await.ok_or_else(|| GatewayError::Node {
             chain: Chain::Eth,
             detail: "the deposit watcher stopped".into(),
@@ -103,6 +134,7 @@ impl ChainGateway for EthGateway {
                 Err(_) => break,
             }
         }
+        *last = out.len() as u64;
         Ok(out)
     }
 

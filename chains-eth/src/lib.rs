@@ -31,11 +31,14 @@
 //! **Limits** (all in [`config::WatcherConfig`]): watched addresses
 //! (default 2M), kept block hashes (`reorg_window`, default 128, must exceed
 //! every confirmation depth), logs per block, blocks per round, event
-//! buffer, reconnect backoff. Not seen: ETH moved by contract-internal calls
-//! (needs traces, see docs/eth-gateway.md). Withdrawals ([`withdraw`]):
-//! EIP-1559, signed through the hsm-bridge `Signer`, journaled before
-//! broadcast; an ETH sweep that leaves no dust. Not yet here: ERC-20
-//! sweeps, persistence of the scan cursor.
+//! buffer, reconnect backoff, RPC timeout. Not seen: ETH moved by
+//! contract-internal calls (needs traces, see docs/eth-gateway.md). The
+//! watcher's position survives restarts when `state_path` is set
+//! ([`persist`]). Withdrawals ([`withdraw`]): EIP-1559, signed through the
+//! hsm-bridge `Signer`, journaled before broadcast, stuck ones replaced
+//! automatically under the fee cap. Sweeps ([`sweep`]): ERC-20 and ETH
+//! balances of many deposit addresses into the hot wallet, with exact gas
+//! top-ups from a fee wallet and a worth-it rule on a configured price.
 //!
 //! ```
 //! use molly_chain_eth::config::WatcherConfig;
@@ -53,11 +56,14 @@
 //! ```
 
 pub mod bench;
+pub mod bench_sweep;
 pub mod config;
 pub mod error;
 pub mod fees;
 pub mod gateway;
+pub mod persist;
 pub mod scan;
+pub mod sweep;
 pub mod tracker;
 pub mod watcher;
 pub mod watchset;

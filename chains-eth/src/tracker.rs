@@ -9,6 +9,7 @@ use alloy::primitives::B256;
 use molly_chains::gateway::{DepositEvent, DepositKey};
 
 use crate::error::EthError;
+use crate::persist::{StoredBlock, StoredDeposit, TrackerState};
 use crate::scan::{BlockMeta, Found};
 
 /// Recent canonical blocks and pending deposits.
@@ -66,6 +67,54 @@ impl Tracker {
     /// How many deposits wait for confirmations.
     pub fn pending_len(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Everything needed to resume (see [`crate::persist`]).
+    pub fn snapshot(&self) -> TrackerState {
+        TrackerState {
+            floor: self.floor,
+            blocks: self
+                .blocks
+                .iter()
+                .map(|(m, found)| StoredBlock {
+                    number: m.number,
+                    hash: m.hash,
+                    parent_hash: m.parent_hash,
+                    timestamp: m.timestamp,
+                    found: found.iter().map(StoredDeposit::from_found).collect(),
+                })
+                .collect(),
+            pending: self.pending.values().map(|(f, n)| (StoredDeposit::from_found(f), *n)).collect(),
+        }
+    }
+
+    /// A tracker resumed from `state`, keeping at most `window` blocks.
+    /// The blocks must form one chain (each the parent of the next, the
+    /// first on the floor).
+    pub fn restore(window: u64, state: &TrackerState) -> Result<Self, EthError> {
+        let mut t = Tracker::new(window);
+        let bad = |why: String| EthError::Journal(format!("watcher state: {why}"));
+        t.floor = state.floor;
+        for b in &state.blocks {
+            let found = b.found.iter().map(StoredDeposit::to_found).collect::<Result<Vec<_>, _>>()?;
+            let meta = b.meta();
+            if let Some((n, h)) = t.tip() {
+                if meta.number != n + 1 || meta.parent_hash != h {
+                    return Err(bad(format!("block {} does not extend block {n}", meta.number)));
+                }
+            }
+            t.blocks.push_back((meta, found));
+            while t.blocks.len() as u64 > t.window {
+                if let Some((m, _)) = t.blocks.pop_front() {
+                    t.floor = Some((m.number, m.hash));
+                }
+            }
+        }
+        for (d, reported) in &state.pending {
+            let f = d.to_found()?;
+            t.pending.insert(f.deposit.key.clone(), (f, *reported));
+        }
+        Ok(t)
     }
 
     /// Appends the next block. Its parent must be the last block (the caller
@@ -221,6 +270,28 @@ mod tests {
         assert_eq!(t.tip(), Some((10, meta(10, 0).hash)));
         t.push(meta(11, 2), vec![]).unwrap();
         assert!(t.confirm().is_empty());
+    }
+
+    #[test]
+    fn a_restored_tracker_goes_on_exactly_where_the_snapshot_stopped() {
+        let mut t = Tracker::new(8);
+        let b1 = meta(1, 0);
+        t.push(b1, vec![found(&b1, 1, 4)]).unwrap();
+        t.push(meta(2, 0), vec![]).unwrap();
+        assert_eq!(t.confirm().len(), 1); // 2 confirmations reported
+        let mut r = Tracker::restore(8, &t.snapshot()).unwrap();
+        assert_eq!(r.snapshot(), t.snapshot());
+        assert_eq!(r.tip(), t.tip());
+        assert!(r.confirm().is_empty(), "2 confirmations are not reported again");
+        r.push(meta(3, 0), vec![]).unwrap();
+        let e = r.confirm();
+        assert!(matches!(&e[..], [DepositEvent::DepositConfirmed { confirmations: 3, .. }]), "{e:?}");
+        // A reorg across the restart still reverts the deposit.
+        assert_eq!(r.rewind(0).len(), 1);
+        // A broken chain in the file is refused.
+        let mut s = t.snapshot();
+        s.blocks.push(crate::persist::StoredBlock { number: 9, ..s.blocks[0].clone() });
+        assert!(Tracker::restore(8, &s).is_err());
     }
 
     #[test]

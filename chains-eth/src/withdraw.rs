@@ -61,6 +61,15 @@ pub struct WalletConfig {
     pub fees: FeeConfig,
     /// Minimum fee increase of a replacement, percent (nodes require 10).
     pub bump_percent: u128,
+    /// A withdrawal whose current transaction is still unmined this many
+    /// blocks after it was signed is stuck and replaced by
+    /// [`EthWallet::unstick`] (also when its max fee is below the next
+    /// block's base fee, whatever its age).
+    pub stuck_after_blocks: u64,
+    /// How often [`crate::EthGateway`] runs [`EthWallet::unstick`].
+    pub stuck_check_interval: std::time::Duration,
+    /// The fee policy whose current estimate a replacement must at least offer.
+    pub stuck_fee_policy: FeePolicy,
 }
 
 impl WalletConfig {
@@ -76,6 +85,9 @@ impl WalletConfig {
             confirmations: 12,
             fees: FeeConfig::default(),
             bump_percent: 13,
+            stuck_after_blocks: 5,
+            stuck_check_interval: std::time::Duration::from_secs(12),
+            stuck_fee_policy: FeePolicy::Urgent,
         }
     }
 }
@@ -93,6 +105,10 @@ pub struct SentTx {
     pub max_priority_fee_per_gas: u128,
     /// Whether this is a cancel (0 ETH to self) rather than the transfer.
     pub cancel: bool,
+    /// The node's head when it was signed (`None` in journals written
+    /// before this field existed: such a transaction is judged by its fee only).
+    #[serde(default)]
+    pub signed_at_block: Option<u64>,
 }
 
 /// A withdrawal as journaled.
@@ -110,6 +126,20 @@ pub struct Record {
     pub amount: String,
     /// Transactions, oldest first; the last one is current.
     pub txs: Vec<SentTx>,
+    /// A contract call instead of a transfer: `amount` wei of ETH to `to`
+    /// with this input and gas limit (used for batched sweep top-ups).
+    /// Absent in journals written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<ContractCall>,
+}
+
+/// A contract call a withdrawal makes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContractCall {
+    /// ABI-encoded input.
+    pub input: Bytes,
+    /// Its gas limit.
+    pub gas_limit: u64,
 }
 
 /// The hot wallet.
@@ -201,10 +231,40 @@ impl EthWallet {
         self.prepare_with(request, None).await
     }
 
+    /// Submits a contract call sending `request.amount` wei (idempotent by
+    /// id, journaled before broadcast like a withdrawal). `request.asset`
+    /// must be `Native`.
+    pub async fn submit_call(
+        &self,
+        request: &WithdrawalRequest,
+        call: ContractCall,
+    ) -> Result<WithdrawalStatus, EthError> {
+        if request.asset != Asset::Native {
+            return Err(reject(request, "a contract call sends ETH only".into()));
+        }
+        let existed = self.state.lock().await.records.contains_key(&request.id);
+        let record = self.prepare_call(request, None, Some(call)).await?;
+        if existed {
+            self.ensure_known(&record).await?;
+        } else {
+            self.broadcast(&record).await?;
+        }
+        self.status(&request.id).await
+    }
+
     async fn prepare_with(
         &self,
         request: &WithdrawalRequest,
         fees: Option<Fees>,
+    ) -> Result<Record, EthError> {
+        self.prepare_call(request, fees, None).await
+    }
+
+    async fn prepare_call(
+        &self,
+        request: &WithdrawalRequest,
+        fees: Option<Fees>,
+        call: Option<ContractCall>,
     ) -> Result<Record, EthError> {
         let mut state = self.state.lock().await;
         if let Some(r) = state.records.get(&request.id) {
@@ -232,6 +292,7 @@ impl EthWallet {
             token,
             amount: request.amount.to_string(),
             txs: Vec::new(),
+            call,
         };
         record.txs.push(self.sign(&record, fees, false).await?);
         append(&mut state.journal, &record)?;
@@ -295,6 +356,13 @@ impl EthWallet {
     /// fees bumped by at least `bump_percent`: the same transfer
     /// (`cancel = false`, speed-up) or 0 ETH to the wallet itself (cancel).
     pub async fn replace(&self, id: &str, policy: FeePolicy, cancel: bool) -> Result<B256, EthError> {
+        let tx = self.sign_replacement(id, policy, cancel).await?;
+        self.send_raw(&tx).await?;
+        Ok(tx.hash)
+    }
+
+    /// Signs and journals a replacement (not broadcast).
+    async fn sign_replacement(&self, id: &str, policy: FeePolicy, cancel: bool) -> Result<SentTx, EthError> {
         let mut state = self.state.lock().await;
         let mut record = state.records.get(id).cloned().ok_or_else(|| EthError::Unknown(id.to_owned()))?;
         for tx in &record.txs {
@@ -312,16 +380,93 @@ impl EthWallet {
             max_priority_fee_per_gas: last.max_priority_fee_per_gas,
         };
         let new = fees::bumped(old, now, self.config.bump_percent, &self.config.fees);
-        if new.max_fee_per_gas <= old.max_fee_per_gas {
-            return Err(EthError::Limit { what: "max fee per gas (max_fee_cap)", limit: 0 });
+        if !fees::is_valid_replacement(old, new) {
+            return Err(EthError::Limit {
+                what: "max fee per gas of a replacement (max_fee_cap leaves no +10% bump)",
+                limit: u64::try_from(self.config.fees.max_fee_cap).unwrap_or(u64::MAX),
+            });
         }
         let tx = self.sign(&record, new, cancel).await?;
         record.txs.push(tx.clone());
         append(&mut state.journal, &record)?;
         state.records.insert(id.to_owned(), record.clone());
-        drop(state);
-        self.send_raw(&tx).await?;
-        Ok(tx.hash)
+        Ok(tx)
+    }
+
+    /// Finds stuck withdrawals and replaces them with bumped fees (the same
+    /// transfer, or the same cancel). A withdrawal is stuck when none of its
+    /// transactions is mined and its current one is either
+    /// `stuck_after_blocks` old or offers a max fee below the next block's
+    /// base fee ([`stuck_reason`]). A current transaction the node does
+    /// not know (it refused it) is broadcast again first, unchanged. The
+    /// replacement's fees are
+    /// [`fees::bumped`]: each at least `bump_percent` above the old one and
+    /// at least the current estimate for `policy`, never above
+    /// `max_fee_cap`; when the cap leaves less than the nodes' +10 %, nothing
+    /// is sent and the withdrawal is reported [`Unstick::AtCap`].
+    pub async fn unstick(&self, policy: FeePolicy) -> Result<Vec<Unstick>, EthError> {
+        let head =
+            self.provider.get_block_number().await.map_err(|e| EthError::node("eth_blockNumber", e))?;
+        let mined = nonce(&self.provider, self.address, BlockId::latest()).await?;
+        let next_base = fees::next_base_fee(&self.provider).await?;
+        // Only withdrawals at or above the mined nonce can still be unmined.
+        let open: Vec<Record> =
+            self.state.lock().await.records.values().filter(|r| r.nonce >= mined).cloned().collect();
+        let mut out = Vec::new();
+        for record in open {
+            let Some(last) = record.txs.last().cloned() else { continue };
+            let mut any_mined = false;
+            for tx in &record.txs {
+                any_mined |= self.receipt(tx.hash).await?.is_some();
+            }
+            if any_mined {
+                continue;
+            }
+            // A current transaction the node does not know (anvil drops and
+            // refuses a max fee below the base fee; geth queues it) is
+            // offered again, unchanged; if it is stuck it is replaced anyway.
+            let known = self
+                .provider
+                .get_transaction_by_hash(last.hash)
+                .await
+                .map_err(|e| EthError::node("eth_getTransactionByHash", e))?
+                .is_some();
+            let refused = if known { None } else { self.send_raw(&last).await.err() };
+            let Some(why) = stuck_reason(&last, head, next_base, self.config.stuck_after_blocks) else {
+                if let Some(e) = refused {
+                    out.push(Unstick::NotAccepted { id: record.id, tx: last.hash, error: e.to_string() });
+                }
+                continue;
+            };
+            let new = match self.sign_replacement(&record.id, policy, last.cancel).await {
+                Ok(new) => new,
+                Err(EthError::Limit { .. }) => {
+                    tracing::warn!(id = %record.id, ?why, "stuck withdrawal cannot be bumped under max_fee_cap");
+                    out.push(Unstick::AtCap {
+                        id: record.id,
+                        tx: last.hash,
+                        why,
+                        max_fee_per_gas: last.max_fee_per_gas,
+                    });
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            tracing::info!(id = %record.id, old = %last.hash, new = %new.hash, ?why, "replacing a stuck withdrawal");
+            let fees = Fees {
+                max_fee_per_gas: new.max_fee_per_gas,
+                max_priority_fee_per_gas: new.max_priority_fee_per_gas,
+            };
+            match self.send_raw(&new).await {
+                Ok(()) => {
+                    out.push(Unstick::Replaced { id: record.id, old: last.hash, new: new.hash, why, fees })
+                }
+                Err(e) => {
+                    out.push(Unstick::NotAccepted { id: record.id, tx: new.hash, error: e.to_string() })
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Where a withdrawal stands.
@@ -392,6 +537,10 @@ impl EthWallet {
             record.amount.parse().map_err(|_| EthError::Journal(format!("amount {:?}", record.amount)))?;
         let (to, value, input, gas_limit) = match (cancel, record.token) {
             (true, _) => (self.address, U256::ZERO, Bytes::new(), self.config.gas_limit_native),
+            (false, _) if record.call.is_some() => {
+                let call = record.call.as_ref().ok_or_else(|| EthError::Journal("call vanished".into()))?;
+                (record.to, U256::from(amount), call.input.clone(), call.gas_limit)
+            }
             (false, None) => (record.to, U256::from(amount), Bytes::new(), self.config.gas_limit_native),
             (false, Some(token)) => (
                 token,
@@ -411,32 +560,16 @@ impl EthWallet {
             access_list: Default::default(),
             input,
         };
-        let digest = tx.signature_hash();
-        let sig = self
-            .signer
-            .sign_digest(&self.config.key, &digest.0)
-            .await
-            .map_err(|e| EthError::Signer(e.to_string()))?;
-        // The signature must recover to this wallet's address before it leaves.
-        let (k_sig, k_rid) = sig.to_k256().map_err(|e| EthError::Signer(e.to_string()))?;
-        let recovered = k256::ecdsa::VerifyingKey::recover_from_prehash(&digest.0, &k_sig, k_rid)
-            .map_err(|e| EthError::Signer(format!("signature does not recover: {e}")))?;
-        let recovered = Address::from(molly_hsm_bridge::ecdsa::eth_address(&recovered));
-        if recovered != self.address {
-            return Err(EthError::Signer(format!(
-                "signature recovers to {recovered}, not the wallet {}",
-                self.address
-            )));
-        }
-        let signature =
-            Signature::new(U256::from_be_bytes(sig.r), U256::from_be_bytes(sig.s), sig.recovery_id == 1);
-        let envelope = TxEnvelope::from(tx.into_signed(signature));
+        let head =
+            self.provider.get_block_number().await.map_err(|e| EthError::node("eth_blockNumber", e))?;
+        let (hash, raw) = sign_eip1559(self.signer.as_ref(), &self.config.key, self.address, tx).await?;
         Ok(SentTx {
-            hash: *envelope.tx_hash(),
-            raw: envelope.encoded_2718().into(),
+            hash,
+            raw,
             max_fee_per_gas: fees.max_fee_per_gas,
             max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
             cancel,
+            signed_at_block: Some(head),
         })
     }
 
@@ -448,12 +581,7 @@ impl EthWallet {
     }
 
     async fn send_raw(&self, tx: &SentTx) -> Result<(), EthError> {
-        match self.provider.send_raw_transaction(&tx.raw).await {
-            Ok(_) => Ok(()),
-            // Broadcasting the same bytes twice is harmless; nodes say so in words.
-            Err(e) if is_known(&e.to_string()) => Ok(()),
-            Err(e) => Err(EthError::node(format!("eth_sendRawTransaction {:#x}", tx.hash), e)),
-        }
+        send_raw(&self.provider, tx.hash, &tx.raw).await
     }
 
     async fn rebroadcast_lost(&self) -> Result<(), EthError> {
@@ -518,6 +646,113 @@ impl EthWallet {
     }
 }
 
+/// Signs `tx` with `key` through the signer and returns its hash and
+/// EIP-2718 bytes. The signature must recover to `from` (the address of
+/// the key's public key) before it leaves: a signer that answers for another
+/// key is refused.
+pub(crate) async fn sign_eip1559(
+    signer: &dyn Signer,
+    key: &KeyId,
+    from: Address,
+    tx: TxEip1559,
+) -> Result<(B256, Bytes), EthError> {
+    let digest = tx.signature_hash();
+    let sig = signer.sign_digest(key, &digest.0).await.map_err(|e| EthError::Signer(e.to_string()))?;
+    let (k_sig, k_rid) = sig.to_k256().map_err(|e| EthError::Signer(e.to_string()))?;
+    let recovered = k256::ecdsa::VerifyingKey::recover_from_prehash(&digest.0, &k_sig, k_rid)
+        .map_err(|e| EthError::Signer(format!("signature does not recover: {e}")))?;
+    let recovered = Address::from(molly_hsm_bridge::ecdsa::eth_address(&recovered));
+    if recovered != from {
+        return Err(EthError::Signer(format!("signature recovers to {recovered}, not the sender {from}")));
+    }
+    let signature =
+        Signature::new(U256::from_be_bytes(sig.r), U256::from_be_bytes(sig.s), sig.recovery_id == 1);
+    let envelope = TxEnvelope::from(tx.into_signed(signature));
+    Ok((*envelope.tx_hash(), envelope.encoded_2718().into()))
+}
+
+/// Broadcasts signed bytes; "already known" counts as sent.
+pub(crate) async fn send_raw(p: &RootProvider, hash: B256, raw: &Bytes) -> Result<(), EthError> {
+    match p.send_raw_transaction(raw).await {
+        Ok(_) => Ok(()),
+        // Broadcasting the same bytes twice is harmless; nodes say so in words.
+        Err(e) if is_known(&e.to_string()) => Ok(()),
+        Err(e) => Err(EthError::node(format!("eth_sendRawTransaction {hash:#x}"), e)),
+    }
+}
+
+/// Why a withdrawal counts as stuck.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StuckReason {
+    /// Its max fee per gas is below the next block's base fee: no block can include it.
+    FeeBelowBaseFee {
+        /// Its max fee per gas.
+        max_fee_per_gas: u128,
+        /// The next block's base fee.
+        next_base_fee: u128,
+    },
+    /// It has waited `blocks` blocks since it was signed.
+    TooOld {
+        /// Blocks since signing.
+        blocks: u64,
+    },
+}
+
+/// What [`EthWallet::unstick`] did about one stuck withdrawal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unstick {
+    /// A replacement was signed, journaled and broadcast.
+    Replaced {
+        /// Withdrawal id.
+        id: String,
+        /// The stuck transaction.
+        old: B256,
+        /// Its replacement.
+        new: B256,
+        /// Why it was stuck.
+        why: StuckReason,
+        /// The replacement's fees.
+        fees: Fees,
+    },
+    /// The withdrawal's current (journaled) transaction was refused by the
+    /// node; it is offered again on every check until it is taken.
+    NotAccepted {
+        /// Withdrawal id.
+        id: String,
+        /// The refused transaction.
+        tx: B256,
+        /// The node's answer.
+        error: String,
+    },
+    /// Stuck, but `max_fee_cap` leaves no room for a valid (+10 %) replacement.
+    AtCap {
+        /// Withdrawal id.
+        id: String,
+        /// The stuck transaction.
+        tx: B256,
+        /// Why it is stuck.
+        why: StuckReason,
+        /// Its max fee per gas.
+        max_fee_per_gas: u128,
+    },
+}
+
+/// Whether `tx` (unmined) is stuck at `head`: its max fee is below the
+/// next block's base fee, or it was signed `stuck_after_blocks` or more
+/// blocks ago. Pure.
+pub fn stuck_reason(
+    tx: &SentTx,
+    head: u64,
+    next_base_fee: u128,
+    stuck_after_blocks: u64,
+) -> Option<StuckReason> {
+    if tx.max_fee_per_gas < next_base_fee {
+        return Some(StuckReason::FeeBelowBaseFee { max_fee_per_gas: tx.max_fee_per_gas, next_base_fee });
+    }
+    let blocks = head.saturating_sub(tx.signed_at_block?);
+    (blocks >= stuck_after_blocks).then_some(StuckReason::TooOld { blocks })
+}
+
 fn is_known(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
     m.contains("already known") || m.contains("already imported") || m.contains("known transaction")
@@ -563,4 +798,46 @@ fn append(journal: &mut File, record: &Record) -> Result<(), EthError> {
     let mut line = serde_json::to_vec(record).map_err(|e| EthError::Journal(e.to_string()))?;
     line.push(b'\n');
     journal.write_all(&line).and_then(|()| journal.sync_data()).map_err(|e| EthError::Journal(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tx(max_fee: u128, signed_at: Option<u64>) -> SentTx {
+        SentTx {
+            hash: B256::ZERO,
+            raw: Bytes::new(),
+            max_fee_per_gas: max_fee,
+            max_priority_fee_per_gas: 1,
+            cancel: false,
+            signed_at_block: signed_at,
+        }
+    }
+
+    /// Each row: (max fee, signed at, head, next base fee, stuck after) → verdict.
+    #[test]
+    fn stuck_is_a_fee_below_the_base_fee_or_an_age_in_blocks() {
+        use StuckReason::*;
+        type Row = (u128, Option<u64>, u64, u128, u64, Option<StuckReason>);
+        let rows: [Row; 7] = [
+            (100, Some(10), 10, 50, 5, None),
+            (100, Some(10), 14, 50, 5, None),
+            (100, Some(10), 15, 50, 5, Some(TooOld { blocks: 5 })),
+            (100, Some(10), 10, 100, 5, None), // a max fee equal to the base fee is includable
+            (100, Some(10), 10, 101, 5, Some(FeeBelowBaseFee { max_fee_per_gas: 100, next_base_fee: 101 })),
+            (100, None, 1_000, 50, 5, None), // old journal line: judged by fee only
+            (100, None, 1_000, 200, 5, Some(FeeBelowBaseFee { max_fee_per_gas: 100, next_base_fee: 200 })),
+        ];
+        for (i, (max_fee, signed, head, base, after, want)) in rows.into_iter().enumerate() {
+            assert_eq!(stuck_reason(&tx(max_fee, signed), head, base, after), want, "row {i}");
+        }
+    }
+
+    #[test]
+    fn a_journal_line_without_signed_at_block_still_loads() {
+        let line = r#"{"hash":"0x0000000000000000000000000000000000000000000000000000000000000000","raw":"0x","max_fee_per_gas":5,"max_priority_fee_per_gas":1,"cancel":false}"#;
+        let t: SentTx = serde_json::from_str(line).unwrap();
+        assert_eq!(t.signed_at_block, None);
+    }
 }

@@ -320,6 +320,10 @@ pub trait ChainGateway: Send + Sync + fmt::Debug {
     async fn watch(&self, addresses: &[String]) -> Result<(), GatewayError>;
 
     /// Waits for deposit events and returns up to `max` of them (at least one).
+    /// Calling it again acknowledges the previous batch: the caller has
+    /// durably handled it, so a gateway that persists its position may move
+    /// past those events (a batch not acknowledged before a crash is
+    /// delivered again after the restart).
     async fn next_events(&self, max: usize) -> Result<Vec<DepositEvent>, GatewayError>;
 
     /// Signs and broadcasts a withdrawal (idempotent by `request.id`).

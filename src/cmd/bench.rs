@@ -29,6 +29,9 @@ pub enum Command {
     /// ETH deposit watching: blocks/s filtered against N watched addresses, and
     /// mined-to-event latency against a local anvil (p50/p99).
     EthWatch(EthWatchArgs),
+    /// ERC-20 and ETH sweeps of N deposit addresses on a local anvil: gas
+    /// and fees per sweep and in total, before and after each optimisation.
+    EthSweep(EthSweepArgs),
     /// Signer: signatures/s per backend (software, SoftHSM2) and IPC round trip.
     Signer {
         /// Write the figures as JSON to this file.
@@ -71,6 +74,42 @@ fn eth_watch(args: EthWatchArgs) -> anyhow::Result<()> {
         anvil: args.anvil.or_else(|| std::env::var_os("MOLLY_ANVIL").map(PathBuf::from)),
     };
     let report = molly_chain_eth::bench::run(&config)?;
+    let text = serde_json::to_string_pretty(&report)?;
+    println!("{text}");
+    if let Some(path) = args.json {
+        std::fs::write(&path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EthSweepArgs {
+    /// Deposit addresses (of every 10: 8 hold 100 OZ, 1 holds 500 USD of the
+    /// no-return token, 1 holds 0.01 OZ).
+    #[arg(long, default_value_t = 100)]
+    deposits: u64,
+    /// Price paid per gas, gwei (fixed, so fees compare across scenarios).
+    #[arg(long, default_value_t = 20)]
+    gwei: u128,
+    /// The anvil binary (default: $MOLLY_ANVIL, set by scripts/setup/anvil.sh).
+    #[arg(long)]
+    anvil: Option<PathBuf>,
+    /// Compiled test contracts (default: $MOLLY_ETH_CONTRACTS, set by scripts/setup/eth-contracts.sh).
+    #[arg(long)]
+    contracts: Option<PathBuf>,
+    /// Write the figures as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn eth_sweep(args: EthSweepArgs) -> anyhow::Result<()> {
+    let config = molly_chain_eth::bench_sweep::SweepBenchConfig {
+        deposits: args.deposits,
+        gwei: args.gwei,
+        anvil: args.anvil.or_else(|| std::env::var_os("MOLLY_ANVIL").map(PathBuf::from)),
+        contracts: args.contracts.or_else(|| std::env::var_os("MOLLY_ETH_CONTRACTS").map(PathBuf::from)),
+    };
+    let report = molly_chain_eth::bench_sweep::run(&config)?;
     let text = serde_json::to_string_pretty(&report)?;
     println!("{text}");
     if let Some(path) = args.json {
@@ -208,6 +247,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Command::Shards(args) => shards(args),
         Command::Wallets(args) => crate::cmd::wallets::bench(args),
         Command::EthWatch(args) => eth_watch(args),
+        Command::EthSweep(args) => eth_sweep(args),
         Command::Signer { json, seconds } => {
             let report = molly_hsm_bridge::bench::run(seconds)?;
             let text = serde_json::to_string_pretty(&report)?;
