@@ -37,6 +37,7 @@
 //! std::fs::remove_dir_all(&dir).unwrap();
 //! ```
 
+pub mod cross;
 pub mod durable;
 pub mod journal;
 pub mod metrics;
