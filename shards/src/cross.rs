@@ -214,7 +214,7 @@ pub struct Cross {
 impl Cross {
     /// No open intents, for shard `shard` of `shards`.
     pub fn new(shard: u32, shards: u32) -> Self {
-        assert!(shards >= 1 && shards <= SHARDS_MAX);
+        assert!((1..=SHARDS_MAX).contains(&shards));
         assert!(shard < shards);
         Self {
             shard,
@@ -864,6 +864,9 @@ pub enum Message {
     Credits(Vec<Transfer>),
     /// The receiver's answers to credit legs: (transfer id, code).
     Answers(Vec<(u128, TR)>),
+    /// The sender (re)started and lost what was in flight to it: the
+    /// receiver sends again the credit legs of its intents open with the sender.
+    Restarted,
 }
 
 impl Message {
@@ -872,10 +875,11 @@ impl Message {
         match self {
             Message::Credits(legs) => legs.len(),
             Message::Answers(answers) => answers.len(),
+            Message::Restarted => 0,
         }
     }
 
-    /// True when it carries nothing.
+    /// True when it carries no legs or answers.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -891,6 +895,7 @@ struct WireAnswer {
 enum Wire {
     Credits(Vec<u8>),
     Answers(Vec<WireAnswer>),
+    Restarted,
 }
 
 /// Encodes a message for a ring (rkyv).
@@ -900,6 +905,7 @@ pub fn encode(message: &Message) -> rkyv::util::AlignedVec {
         Message::Answers(answers) => {
             Wire::Answers(answers.iter().map(|&(id, code)| WireAnswer { id, code: code as u32 }).collect())
         }
+        Message::Restarted => Wire::Restarted,
     };
     rkyv::to_bytes::<rkyv::rancor::Error>(&wire).expect("encoding into memory does not fail")
 }
@@ -922,6 +928,7 @@ pub fn decode(bytes: &[u8]) -> Result<Message, String> {
                 .map(|a| TR::from_u32(a.code).map(|code| (a.id, code)).ok_or("unknown result code"))
                 .collect::<Result<_, _>>()?,
         ),
+        Wire::Restarted => Message::Restarted,
     })
 }
 
@@ -956,9 +963,11 @@ mod tests {
             code: 1,
             ..Transfer::default()
         };
-        for message in
-            [Message::Credits(vec![leg, leg]), Message::Answers(vec![(5, TR::Ok), (6, TR::ExceedsDebits)])]
-        {
+        for message in [
+            Message::Credits(vec![leg, leg]),
+            Message::Answers(vec![(5, TR::Ok), (6, TR::ExceedsDebits)]),
+            Message::Restarted,
+        ] {
             assert_eq!(decode(&encode(&message)).unwrap(), message);
         }
         assert!(decode(&[1, 2, 3]).is_err());

@@ -266,7 +266,7 @@ impl Runtime {
             .collect();
         let states: Arc<Vec<AtomicU8>> =
             Arc::new((0..config.shards).map(|_| AtomicU8::new(RUNNING)).collect());
-        for shard in 0..config.shards {
+        for (shard, rings_out) in rings.iter().enumerate() {
             let inbox = Arc::new(ArrayQueue::new(config.inbox_depth));
             let metrics = Arc::new(ShardMetrics::new(shard));
             let (ready_tx, ready_rx) = sync_channel(1);
@@ -288,7 +288,7 @@ impl Runtime {
                 stop: stop.clone(),
                 metrics: metrics.clone(),
                 rings_in: (0..config.shards).map(|from| rings[from][shard].clone()).collect(),
-                rings_out: rings[shard].clone(),
+                rings_out: rings_out.clone(),
                 intents_max: config.intents_max,
                 states: states.clone(),
             };

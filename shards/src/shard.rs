@@ -94,6 +94,8 @@ pub struct ShardCore {
     waiters: BTreeMap<u128, Vec<Waiter>>,
     /// Legs per message: a message becomes one journal entry on its receiver.
     message_legs_max: usize,
+    /// A group is sealed and being written: nothing may join it.
+    sealed: bool,
 }
 
 impl std::fmt::Debug for ShardCore {
@@ -140,6 +142,7 @@ impl ShardCore {
             parked_next: 0,
             waiters: BTreeMap::new(),
             message_legs_max,
+            sealed: false,
         }
     }
 
@@ -151,6 +154,10 @@ impl ShardCore {
         self.cross = cross;
         let open: Vec<u128> = self.cross.intents().keys().copied().collect();
         self.send_credits(&open);
+        // What peers had in flight to this shard is lost: they send it again.
+        for peer in (0..self.shards as usize).filter(|&p| p != self.shard) {
+            self.outbox[peer].push_back(Message::Restarted);
+        }
         self
     }
 
@@ -201,6 +208,7 @@ impl ShardCore {
     /// for it, or its cross-shard transfers would pass the intents limit:
     /// write the group first.
     pub fn offer(&mut self, request: Request, now_ns: u64) -> Result<(), Request> {
+        assert!(!self.sealed, "nothing joins a group being written");
         let shard = self.shard;
         match request {
             Request::Write { commands, reply } => {
@@ -268,13 +276,26 @@ impl ShardCore {
     /// legs stage the post or void of each intent still open. Hands the
     /// message back when the open group has no room for it.
     pub fn deliver(&mut self, from: usize, message: Message, now_ns: u64) -> Result<(), Message> {
+        assert!(!self.sealed, "nothing joins a group being written");
         assert_ne!(from, self.shard);
         assert!(message.len() <= self.message_legs_max, "a message fits one journal entry");
-        if self.failed.is_some() || message.is_empty() {
-            // A failed shard journals nothing: its peers re-send after a restart.
+        if self.failed.is_some() {
+            // A failed shard journals nothing: its peers re-send after its restart.
             return Ok(());
         }
         let command = match &message {
+            Message::Restarted => {
+                let again: Vec<u128> = self
+                    .cross
+                    .intents()
+                    .iter()
+                    .filter(|(id, intent)| intent.peer as usize == from && !self.settling.contains(id))
+                    .map(|(&id, _)| id)
+                    .collect();
+                self.send_credits(&again);
+                return Ok(());
+            }
+            _ if message.is_empty() => return Ok(()),
             Message::Credits(legs) => CommandBuf::Credits(legs.clone()),
             Message::Answers(answers) => {
                 let mut legs = Vec::with_capacity(answers.len());
@@ -325,6 +346,11 @@ impl ShardCore {
         self.group.push(Pending { commands: vec![CommandBuf::Tick { now_ns }], source: Source::Tick });
     }
 
+    /// True when a group is staged (a client write, a peer message, a tick).
+    pub fn has_group(&self) -> bool {
+        !self.group.is_empty()
+    }
+
     /// The group to write now, with its journal offset: the open group, or
     /// with nothing open, a tick when a pending transfer is due to expire at
     /// `now_ns`. `None` when there is nothing to write.
@@ -336,6 +362,7 @@ impl ShardCore {
             }
             self.stage_tick(now_ns);
         }
+        self.sealed = true;
         Some(self.writer.seal())
     }
 
@@ -343,6 +370,8 @@ impl ShardCore {
     /// cross-shard transfers are settled, and queue the messages it makes
     /// (credit legs for new intents, answers to credit legs).
     pub fn durable(&mut self) {
+        assert!(self.sealed, "a group was sealed");
+        self.sealed = false;
         let bytes = self.writer.seal().1.len() as u64;
         self.writer.committed();
         self.metrics.groups.inc();
@@ -434,6 +463,7 @@ impl ShardCore {
     /// recovers exactly what is durable. Writes waiting for cross-shard
     /// transfers fail too (their outcome is decided by the restart).
     pub fn write_failed(&mut self, reason: String) {
+        self.sealed = false;
         let shard = self.shard;
         let failed = || Err(ShardError::Failed { shard, reason: reason.clone() });
         for pending in self.group.drain(..) {
