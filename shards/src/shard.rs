@@ -302,10 +302,7 @@ impl ShardCore {
                 for &(id, code) in answers {
                     // Copies of an answer (after a restart of either side) find the intent settled or settling.
                     let open = self.cross.intents().get(&id).is_some_and(|i| i.peer as usize == from);
-                    if open
-                        && !self.settling.contains(&id)
-                        && !legs.iter().any(|s: &Transfer| s.pending_id == id)
-                    {
+                    if open && self.settling.insert(id) {
                         legs.push(self.cross.settle_leg(&self.engine, id, code));
                     }
                 }
@@ -316,10 +313,12 @@ impl ShardCore {
             }
         };
         if !self.room(crate::journal::GroupBuffer::entry_size(&command.as_command())) {
+            if let CommandBuf::Settles(legs) = &command {
+                for s in legs {
+                    self.settling.remove(&s.pending_id);
+                }
+            }
             return Err(message);
-        }
-        if let CommandBuf::Settles(legs) = &command {
-            self.settling.extend(legs.iter().map(|s| s.pending_id));
         }
         self.stage(vec![command], Source::Peer, now_ns);
         Ok(())
