@@ -114,7 +114,12 @@ pub fn run(scenario: &ShardScenario, mut progress: impl FnMut(u64)) -> anyhow::R
     ensure!((0.0..=1.0).contains(&scenario.cross_shard), "cross_shard is a fraction in 0..=1");
     let dir = scenario.data_dir.join(format!("bench-shards-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let per_shard_transfers = scenario.transfers.div_ceil(scenario.shards as u64) + u64::from(scenario.batch);
+    // A cross-shard transfer is three engine transfers: its pending leg and
+    // settle on the debit shard, its credit leg on the credit shard.
+    let cross = if scenario.shards > 1 { scenario.cross_shard } else { 0.0 };
+    let per_shard_transfers =
+        (scenario.transfers.div_ceil(scenario.shards as u64) as f64 * (1.0 + 2.0 * cross)).ceil() as u64
+            + 4 * u64::from(scenario.batch) * scenario.in_flight as u64;
     let mut config = RuntimeConfig::new(dir.clone());
     config.shards = scenario.shards;
     config.pin = scenario.pin;

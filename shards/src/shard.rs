@@ -7,10 +7,18 @@
 //! disk and clock.
 //!
 //! ```text
-//!  offer(request, now) ─► reads answered · writes staged (Err(request) = group full)
+//!  offer(request, now) ─► reads answered · writes staged (Err(request) = group full
+//!                         or its cross-shard transfers would pass `intents_max`)
+//!  deliver(peer, message, now) ─► credit legs / answers staged (Err(message) = group full)
 //!  seal(now) ─► Some((offset, bytes)) to write + fdatasync   (None: nothing to do)
-//!  durable() ─► apply the group, reply   ·   write_failed(reason) ─► refuse writes from now on
+//!  durable() ─► apply the group; reply to writes whose cross-shard transfers are settled,
+//!              park the others; queue messages in outbox(peer)
+//!  write_failed(reason) ─► refuse writes from now on
 //! ```
+//!
+//! Ring messages are inputs like requests: the core stays deterministic and
+//! I/O-free, and the two-core tests drive two of them step by step
+//! (`shards/tests/cross_shard.rs`).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -208,10 +216,11 @@ impl ShardCore {
     /// for it, or its cross-shard transfers would pass the intents limit:
     /// write the group first.
     pub fn offer(&mut self, request: Request, now_ns: u64) -> Result<(), Request> {
-        assert!(!self.sealed, "nothing joins a group being written");
         let shard = self.shard;
         match request {
             Request::Write { commands, reply } => {
+                // Reads may be answered while a group is written; writes wait for it.
+                assert!(!self.sealed, "nothing joins a group being written");
                 if let Some(reason) = &self.failed {
                     let _ = reply.send(Err(ShardError::Failed { shard, reason: reason.clone() }));
                     return Ok(());
