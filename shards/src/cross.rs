@@ -38,7 +38,8 @@
 //! and every pending leg an intent ([`Cross::check`]); a transfer slot is
 //! kept free for the settle of every open intent (so a settle never fails).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::BuildHasherDefault;
 
 use molly_engine::{
     Account, AccountFlags, BatchError, CreateAccountResult as AR, CreateTransferResult as TR, Engine,
@@ -200,15 +201,22 @@ enum Kind {
     Chain,
 }
 
+/// A hasher with fixed keys: the same inserts give the same map on every run.
+pub type FixedHasher = BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
+
 /// One shard's cross-shard state: the open intents (the only state the
 /// engine does not hold; snapshots carry it).
 #[derive(Clone, Debug)]
 pub struct Cross {
     shard: u32,
     shards: u32,
-    intents: BTreeMap<u128, Intent>,
+    intents: HashMap<u128, Intent, FixedHasher>,
     scratch_accounts: Vec<Account>,
     scratch_transfers: Vec<Transfer>,
+    /// The batch as the engine runs it (kept to avoid a large allocation per batch).
+    scratch_events: Vec<Transfer>,
+    scratch_kinds: Vec<Kind>,
+    scratch_bridges: Vec<u128>,
 }
 
 impl Cross {
@@ -219,9 +227,12 @@ impl Cross {
         Self {
             shard,
             shards,
-            intents: BTreeMap::new(),
+            intents: HashMap::default(),
             scratch_accounts: Vec::new(),
             scratch_transfers: Vec::new(),
+            scratch_events: Vec::new(),
+            scratch_kinds: Vec::new(),
+            scratch_bridges: Vec::new(),
         }
     }
 
@@ -249,13 +260,20 @@ impl Cross {
     }
 
     /// The open intents, by transfer id.
-    pub fn intents(&self) -> &BTreeMap<u128, Intent> {
+    pub fn intents(&self) -> &HashMap<u128, Intent, FixedHasher> {
         &self.intents
     }
 
-    /// The open intents as the client sent them (what a snapshot keeps).
+    /// The ids of the open intents, in order.
+    pub fn open_ids(&self) -> Vec<u128> {
+        let mut ids: Vec<u128> = self.intents.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// The open intents as the client sent them, by id (what a snapshot keeps).
     pub fn export(&self) -> Vec<Transfer> {
-        self.intents.values().map(|i| i.sent).collect()
+        self.open_ids().iter().map(|id| self.intents[id].sent).collect()
     }
 
     /// Every open intent has one pending leg in the engine, and every pending
@@ -354,6 +372,11 @@ impl Cross {
         Ok(results)
     }
 
+    /// How the shard layer treats `t`. Only a rejection looks up whether
+    /// the id exists (the engine's `exists*` comes first); a cross-shard
+    /// event whose id exists becomes a pending leg all the same, the engine
+    /// answers `exists*` and `resolve_exists` re-checks it against what the
+    /// client sent.
     fn classify(&mut self, engine: &Engine, t: &Transfer, legs_in_batch: &BTreeSet<u128>) -> Kind {
         if t.timestamp != 0 || t.flags.has_reserved() || t.id == 0 || t.id == u128::MAX {
             return Kind::Raw;
@@ -361,11 +384,13 @@ impl Cross {
         if is_reserved(t.id) {
             return Kind::Poison(TR::IdMustNotBeReserved);
         }
-        if self.transfer(engine, t.id).is_some() {
-            // The engine answers `exists*`; the answer is then re-checked
-            // against what the client sent (see `resolve_exists`).
-            return Kind::Raw;
-        }
+        let poison = |cross: &mut Self, code| {
+            if cross.transfer(engine, t.id).is_some() {
+                Kind::Raw
+            } else {
+                Kind::Poison(code)
+            }
+        };
         let phase = TF::PENDING.0 | TF::POST_PENDING.0 | TF::VOID_PENDING.0;
         if (t.flags.0 & phase).count_ones() > 1 {
             return Kind::Raw;
@@ -385,17 +410,17 @@ impl Cross {
             // is the shard's, never the client's to post or void.
             let leg = legs_in_batch.contains(&t.pending_id)
                 || self.transfer(engine, t.pending_id).is_some_and(|p| is_debit_leg(&p));
-            return if leg { Kind::Poison(TR::PendingTransferNotPending) } else { Kind::Raw };
+            return if leg { poison(self, TR::PendingTransferNotPending) } else { Kind::Raw };
         }
         let (debit, credit) = (t.debit_account_id, t.credit_account_id);
         if debit == 0 || debit == u128::MAX || credit == 0 || credit == u128::MAX {
             return Kind::Raw;
         }
         if is_reserved(debit) {
-            return Kind::Poison(TR::DebitAccountIdMustNotBeReserved);
+            return poison(self, TR::DebitAccountIdMustNotBeReserved);
         }
         if is_reserved(credit) {
-            return Kind::Poison(TR::CreditAccountIdMustNotBeReserved);
+            return poison(self, TR::CreditAccountIdMustNotBeReserved);
         }
         let peer = shard_for(credit, self.shards);
         if peer == self.shard {
@@ -403,7 +428,7 @@ impl Cross {
         }
         let unsupported = TF::PENDING | TF::BALANCING_CREDIT | TF::CLOSING_DEBIT | TF::CLOSING_CREDIT;
         if t.flags.intersects(unsupported) {
-            return Kind::Poison(TR::CrossShardFlagsNotSupported);
+            return poison(self, TR::CrossShardFlagsNotSupported);
         }
         if t.pending_id != 0 || t.timeout != 0 {
             // The engine rejects these before it looks at accounts.
@@ -448,15 +473,19 @@ impl Cross {
         }
 
         // 1. Classify every event against the state before the batch.
-        let mut kinds = vec![Kind::Raw; batch.len()];
+        let mut kinds = std::mem::take(&mut self.scratch_kinds);
+        kinds.clear();
+        kinds.resize(batch.len(), Kind::Raw);
         let mut open_from = batch.len();
         while open_from > 0 && batch[open_from - 1].flags.contains(TF::LINKED) {
             open_from -= 1;
         }
+        // Only a post or void can name a pending leg made earlier in the batch.
+        let completes = batch.iter().any(|t| t.flags.intersects(TF::POST_PENDING | TF::VOID_PENDING));
         let mut legs_in_batch = BTreeSet::new();
         for i in 0..open_from {
             kinds[i] = self.classify(engine, &batch[i], &legs_in_batch);
-            if matches!(kinds[i], Kind::Cross(_)) {
+            if completes && matches!(kinds[i], Kind::Cross(_)) {
                 legs_in_batch.insert(batch[i].id);
             }
         }
@@ -485,18 +514,30 @@ impl Cross {
                 budget -= cost;
             }
         }
-        // 4. Bridges, created the first time a (peer, ledger) is needed.
-        let mut bridges: BTreeMap<usize, u128> = BTreeMap::new();
+        // 4. Bridges, created the first time a (peer, ledger) is needed: the
+        //    transfer's ledger, or the debit account's when they differ (so the
+        //    pending leg fails as a local transfer would).
+        let mut bridges = std::mem::take(&mut self.scratch_bridges);
+        bridges.clear();
+        bridges.resize(batch.len(), 0);
+        let mut known: Vec<(u32, u32)> = Vec::new();
         let mut missing: BTreeSet<(u32, u32)> = BTreeSet::new();
         for (i, kind) in kinds.iter().enumerate() {
             if let Kind::Cross(peer) = *kind {
                 let t = &batch[i];
-                let ledger = self.account(engine, t.debit_account_id).map_or(t.ledger, |a| a.ledger);
-                let bridge = bridge_id(self.shard, peer, ledger);
-                if ledger != 0 && self.account(engine, bridge).is_none() {
-                    missing.insert((peer, ledger));
+                let mut ledger = t.ledger;
+                if !known.contains(&(peer, ledger)) {
+                    if self.account(engine, bridge_id(self.shard, peer, ledger)).is_some() {
+                        known.push((peer, ledger));
+                    } else {
+                        ledger = self.account(engine, t.debit_account_id).map_or(t.ledger, |a| a.ledger);
+                        if ledger != 0 && self.account(engine, bridge_id(self.shard, peer, ledger)).is_none()
+                        {
+                            missing.insert((peer, ledger));
+                        }
+                    }
                 }
-                bridges.insert(i, bridge);
+                bridges[i] = bridge_id(self.shard, peer, ledger);
             }
         }
         if !missing.is_empty() {
@@ -510,29 +551,35 @@ impl Cross {
             engine.create_accounts(&accounts, &mut created)?;
         }
         // 5. The engine runs the batch with pending legs and poisoned events in place.
-        let events: Vec<Transfer> = batch
-            .iter()
-            .zip(&kinds)
-            .enumerate()
-            .map(|(i, (t, kind))| match kind {
-                Kind::Raw => *t,
-                Kind::Poison(_) | Kind::Chain => Transfer { timestamp: 1, ..*t },
-                Kind::Cross(_) => Transfer {
-                    credit_account_id: bridges[&i],
-                    flags: TF(TF::PENDING.0 | (t.flags.0 & TF::BALANCING_DEBIT.0)),
-                    timeout: 0,
-                    ..*t
-                },
-            })
-            .collect();
-        engine.create_transfers(&events, &mut results)?;
+        let mut events = std::mem::take(&mut self.scratch_events);
+        events.clear();
+        events.extend(batch.iter().zip(&kinds).enumerate().map(|(i, (t, kind))| match kind {
+            Kind::Raw => *t,
+            Kind::Poison(_) | Kind::Chain => Transfer { timestamp: 1, ..*t },
+            Kind::Cross(_) => Transfer {
+                credit_account_id: bridges[i],
+                flags: TF(TF::PENDING.0 | (t.flags.0 & TF::BALANCING_DEBIT.0)),
+                timeout: 0,
+                ..*t
+            },
+        }));
+        let ran = engine.create_transfers(&events, &mut results);
+        self.scratch_events = events;
+        self.scratch_bridges = bridges;
+        ran?;
         // 6. Open an intent for every pending leg created.
         for (i, kind) in kinds.iter().enumerate() {
             if let (Kind::Cross(peer), TR::Ok) = (*kind, results[i]) {
                 let t = batch[i];
-                let leg = self.transfer(engine, t.id).expect("the pending leg was just created");
-                assert!(is_debit_leg(&leg));
-                let previous = self.intents.insert(t.id, Intent { sent: t, amount: leg.amount, peer });
+                // Only a balancing transfer's amount can differ from the one sent.
+                let amount = if t.flags.contains(TF::BALANCING_DEBIT) {
+                    let leg = self.transfer(engine, t.id).expect("the pending leg was just created");
+                    assert!(is_debit_leg(&leg));
+                    leg.amount
+                } else {
+                    t.amount
+                };
+                let previous = self.intents.insert(t.id, Intent { sent: t, amount, peer });
                 assert!(previous.is_none(), "a transfer id opens one intent");
                 effects.opened.push(t.id);
                 effects.waits.push((i as u32, t.id, true));
@@ -556,6 +603,7 @@ impl Cross {
                 Kind::Raw => result,
             };
         }
+        self.scratch_kinds = kinds;
         Ok(results)
     }
 
@@ -639,13 +687,17 @@ impl Cross {
         // A leg or its tombstone takes one slot; legs past the budget fail
         // (the budget never grows back, so the answer is stable).
         let budget = self.budget(engine);
-        let events: Vec<Transfer> = legs
-            .iter()
-            .enumerate()
-            .map(|(i, leg)| if i < budget { *leg } else { Transfer { timestamp: 1, ..*leg } })
-            .collect();
         let mut results = Vec::with_capacity(legs.len());
-        engine.create_transfers(&events, &mut results)?;
+        if legs.len() <= budget {
+            engine.create_transfers(legs, &mut results)?;
+        } else {
+            let events: Vec<Transfer> = legs
+                .iter()
+                .enumerate()
+                .map(|(i, leg)| if i < budget { *leg } else { Transfer { timestamp: 1, ..*leg } })
+                .collect();
+            engine.create_transfers(&events, &mut results)?;
+        }
         let mut tombstones = Vec::new();
         for (i, leg) in legs.iter().enumerate() {
             let result = results[i];
@@ -910,25 +962,37 @@ pub fn encode(message: &Message) -> rkyv::util::AlignedVec {
     rkyv::to_bytes::<rkyv::rancor::Error>(&wire).expect("encoding into memory does not fail")
 }
 
-/// Decodes and validates a message from a ring.
+/// Decodes and validates a message from a ring (reads the archive in place
+/// when `bytes` is aligned, as ring buffers are).
 pub fn decode(bytes: &[u8]) -> Result<Message, String> {
-    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
-    aligned.extend_from_slice(bytes);
-    let wire = rkyv::from_bytes::<Wire, rkyv::rancor::Error>(&aligned).map_err(|e| e.to_string())?;
+    let copy;
+    let aligned: &[u8] = if (bytes.as_ptr() as usize).is_multiple_of(16) {
+        bytes
+    } else {
+        let mut buffer = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+        buffer.extend_from_slice(bytes);
+        copy = buffer;
+        &copy
+    };
+    let wire = rkyv::access::<ArchivedWire, rkyv::rancor::Error>(aligned).map_err(|e| e.to_string())?;
     Ok(match wire {
-        Wire::Credits(raw) => {
+        ArchivedWire::Credits(raw) => {
             if !raw.len().is_multiple_of(128) {
                 return Err("credit legs are not whole 128-byte records".into());
             }
-            Message::Credits(bytemuck::pod_collect_to_vec(&raw))
+            Message::Credits(bytemuck::pod_collect_to_vec(raw.as_slice()))
         }
-        Wire::Answers(answers) => Message::Answers(
+        ArchivedWire::Answers(answers) => Message::Answers(
             answers
-                .into_iter()
-                .map(|a| TR::from_u32(a.code).map(|code| (a.id, code)).ok_or("unknown result code"))
+                .iter()
+                .map(|a| {
+                    TR::from_u32(a.code.to_native())
+                        .map(|code| (a.id.to_native(), code))
+                        .ok_or("unknown result code")
+                })
                 .collect::<Result<_, _>>()?,
         ),
-        Wire::Restarted => Message::Restarted,
+        ArchivedWire::Restarted => Message::Restarted,
     })
 }
 

@@ -20,14 +20,14 @@
 //! I/O-free, and the two-core tests drive two of them step by step
 //! (`shards/tests/cross_shard.rs`).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use molly_engine::{CreateTransferResult as TR, Engine, Transfer};
 
-use crate::cross::{is_reserved, Cross, Effects, Message};
+use crate::cross::{is_reserved, Cross, Effects, FixedHasher, Message};
 use crate::durable::{JournalWriter, Outcome};
 use crate::journal::{Command, CommandBuf, HEADER_SIZE};
 use crate::metrics::ShardMetrics;
@@ -94,12 +94,12 @@ pub struct ShardCore {
     /// Intents the staged writes may open (an upper bound).
     intents_staged: usize,
     /// Intents whose settle is staged in the open group.
-    settling: BTreeSet<u128>,
+    settling: HashSet<u128, FixedHasher>,
     /// Messages for each peer, oldest first (bounded by the intents in flight).
     outbox: Vec<VecDeque<Message>>,
     parked: BTreeMap<u64, Parked>,
     parked_next: u64,
-    waiters: BTreeMap<u128, Vec<Waiter>>,
+    waiters: HashMap<u128, Vec<Waiter>, FixedHasher>,
     /// Legs per message: a message becomes one journal entry on its receiver.
     message_legs_max: usize,
     /// A group is sealed and being written: nothing may join it.
@@ -144,11 +144,11 @@ impl ShardCore {
             effects: Effects::default(),
             intents_max: INTENTS_MAX_DEFAULT,
             intents_staged: 0,
-            settling: BTreeSet::new(),
+            settling: HashSet::default(),
             outbox: (0..shards).map(|_| VecDeque::new()).collect(),
             parked: BTreeMap::new(),
             parked_next: 0,
-            waiters: BTreeMap::new(),
+            waiters: HashMap::default(),
             message_legs_max,
             sealed: false,
         }
@@ -160,7 +160,7 @@ impl ShardCore {
     pub fn with_cross(mut self, cross: Cross) -> Self {
         assert_eq!(cross.shard() as usize, self.shard);
         self.cross = cross;
-        let open: Vec<u128> = self.cross.intents().keys().copied().collect();
+        let open = self.cross.open_ids();
         self.send_credits(&open);
         // What peers had in flight to this shard is lost: they send it again.
         for peer in (0..self.shards as usize).filter(|&p| p != self.shard) {
@@ -292,43 +292,50 @@ impl ShardCore {
             // A failed shard journals nothing: its peers re-send after its restart.
             return Ok(());
         }
-        let command = match &message {
+        if let Message::Credits(legs) = &message {
+            let entry = crate::journal::HEADER_SIZE + legs.len() * crate::journal::RECORD_SIZE;
+            if !self.room(entry) {
+                return Err(message);
+            }
+        }
+        let command = match message {
             Message::Restarted => {
                 let again: Vec<u128> = self
                     .cross
-                    .intents()
-                    .iter()
-                    .filter(|(id, intent)| intent.peer as usize == from && !self.settling.contains(id))
-                    .map(|(&id, _)| id)
+                    .open_ids()
+                    .into_iter()
+                    .filter(|id| {
+                        self.cross.intents()[id].peer as usize == from && !self.settling.contains(id)
+                    })
                     .collect();
                 self.send_credits(&again);
                 return Ok(());
             }
-            _ if message.is_empty() => return Ok(()),
-            Message::Credits(legs) => CommandBuf::Credits(legs.clone()),
+            Message::Credits(legs) if legs.is_empty() => return Ok(()),
+            Message::Credits(legs) => CommandBuf::Credits(legs),
             Message::Answers(answers) => {
                 let mut legs = Vec::with_capacity(answers.len());
-                for &(id, code) in answers {
+                for &(id, code) in &answers {
                     // Copies of an answer (after a restart of either side) find the intent settled or settling.
                     let open = self.cross.intents().get(&id).is_some_and(|i| i.peer as usize == from);
-                    if open && self.settling.insert(id) {
+                    if open && !self.settling.contains(&id) {
                         legs.push(self.cross.settle_leg(&self.engine, id, code));
                     }
                 }
                 if legs.is_empty() {
                     return Ok(());
                 }
+                let entry = crate::journal::HEADER_SIZE + legs.len() * crate::journal::RECORD_SIZE;
+                if !self.room(entry) {
+                    return Err(Message::Answers(answers));
+                }
+                for s in &legs {
+                    let fresh = self.settling.insert(s.pending_id);
+                    assert!(fresh, "one answer per intent in a message");
+                }
                 CommandBuf::Settles(legs)
             }
         };
-        if !self.room(crate::journal::GroupBuffer::entry_size(&command.as_command())) {
-            if let CommandBuf::Settles(legs) = &command {
-                for s in legs {
-                    self.settling.remove(&s.pending_id);
-                }
-            }
-            return Err(message);
-        }
         self.stage(vec![command], Source::Peer, now_ns);
         Ok(())
     }

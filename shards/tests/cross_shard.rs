@@ -24,11 +24,11 @@ use molly_shards::metrics::ShardMetrics;
 use molly_shards::runtime::{reply_channel, shard_for, Answer, Request, WriteReply};
 use molly_shards::shard::ShardCore;
 
-const GROUP_BYTES_MAX: usize = 64 * 1024;
+const GROUP_BYTES_MAX: usize = 8 << 20;
 const SHARDS: u32 = 2;
 
 fn config() -> Config {
-    Config { accounts_max: 256, transfers_max: 20_000, ..Config::default() }
+    Config { accounts_max: 4096, transfers_max: 1_000_000, ..Config::default() }
 }
 
 /// splitmix64.
@@ -732,4 +732,64 @@ fn open_intents_survive_a_snapshot_and_finish_after_restart() {
     cluster.check_settled();
     assert!(answer.answer.try_recv().is_err(), "the old caller's reply went with the old core");
     assert_eq!(user_view(&cluster.legs(1)).unwrap().amount, 10);
+}
+
+/// Not a check: where the CPU goes in the protocol, without disks
+/// (`cargo test -p molly-shards --test cross_shard -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn profile_the_protocol_without_disks() {
+    let mut cluster = Cluster::new();
+    let ids = ids(2000);
+    for (shard, ids) in ids.iter().enumerate() {
+        cluster.accounts(
+            shard,
+            ids.iter().map(|&id| Account { id, ledger: 1, code: 1, ..Account::default() }).collect(),
+        );
+    }
+    let mut prng = Prng(7);
+    let mut next = 10_000u128;
+    for fraction in [0u64, 10, 50, 100] {
+        let mut per_step: BTreeMap<String, std::time::Duration> = BTreeMap::new();
+        let started = std::time::Instant::now();
+        let mut transfers = 0;
+        for _ in 0..10 {
+            for shard in 0..2usize {
+                let batch: Vec<Transfer> = (0..8190)
+                    .map(|_| {
+                        next += 1;
+                        let other = if prng.chance(fraction) { 1 - shard } else { shard };
+                        let debit = ids[shard][prng.below(2000) as usize];
+                        let mut credit = ids[other][prng.below(2000) as usize];
+                        while credit == debit {
+                            credit = ids[other][prng.below(2000) as usize];
+                        }
+                        t(next, debit, credit, 1)
+                    })
+                    .collect();
+                transfers += batch.len();
+                cluster.submit(shard, batch);
+            }
+            loop {
+                let steps = cluster.enabled();
+                if steps.is_empty() {
+                    break;
+                }
+                let step = steps[0];
+                let at = std::time::Instant::now();
+                cluster.step(step);
+                let name = match step {
+                    Step::Write(_) => "write".to_string(),
+                    Step::Sync(_) => "sync+apply".to_string(),
+                    Step::Deliver(..) => "deliver".to_string(),
+                };
+                *per_step.entry(name).or_default() += at.elapsed();
+            }
+        }
+        let total = started.elapsed();
+        eprintln!(
+            "{fraction}% cross: {:.0} transfers/s on one thread; {per_step:?}",
+            transfers as f64 / total.as_secs_f64()
+        );
+    }
 }
