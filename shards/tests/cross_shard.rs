@@ -596,6 +596,7 @@ fn a_crash_of_either_shard_at_every_step_recovers_all_or_nothing() {
         }
     }
     assert!(runs >= 8 * 2 * 4);
+    eprintln!("{runs} crash runs over {steps} steps of the scripted protocol");
 }
 
 /// One seeded run: random batches on both shards (cross-shard both ways,
