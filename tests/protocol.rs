@@ -198,6 +198,38 @@ fn linked_chains_across_shards_are_rejected_whole_and_post_finds_its_pending() {
 }
 
 #[test]
+fn cross_shard_transfers_are_atomic_idempotent_and_look_as_sent() {
+    let server = Server::start(&[]);
+    runtime().block_on(async {
+        let client = server.client().await;
+        let [a, b] = by_shard(40);
+        client.create_accounts(&(1..=40).map(account).collect::<Vec<_>>()).await.unwrap();
+        let mut limited = account(1000);
+        // Account 1000 may not be credited beyond its debits: a credit-side refusal.
+        limited.flags = AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS;
+        assert_eq!(client.create_accounts(&[limited]).await.unwrap(), [AR::Ok]);
+        let other = if shard_for(1000, 2) == 0 { &b } else { &a };
+        let transfers =
+            vec![transfer(30, a[0], b[0], 25), transfer(31, b[1], a[1], 7), transfer(32, other[2], 1000, 5)];
+        assert_eq!(client.create_transfers(&transfers).await.unwrap(), [TR::Ok, TR::Ok, TR::ExceedsDebits],);
+        // A retry answers exists, or the recorded failure; nothing moves twice.
+        assert_eq!(
+            client.create_transfers(&transfers).await.unwrap(),
+            [TR::Exists, TR::Exists, TR::ExceedsDebits],
+        );
+        let found = client.lookup_transfers(&[30, 31, 32]).await.unwrap();
+        let seen: Vec<(u128, u128, u128, u128)> =
+            found.iter().map(|t| (t.id, t.debit_account_id, t.credit_account_id, t.amount)).collect();
+        assert_eq!(seen, [(30, a[0], b[0], 25), (31, b[1], a[1], 7)], "as sent; the failed one is absent");
+        let balances = client.lookup_accounts(&[a[0], b[0], other[2], 1000]).await.unwrap();
+        assert_eq!(balances[0].debits_posted, 25);
+        assert_eq!(balances[1].credits_posted, 25);
+        assert_eq!((balances[2].debits_posted, balances[2].debits_pending), (0, 0), "voided");
+        assert_eq!(balances[3].credits_posted, 0);
+    });
+}
+
+#[test]
 fn concurrent_calls_share_the_connection_and_each_gets_its_own_results() {
     let server = Server::start(&[]);
     runtime().block_on(async {
@@ -432,7 +464,7 @@ fn molly_bench_drives_a_server_it_starts_and_verifies_the_ledger() {
         assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
         stdout
     };
-    let stdout = run(&["--cross-shard", "0"]);
+    let stdout = run(&[]);
     assert!(stdout.contains("server started by this command"), "{stdout}");
     assert!(stdout.contains("verified: all"), "{stdout}");
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();

@@ -1,11 +1,14 @@
 //! `molly bench shards`: durable transfers through the pinned shard runtime,
 //! in process (the wire protocol comes later).
 //!
-//! Accounts are partitioned with `shard_for`; every batch holds transfers
-//! between accounts of one shard (cross-shard transfers need the two-phase
-//! protocol, which is not built yet). Batches are generated before the timed
-//! run; a driver thread keeps `in_flight` batches queued per shard, and a
-//! batch's latency runs from its submission to its durable reply.
+//! Accounts are partitioned with `shard_for`; each batch goes to the shard
+//! of its debit accounts, and a `cross_shard` fraction of its transfers
+//! credit an account of another shard (the two-phase protocol of
+//! `molly_shards::cross`: the batch is answered once those are settled).
+//! Batches are generated before the timed run; a driver thread keeps
+//! `in_flight` batches queued per shard, and a batch's latency runs from its
+//! submission to its durable reply. CPU time is the whole process's (shards
+//! and driver), so the figure stays comparable on a shared machine.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -46,6 +49,9 @@ pub struct ShardScenario {
     /// Journal bytes between snapshots (0: none during the run). A snapshot
     /// pauses its shard while it is written.
     pub snapshot_every_bytes: u64,
+    /// Fraction of transfers whose credit account is on another shard (0..=1;
+    /// no effect with one shard).
+    pub cross_shard: f64,
 }
 
 /// The figures of one run.
@@ -67,6 +73,23 @@ pub struct ShardReport {
     pub groups: u64,
     /// Mean batches per group.
     pub batches_per_group: f64,
+    /// Cross-shard transfers among them.
+    pub cross_shard_transfers: u64,
+    /// CPU seconds of the whole process (user + system) during the run.
+    pub cpu_seconds: f64,
+    /// transfers / cpu_seconds.
+    pub transfers_per_cpu_second: f64,
+}
+
+/// User + system CPU time of this process so far, in seconds.
+fn process_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct we own.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid pointer.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    assert_eq!(rc, 0, "getrusage");
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 fn transfer_results(outcomes: &[Outcome]) -> (u64, u64) {
@@ -88,9 +111,15 @@ pub fn run(scenario: &ShardScenario, mut progress: impl FnMut(u64)) -> anyhow::R
         scenario.shards >= 1 && scenario.batch >= 1 && scenario.in_flight >= 1,
         "shards, batch and in_flight must be at least 1"
     );
+    ensure!((0.0..=1.0).contains(&scenario.cross_shard), "cross_shard is a fraction in 0..=1");
     let dir = scenario.data_dir.join(format!("bench-shards-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let per_shard_transfers = scenario.transfers.div_ceil(scenario.shards as u64) + u64::from(scenario.batch);
+    // A cross-shard transfer is three engine transfers: its pending leg and
+    // settle on the debit shard, its credit leg on the credit shard.
+    let cross = if scenario.shards > 1 { scenario.cross_shard } else { 0.0 };
+    let per_shard_transfers =
+        (scenario.transfers.div_ceil(scenario.shards as u64) as f64 * (1.0 + 2.0 * cross)).ceil() as u64
+            + 4 * u64::from(scenario.batch) * scenario.in_flight as u64;
     let mut config = RuntimeConfig::new(dir.clone());
     config.shards = scenario.shards;
     config.pin = scenario.pin;
@@ -128,6 +157,7 @@ pub fn run(scenario: &ShardScenario, mut progress: impl FnMut(u64)) -> anyhow::R
         vec![Default::default(); scenario.shards];
     let mut next_id = 1u128;
     let mut generated = 0u64;
+    let mut cross_shard_transfers = 0u64;
     let mut shard = 0usize;
     while generated < scenario.transfers {
         let size = (scenario.transfers - generated).min(u64::from(scenario.batch));
@@ -135,9 +165,17 @@ pub fn run(scenario: &ShardScenario, mut progress: impl FnMut(u64)) -> anyhow::R
         let batch: Vec<Transfer> = (0..size)
             .map(|_| {
                 let debit = ids[rng.random_range(0..ids.len())];
-                let mut credit = ids[rng.random_range(0..ids.len())];
+                let cross = scenario.shards > 1 && rng.random_bool(scenario.cross_shard);
+                let credits = if cross {
+                    cross_shard_transfers += 1;
+                    let other = (shard + rng.random_range(1..scenario.shards)) % scenario.shards;
+                    &owned[other]
+                } else {
+                    ids
+                };
+                let mut credit = credits[rng.random_range(0..credits.len())];
                 while credit == debit {
-                    credit = ids[rng.random_range(0..ids.len())];
+                    credit = credits[rng.random_range(0..credits.len())];
                 }
                 let t = Transfer {
                     id: next_id,
@@ -162,6 +200,7 @@ pub fn run(scenario: &ShardScenario, mut progress: impl FnMut(u64)) -> anyhow::R
     let mut waiting: Vec<Vec<(Instant, Answer<WriteReply>)>> =
         (0..scenario.shards).map(|_| Vec::new()).collect();
     let (mut done, mut rejected, mut batches) = (0u64, 0u64, 0u64);
+    let cpu_started = process_cpu_seconds();
     let started = Instant::now();
     loop {
         let mut idle = true;
@@ -211,12 +250,14 @@ pub fn run(scenario: &ShardScenario, mut progress: impl FnMut(u64)) -> anyhow::R
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    let cpu_seconds = process_cpu_seconds() - cpu_started;
     let groups: u64 = runtime.metrics().iter().map(|m| m.groups.get()).sum::<u64>() - groups_before;
     for shard in 0..scenario.shards {
         let stats = runtime.stats(shard).context("shard stats")?;
         if let Err(violation) = stats.invariants {
             bail!("shard {shard}: invariant broken after the run: {violation}");
         }
+        ensure!(stats.intents_open == 0, "shard {shard}: cross-shard intents left open");
     }
     drop(runtime);
     let _ = std::fs::remove_dir_all(&dir);
@@ -229,5 +270,8 @@ pub fn run(scenario: &ShardScenario, mut progress: impl FnMut(u64)) -> anyhow::R
         batch_latency: Latency::from_ns(&histogram),
         groups,
         batches_per_group: batches as f64 / groups.max(1) as f64,
+        cross_shard_transfers,
+        cpu_seconds,
+        transfers_per_cpu_second: done as f64 / cpu_seconds.max(1e-9),
     })
 }

@@ -101,9 +101,13 @@ result_codes! {
         LedgerNotRegistered = 22 => "ledger_not_registered",
         /// The engine holds `accounts_max` accounts already.
         AccountsLimitReached = 23 => "accounts_limit_reached",
+        /// `id` lies in the range the shards reserve for their own accounts
+        /// (`id >> 96 == 0xFFFF_FFFF`, see `molly_shards::cross`). Returned by
+        /// the shard layer, checked after `id_must_not_be_int_max`.
+        IdMustNotBeReserved = 24 => "id_must_not_be_reserved",
         /// Assigned by the shard router, not the engine: the linked chain's
         /// accounts live on different shards; nothing of the chain applied.
-        LinkedEventChainCrossShard = 24 => "linked_event_chain_cross_shard",
+        LinkedEventChainCrossShard = 25 => "linked_event_chain_cross_shard",
     }
 }
 
@@ -232,10 +236,21 @@ result_codes! {
         CreditAccountAlreadyClosed = 59 => "credit_account_already_closed",
         /// The engine holds `transfers_max` transfers already.
         TransfersLimitReached = 60 => "transfers_limit_reached",
-        /// Assigned by the shard router, not the engine: the linked chain's
-        /// transfers are routed to different shards (by debit account);
-        /// nothing of the chain applied.
-        LinkedEventChainCrossShard = 61 => "linked_event_chain_cross_shard",
+        /// `id` lies in the range the shards reserve for their own transfers
+        /// (`id >> 96 == 0xFFFF_FFFF`). Returned by the shard layer, checked
+        /// after `id_must_not_be_int_max`.
+        IdMustNotBeReserved = 61 => "id_must_not_be_reserved",
+        /// `debit_account_id` is a shard's own (reserved) account. Shard layer.
+        DebitAccountIdMustNotBeReserved = 62 => "debit_account_id_must_not_be_reserved",
+        /// `credit_account_id` is a shard's own (reserved) account. Shard layer.
+        CreditAccountIdMustNotBeReserved = 63 => "credit_account_id_must_not_be_reserved",
+        /// A closed linked chain names accounts on more than one shard: every
+        /// event of the chain gets this code and nothing of it applies. Shard layer.
+        LinkedEventChainCrossShard = 64 => "linked_event_chain_cross_shard",
+        /// A cross-shard transfer with a flag the two-shard protocol does not
+        /// support yet (`pending`, `balancing_credit`, `closing_debit`,
+        /// `closing_credit`). Shard layer.
+        CrossShardFlagsNotSupported = 65 => "cross_shard_flags_not_supported",
     }
 }
 
@@ -256,7 +271,7 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), CreateTransferResult::ALL.len());
-        assert_eq!(CreateTransferResult::from_u32(61), None);
+        assert_eq!(CreateTransferResult::from_u32(66), None);
         assert_eq!(CreateTransferResult::ExceedsCredits.to_string(), "exceeds_credits");
     }
 }

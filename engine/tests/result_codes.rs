@@ -581,3 +581,26 @@ fn every_result_code_has_a_table_row() {
         .collect();
     assert!(untested.is_empty(), "result codes without a test row: {untested:?}");
 }
+
+/// Codes the shard layer returns (the engine never does): their table rows
+/// are in `shards/tests/cross_shard.rs` (`the_scripted_batches_give_every_documented_code`
+/// and the runtime tests), which this test reads.
+#[test]
+fn shard_layer_codes_have_rows_in_the_shards_tests() {
+    let shards_tests = concat!(
+        include_str!("../../shards/tests/cross_shard.rs"),
+        include_str!("../../shards/tests/runtime.rs")
+    );
+    let shard_layer = [
+        "TR::IdMustNotBeReserved",
+        "TR::DebitAccountIdMustNotBeReserved",
+        "TR::CreditAccountIdMustNotBeReserved",
+        "TR::LinkedEventChainCrossShard",
+        "TR::CrossShardFlagsNotSupported",
+        "AR::IdMustNotBeReserved",
+    ];
+    for code in shard_layer {
+        let name = code.split("::").nth(1).unwrap();
+        assert!(shards_tests.contains(name), "{code} has no row in the shards tests");
+    }
+}

@@ -666,7 +666,10 @@ async fn lookup_accounts(router: &Router, ids: &[u128]) -> Vec<Account> {
     ids.iter().filter_map(|id| found.get(id).copied()).collect()
 }
 
-/// Transfers found on any shard, by id.
+/// Transfers found on any shard, by id, as the client sent them: the legs
+/// of a cross-shard transfer (one on each shard) merged by
+/// `molly_shards::cross::user_view`; a transfer whose cross-shard legs have
+/// not both settled (or failed) is not found.
 async fn lookup_transfers(router: &Router, ids: &[u128]) -> HashMap<u128, Transfer> {
     let mut answers = Vec::new();
     for shard in 0..router.shards() {
@@ -674,13 +677,15 @@ async fn lookup_transfers(router: &Router, ids: &[u128]) -> HashMap<u128, Transf
         submit(router, shard, Request::LookupTransfers { ids: ids.to_vec(), reply }).await;
         answers.push(answer);
     }
-    let mut found = HashMap::new();
+    let mut legs: HashMap<u128, Vec<Transfer>> = HashMap::new();
     for answer in answers {
         for transfer in answer.await.unwrap_or_default() {
-            found.entry(transfer.id).or_insert(transfer);
+            legs.entry(transfer.id).or_default().push(transfer);
         }
     }
-    found
+    legs.into_iter()
+        .filter_map(|(id, found)| molly_shards::cross::user_view(&found).map(|t| (id, t)))
+        .collect()
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use molly_engine::{BatchError, Config, CreateAccountResult, CreateTransferResult, Engine};
 
+use crate::cross::{Cross, Effects};
 use crate::journal::{self, Command, CommandBuf, GroupBuffer, JournalError, ScanEnd};
 
 /// The journal's file name inside the data directory.
@@ -68,6 +69,14 @@ pub enum DurableError {
         journal: PathBuf,
         /// The journal's length.
         len: u64,
+    },
+    /// A snapshot's open intents do not match its engine state.
+    #[error("snapshot {snapshot}: cross-shard intents: {reason}")]
+    Intents {
+        /// The snapshot.
+        snapshot: PathBuf,
+        /// What does not match.
+        reason: String,
     },
     /// Writing a snapshot failed.
     #[error(transparent)]
@@ -146,7 +155,7 @@ impl JournalWriter {
             let events = match command {
                 Command::Tick { .. } => 0,
                 Command::CreateAccounts(a) => a.len(),
-                Command::CreateTransfers(t) => t.len(),
+                Command::CreateTransfers(t) | Command::Credits(t) | Command::Settles(t) => t.len(),
             };
             if events > self.batch_events_max {
                 return Err(BatchError::TooManyEvents { events, max: self.batch_events_max as u32 }.into());
@@ -200,6 +209,8 @@ impl JournalWriter {
 pub struct Recovered {
     /// The engine with every journaled command applied.
     pub engine: Engine,
+    /// The open cross-shard intents (none with one shard).
+    pub cross: Cross,
     /// Where appends continue.
     pub writer: JournalWriter,
     /// The journal file (read-write).
@@ -213,6 +224,19 @@ pub struct Recovered {
 /// Recovers the journal in `dir` (creating both if missing) into a fresh
 /// engine: cuts a torn tail, refuses a corrupt middle.
 pub fn recover(dir: &Path, config: Config, group_bytes_max: usize) -> Result<Recovered, DurableError> {
+    recover_shard(dir, config, group_bytes_max, 0, 1)
+}
+
+/// [`recover`] for shard `shard` of `shards`: the journal is replayed through
+/// the shard layer ([`Cross::apply`]), and the open cross-shard intents come
+/// back from the snapshot and the replayed commands.
+pub fn recover_shard(
+    dir: &Path,
+    config: Config,
+    group_bytes_max: usize,
+    shard: u32,
+    shards: u32,
+) -> Result<Recovered, DurableError> {
     let started = Instant::now();
     std::fs::create_dir_all(dir).map_err(io_error(dir, "creating the data directory"))?;
     let path = dir.join(JOURNAL_FILE);
@@ -229,12 +253,18 @@ pub fn recover(dir: &Path, config: Config, group_bytes_max: usize) -> Result<Rec
     let batch_events_max = config.batch_events_max as usize;
     let body_len_max = (batch_events_max * journal::RECORD_SIZE) as u32;
     let loaded = crate::snapshot::load_newest(dir, &config);
-    let (mut engine, start, snapshot) = match loaded.used {
-        Some((engine, position, path)) => (engine, position, Some(path)),
-        None => {
-            (Engine::new(config)?, crate::snapshot::Position { next_sequence: 1, journal_offset: 0 }, None)
-        }
+    let (mut engine, start, snapshot, intents) = match loaded.used {
+        Some((engine, position, path, intents)) => (engine, position, Some(path), intents),
+        None => (
+            Engine::new(config)?,
+            crate::snapshot::Position { next_sequence: 1, journal_offset: 0 },
+            None,
+            Vec::new(),
+        ),
     };
+    let mut cross = Cross::import(shard, shards, &engine, &intents)
+        .map_err(|reason| DurableError::Intents { snapshot: snapshot.clone().unwrap_or_default(), reason })?;
+    let mut effects = Effects::default();
     let len = file.metadata().map_err(io_error(&path, "reading the journal's length"))?.len();
     // A snapshot stands at a sector boundary; the journal may end short of it
     // only by the zero padding an earlier recovery cut.
@@ -258,7 +288,8 @@ pub fn recover(dir: &Path, config: Config, group_bytes_max: usize) -> Result<Rec
         }
     } else {
         journal::scan(&name, &file, start.journal_offset, start.next_sequence, body_len_max, |_, command| {
-            apply(&mut engine, &command.as_command(), &mut scratch)
+            cross
+                .apply(&mut engine, &command.as_command(), &mut scratch, &mut effects)
                 .expect("journaled batches are within the limits they were checked against");
         })?
     };
@@ -269,6 +300,7 @@ pub fn recover(dir: &Path, config: Config, group_bytes_max: usize) -> Result<Rec
     }
     Ok(Recovered {
         engine,
+        cross,
         writer: JournalWriter::new(scan.valid_end, scan.next_sequence, group_bytes_max, batch_events_max),
         file,
         path,
@@ -286,6 +318,7 @@ pub fn recover(dir: &Path, config: Config, group_bytes_max: usize) -> Result<Rec
 #[derive(Debug)]
 pub struct DurableLedger {
     engine: Engine,
+    cross: Cross,
     writer: JournalWriter,
     file: File,
     path: PathBuf,
@@ -295,8 +328,8 @@ pub struct DurableLedger {
 impl DurableLedger {
     /// Opens (or creates) the ledger in `dir`: see [`recover`].
     pub fn open(dir: &Path, config: Config, group_bytes_max: usize) -> Result<Self, DurableError> {
-        let Recovered { engine, writer, file, path, report } = recover(dir, config, group_bytes_max)?;
-        Ok(Self { engine, writer, file, path, recovery: report })
+        let Recovered { engine, cross, writer, file, path, report } = recover(dir, config, group_bytes_max)?;
+        Ok(Self { engine, cross, writer, file, path, recovery: report })
     }
 
     /// The engine, for queries.
@@ -313,7 +346,7 @@ impl DurableLedger {
     /// (recovery then replays only what follows it).
     pub fn snapshot(&self) -> Result<PathBuf, DurableError> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        Ok(crate::snapshot::write(dir, self.writer.position(), &self.engine.export())?)
+        Ok(crate::snapshot::write(dir, self.writer.position(), &self.engine.export(), &[])?)
     }
 
     /// The sequence the next journal entry gets.
@@ -332,9 +365,14 @@ impl DurableLedger {
         self.file.sync_data().map_err(io_error(&self.path, "syncing the journal"))?;
         self.writer.committed();
         let mut expired = Vec::new();
+        let mut effects = Effects::default();
         Ok(commands
             .iter()
-            .map(|command| apply(&mut self.engine, command, &mut expired).expect("batch sizes were checked"))
+            .map(|command| {
+                self.cross
+                    .apply(&mut self.engine, command, &mut expired, &mut effects)
+                    .expect("batch sizes were checked")
+            })
             .collect())
     }
 }
@@ -363,7 +401,9 @@ pub fn apply(
             engine.create_accounts(accounts, &mut results)?;
             Outcome::Accounts(results)
         }
-        Command::CreateTransfers(transfers) => {
+        // Without shards, credit and settle legs are plain transfers (only a
+        // sharded core journals them; see `cross::Cross::apply`).
+        Command::CreateTransfers(transfers) | Command::Credits(transfers) | Command::Settles(transfers) => {
             let mut results = Vec::with_capacity(transfers.len());
             engine.create_transfers(transfers, &mut results)?;
             Outcome::Transfers(results)

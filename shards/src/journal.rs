@@ -52,6 +52,12 @@ pub enum Operation {
     CreateAccounts = 2,
     /// A batch of transfers.
     CreateTransfers = 3,
+    /// Credit legs of cross-shard transfers, from one peer shard (the
+    /// credit shard's step 2; see `cross`).
+    Credits = 4,
+    /// Posts and voids that settle this shard's cross-shard intents (the
+    /// debit shard's step 3; see `cross`).
+    Settles = 5,
 }
 
 impl Operation {
@@ -60,6 +66,8 @@ impl Operation {
             1 => Some(Self::Tick),
             2 => Some(Self::CreateAccounts),
             3 => Some(Self::CreateTransfers),
+            4 => Some(Self::Credits),
+            5 => Some(Self::Settles),
             _ => None,
         }
     }
@@ -112,6 +120,10 @@ pub enum Command<'a> {
     CreateAccounts(&'a [Account]),
     /// Create transfers.
     CreateTransfers(&'a [Transfer]),
+    /// Cross-shard credit legs from a peer (shard-internal).
+    Credits(&'a [Transfer]),
+    /// Settles of this shard's cross-shard intents (shard-internal).
+    Settles(&'a [Transfer]),
 }
 
 /// One engine command, owned, as recovered.
@@ -126,6 +138,10 @@ pub enum CommandBuf {
     CreateAccounts(Vec<Account>),
     /// Create transfers.
     CreateTransfers(Vec<Transfer>),
+    /// Cross-shard credit legs from a peer (shard-internal).
+    Credits(Vec<Transfer>),
+    /// Settles of this shard's cross-shard intents (shard-internal).
+    Settles(Vec<Transfer>),
 }
 
 impl CommandBuf {
@@ -135,6 +151,8 @@ impl CommandBuf {
             CommandBuf::Tick { now_ns } => Command::Tick { now_ns: *now_ns },
             CommandBuf::CreateAccounts(a) => Command::CreateAccounts(a),
             CommandBuf::CreateTransfers(t) => Command::CreateTransfers(t),
+            CommandBuf::Credits(t) => Command::Credits(t),
+            CommandBuf::Settles(t) => Command::Settles(t),
         }
     }
 }
@@ -187,7 +205,9 @@ impl GroupBuffer {
             + match command {
                 Command::Tick { .. } => 0,
                 Command::CreateAccounts(a) => a.len() * RECORD_SIZE,
-                Command::CreateTransfers(t) => t.len() * RECORD_SIZE,
+                Command::CreateTransfers(t) | Command::Credits(t) | Command::Settles(t) => {
+                    t.len() * RECORD_SIZE
+                }
             }
     }
 
@@ -207,6 +227,8 @@ impl GroupBuffer {
             Command::Tick { .. } => (Operation::Tick, &[]),
             Command::CreateAccounts(a) => (Operation::CreateAccounts, bytemuck::cast_slice(a)),
             Command::CreateTransfers(t) => (Operation::CreateTransfers, bytemuck::cast_slice(t)),
+            Command::Credits(t) => (Operation::Credits, bytemuck::cast_slice(t)),
+            Command::Settles(t) => (Operation::Settles, bytemuck::cast_slice(t)),
         };
         let now_ns = match command {
             Command::Tick { now_ns } => *now_ns,
@@ -430,6 +452,8 @@ pub fn scan(
             Operation::Tick => CommandBuf::Tick { now_ns: header.now_ns },
             Operation::CreateAccounts => CommandBuf::CreateAccounts(bytemuck::pod_collect_to_vec(&body)),
             Operation::CreateTransfers => CommandBuf::CreateTransfers(bytemuck::pod_collect_to_vec(&body)),
+            Operation::Credits => CommandBuf::Credits(bytemuck::pod_collect_to_vec(&body)),
+            Operation::Settles => CommandBuf::Settles(bytemuck::pod_collect_to_vec(&body)),
         };
         apply(sequence, command);
         entries += 1;

@@ -1,9 +1,10 @@
 //! # molly-shards: durability and (to come) the thread-per-core runtime
 //!
 //! **Owns**: the write-ahead journal format ([`journal`]), group commit and
-//! recovery of one engine ([`durable::DurableLedger`]). The thread-per-core
-//! runtime (pinned io_uring executors, partitioning, cross-shard two-phase
-//! transfers), snapshots and `molly serve` build on these.
+//! recovery of one engine ([`durable::DurableLedger`]), snapshots, the
+//! shard's I/O-free core ([`shard::ShardCore`]), cross-shard two-phase
+//! transfers ([`cross`]) and the thread-per-core runtime ([`runtime`]:
+//! pinned io_uring executors, partitioning, per-pair rings).
 //!
 //! **Must not**: change engine state except by applying journaled commands,
 //! acknowledge a command before its journal entry is durable, or drop a
@@ -37,6 +38,7 @@
 //! std::fs::remove_dir_all(&dir).unwrap();
 //! ```
 
+pub mod cross;
 pub mod durable;
 pub mod journal;
 pub mod metrics;

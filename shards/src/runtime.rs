@@ -19,7 +19,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 
 use std::sync::Arc;
@@ -30,7 +30,8 @@ pub use tokio::sync::oneshot::{channel as reply_channel, Receiver as Answer, Sen
 use crossbeam_queue::ArrayQueue;
 use molly_engine::{Account, AccountBalance, AccountFilter, Config, LedgerTotals, QueryError, Transfer};
 
-use crate::durable::{recover, DurableError, Outcome, RecoveryReport};
+use crate::cross::{decode, encode, Message};
+use crate::durable::{recover_shard, DurableError, Outcome, RecoveryReport};
 use crate::journal::CommandBuf;
 use crate::metrics::ShardMetrics;
 use crate::shard::ShardCore;
@@ -56,6 +57,12 @@ pub struct RuntimeConfig {
     pub prefault: bool,
     /// Write a snapshot after this many journal bytes (0: only at shutdown).
     pub snapshot_every_bytes: u64,
+    /// Messages queued per ordered pair of shards (cross-shard legs and
+    /// answers; one message carries up to `engine.batch_events_max` legs).
+    pub ring_depth: usize,
+    /// Cross-shard transfers a shard coordinates at once (open intents);
+    /// at least `engine.batch_events_max`.
+    pub intents_max: usize,
     /// Work to run on every shard's executor beside the shard loop (the
     /// network edge's listeners and connections), started once the shard
     /// has recovered. It stops when the shard stops.
@@ -108,6 +115,9 @@ impl Router {
     }
 }
 
+/// Default messages per ring: 64 (each up to a full batch of legs).
+pub const RING_DEPTH_DEFAULT: usize = 64;
+
 /// Default journal bytes between snapshots: 1 GiB.
 pub const SNAPSHOT_EVERY_BYTES_DEFAULT: u64 = 1 << 30;
 
@@ -125,6 +135,8 @@ impl RuntimeConfig {
             prefault: false,
             snapshot_every_bytes: SNAPSHOT_EVERY_BYTES_DEFAULT,
             task: None,
+            ring_depth: RING_DEPTH_DEFAULT,
+            intents_max: crate::shard::INTENTS_MAX_DEFAULT,
         }
     }
 }
@@ -189,9 +201,11 @@ pub struct ShardStats {
     pub accounts: usize,
     /// Transfers held.
     pub transfers: usize,
+    /// Cross-shard transfers this shard coordinates that are not settled yet.
+    pub intents_open: usize,
     /// Per-ledger sums.
     pub totals: std::collections::BTreeMap<u32, LedgerTotals>,
-    /// `Engine::check_invariants`, as text when broken.
+    /// `Engine::check_invariants` and `Cross::check`, as text when broken.
     pub invariants: Result<(), String>,
 }
 
@@ -278,8 +292,17 @@ impl Runtime {
     /// every shard has recovered and is serving, or with the first failure
     /// (then no shard is left running).
     pub fn start(config: RuntimeConfig) -> Result<Self, StartError> {
-        if config.shards == 0 || config.inbox_depth == 0 {
-            return Err(StartError::Config("shards and inbox_depth must be at least 1".into()));
+        if config.shards == 0 || config.inbox_depth == 0 || config.ring_depth == 0 {
+            return Err(StartError::Config("shards, inbox_depth and ring_depth must be at least 1".into()));
+        }
+        if config.shards > crate::cross::SHARDS_MAX as usize {
+            return Err(StartError::Config(format!("at most {} shards", crate::cross::SHARDS_MAX)));
+        }
+        if config.intents_max < config.engine.batch_events_max as usize {
+            return Err(StartError::Config(format!(
+                "intents_max {} is below batch_events_max {}: a batch of cross-shard transfers must fit",
+                config.intents_max, config.engine.batch_events_max
+            )));
         }
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let stop = Arc::new(AtomicBool::new(false));
@@ -295,8 +318,14 @@ impl Runtime {
             recoveries: Vec::new(),
         };
         let mut started = Vec::new();
-        for (shard, inbox) in inboxes.iter().enumerate() {
-            let inbox = inbox.clone();
+        // rings[from][to]: one bounded SPSC ring per ordered pair of shards.
+        let rings: Vec<Vec<Arc<Ring>>> = (0..config.shards)
+            .map(|_| (0..config.shards).map(|_| Arc::new(ArrayQueue::new(config.ring_depth))).collect())
+            .collect();
+        let states: Arc<Vec<AtomicU8>> =
+            Arc::new((0..config.shards).map(|_| AtomicU8::new(RUNNING)).collect());
+        for (shard, rings_out) in rings.iter().enumerate() {
+            let inbox = inboxes[shard].clone();
             let metrics = Arc::new(ShardMetrics::new(shard));
             let (ready_tx, ready_rx) = sync_channel(1);
             let placement = if config.pin {
@@ -318,6 +347,10 @@ impl Runtime {
                 metrics: metrics.clone(),
                 task: config.task.clone(),
                 router: router.clone(),
+                rings_in: (0..config.shards).map(|from| rings[from][shard].clone()).collect(),
+                rings_out: rings_out.clone(),
+                intents_max: config.intents_max,
+                states: states.clone(),
             };
             let builder = glommio::LocalExecutorBuilder::new(placement).name(&format!("molly-shard-{shard}"));
             let handle = std::thread::Builder::new()
@@ -446,6 +479,16 @@ impl Drop for Runtime {
     }
 }
 
+/// A ring between two shards: rkyv-encoded [`crate::cross::Message`]s.
+type Ring = ArrayQueue<rkyv::util::AlignedVec>;
+
+/// Shard states for a clean stop: a shard exits once every shard is
+/// quiescent (or gone), so no cross-shard transfer is left waiting on a peer
+/// that already exited.
+const RUNNING: u8 = 0;
+const QUIESCENT: u8 = 1;
+const EXITED: u8 = 2;
+
 struct ShardContext {
     shard: usize,
     shards: u32,
@@ -460,11 +503,21 @@ struct ShardContext {
     metrics: Arc<ShardMetrics>,
     task: Option<ShardTask>,
     router: Router,
+    rings_in: Vec<Arc<Ring>>,
+    rings_out: Vec<Arc<Ring>>,
+    intents_max: usize,
+    states: Arc<Vec<AtomicU8>>,
 }
 
 async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryReport, StartError>>) {
     let shard = context.shard;
-    let recovered = match recover(&context.dir, context.engine.clone(), context.group_bytes_max) {
+    let recovered = match recover_shard(
+        &context.dir,
+        context.engine.clone(),
+        context.group_bytes_max,
+        shard as u32,
+        context.shards,
+    ) {
         Ok(recovered) => recovered,
         Err(source) => {
             let _ = ready.send(Err(StartError::Recovery { shard, source }));
@@ -475,7 +528,9 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
     let path = recovered.path.clone();
     drop(recovered.file);
     let mut core =
-        ShardCore::new(shard, context.shards, recovered.engine, recovered.writer, context.metrics.clone());
+        ShardCore::new(shard, context.shards, recovered.engine, recovered.writer, context.metrics.clone())
+            .with_cross(recovered.cross);
+    core.set_intents_max(context.intents_max);
     if context.prefault {
         core.prefault();
     }
@@ -497,8 +552,11 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
 
     let mut bytes_since_snapshot = 0u64;
     let mut carry: Option<Request> = None;
+    let mut rings = Rings::new(context.shards as usize);
     loop {
-        // Take everything waiting that fits one group.
+        // Take everything waiting that fits one group: peers' messages first
+        // (they finish work already started), then callers' requests.
+        rings.receive(&mut core, &context.rings_in, now_ns());
         while let Some(request) = carry.take().or_else(|| context.inbox.pop()) {
             if let Err(back) = core.offer(request, now_ns()) {
                 carry = Some(back);
@@ -508,7 +566,9 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
         context.metrics.inbox_depth.set(context.inbox.len() as i64);
 
         let Some((offset, sealed)) = core.seal(now_ns()) else {
-            if context.stop.load(Ordering::SeqCst) {
+            rings.send(&mut core, &context.rings_out);
+            if context.stop.load(Ordering::SeqCst) && ready_to_exit(&core, &rings, &context, carry.is_none())
+            {
                 break;
             }
             glommio::timer::sleep(context.idle_sleep).await;
@@ -528,6 +588,7 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
         match durable {
             Ok(()) => {
                 core.durable();
+                rings.send(&mut core, &context.rings_out);
                 bytes_since_snapshot += bytes as u64;
                 if context.snapshot_every_bytes > 0 && bytes_since_snapshot >= context.snapshot_every_bytes {
                     // A failed snapshot only costs recovery time: the journal has everything.
@@ -539,11 +600,87 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
             Err(reason) => core.write_failed(format!("journal {}: {reason}", path.display())),
         }
     }
+    context.states[shard].store(EXITED, Ordering::SeqCst);
     let _ = file.close().await;
     if !core.failed() {
         // A clean stop leaves a snapshot at the journal's end: the next start replays nothing.
         let _ = core.snapshot(&context.dir);
     }
+}
+
+/// The shard loop's side of the rings: a message the core could not take
+/// yet (its group is full) and an encoded message its peer's ring had no
+/// room for, per peer: at most one of each, the rest waits in the ring or in
+/// the core's outbox (backpressure, never growth).
+struct Rings {
+    received: Vec<Option<Message>>,
+    unsent: Vec<Option<rkyv::util::AlignedVec>>,
+}
+
+impl Rings {
+    fn new(shards: usize) -> Self {
+        Self { received: (0..shards).map(|_| None).collect(), unsent: (0..shards).map(|_| None).collect() }
+    }
+
+    fn receive(&mut self, core: &mut ShardCore, rings_in: &[Arc<Ring>], now_ns: u64) {
+        for (from, ring) in rings_in.iter().enumerate() {
+            loop {
+                let message = match self.received[from].take() {
+                    Some(message) => message,
+                    None => match ring.pop() {
+                        Some(bytes) => decode(&bytes).expect("shards exchange only messages they encoded"),
+                        None => break,
+                    },
+                };
+                if let Err(back) = core.deliver(from, message, now_ns) {
+                    self.received[from] = Some(back);
+                    break;
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, core: &mut ShardCore, rings_out: &[Arc<Ring>]) {
+        for (to, ring) in rings_out.iter().enumerate() {
+            loop {
+                let bytes = match self.unsent[to].take() {
+                    Some(bytes) => bytes,
+                    None => match core.outbox(to).pop_front() {
+                        Some(message) => encode(&message),
+                        None => break,
+                    },
+                };
+                if let Err(back) = ring.push(bytes) {
+                    self.unsent[to] = Some(back);
+                    break;
+                }
+            }
+        }
+    }
+
+    fn empty(&self) -> bool {
+        self.received.iter().all(Option::is_none) && self.unsent.iter().all(Option::is_none)
+    }
+}
+
+/// After a stop: true once this shard has nothing open and every other
+/// shard is quiescent or gone (a shard whose peers are all gone exits even
+/// with intents open; the next start finishes them).
+fn ready_to_exit(core: &ShardCore, rings: &Rings, context: &ShardContext, no_carry: bool) -> bool {
+    let quiet = core.idle()
+        && rings.empty()
+        && no_carry
+        && context.inbox.is_empty()
+        && context.rings_in.iter().all(|r| r.is_empty());
+    context.states[context.shard].store(if quiet { QUIESCENT } else { RUNNING }, Ordering::SeqCst);
+    let others = |allowed: &[u8]| {
+        context
+            .states
+            .iter()
+            .enumerate()
+            .all(|(i, s)| i == context.shard || allowed.contains(&s.load(Ordering::SeqCst)))
+    };
+    (quiet && others(&[QUIESCENT, EXITED])) || others(&[EXITED])
 }
 
 #[cfg(test)]

@@ -7,45 +7,77 @@
 //! disk and clock.
 //!
 //! ```text
-//!  offer(request, now) ─► reads answered · writes staged (Err(request) = group full)
+//!  offer(request, now) ─► reads answered · writes staged (Err(request) = group full
+//!                         or its cross-shard transfers would pass `intents_max`)
+//!  deliver(peer, message, now) ─► credit legs / answers staged (Err(message) = group full)
 //!  seal(now) ─► Some((offset, bytes)) to write + fdatasync   (None: nothing to do)
-//!  durable() ─► apply the group, reply   ·   write_failed(reason) ─► refuse writes from now on
+//!  durable() ─► apply the group; reply to writes whose cross-shard transfers are settled,
+//!              park the others; queue messages in outbox(peer)
+//!  write_failed(reason) ─► refuse writes from now on
 //! ```
+//!
+//! Ring messages are inputs like requests: the core stays deterministic and
+//! I/O-free, and the two-core tests drive two of them step by step
+//! (`shards/tests/cross_shard.rs`).
 
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use molly_engine::Engine;
+use molly_engine::{CreateTransferResult as TR, Engine, Transfer};
 
-use crate::durable::{apply, JournalWriter, Outcome};
+use crate::cross::{is_reserved, Cross, Effects, FixedHasher, Message};
+use crate::durable::{JournalWriter, Outcome};
 use crate::journal::{Command, CommandBuf, HEADER_SIZE};
 use crate::metrics::ShardMetrics;
-use crate::runtime::{reply_channel, shard_for, Reply, Request, ShardError, ShardStats, WriteReply};
+use crate::runtime::{shard_for, Reply, Request, ShardError, ShardStats, WriteReply};
 use crate::snapshot::SnapshotError;
+
+/// Default limit of open cross-shard intents per shard: 8 full batches.
+pub const INTENTS_MAX_DEFAULT: usize = 8 * molly_engine::config::BATCH_EVENTS_MAX_DEFAULT as usize;
+
+/// Where a staged command came from.
+enum Source {
+    /// A caller's write.
+    Client {
+        reply: Reply<WriteReply>,
+        /// For the batch-latency metric only.
+        taken: Instant,
+        /// Intents it may open (counted against `intents_max` while staged).
+        bound: usize,
+    },
+    /// The shard's own tick: no caller waits for it.
+    Tick,
+    /// Credit legs from a peer, or settles of our intents.
+    Peer,
+}
 
 /// A write taken into the current group.
 struct Pending {
     commands: Vec<CommandBuf>,
+    source: Source,
+}
+
+/// A caller's write whose cross-shard transfers are still in flight: it is
+/// answered once every one of them is settled.
+struct Parked {
     reply: Reply<WriteReply>,
-    /// For the batch-latency metric only.
+    outcomes: Vec<Outcome>,
+    waiting: usize,
     taken: Instant,
-    /// The shard's own tick: no caller waits for it, no batch metric.
-    internal: bool,
 }
 
-impl Pending {
-    fn tick(now_ns: u64) -> Self {
-        Self {
-            commands: vec![CommandBuf::Tick { now_ns }],
-            reply: reply_channel().0,
-            taken: Instant::now(),
-            internal: true,
-        }
-    }
+/// An event of a parked write waiting for intent settle.
+struct Waiter {
+    parked: u64,
+    command: usize,
+    event: usize,
+    /// True for the event that opened the intent; false for an identical retry.
+    original: bool,
 }
 
-/// One shard's engine, journal position and open group.
+/// One shard's engine, journal position, open group and cross-shard state.
 pub struct ShardCore {
     shard: usize,
     shards: u32,
@@ -55,6 +87,23 @@ pub struct ShardCore {
     failed: Option<String>,
     expired: Vec<u128>,
     metrics: Arc<ShardMetrics>,
+    cross: Cross,
+    effects: Effects,
+    /// Limit of open intents plus those the staged writes may open.
+    intents_max: usize,
+    /// Intents the staged writes may open (an upper bound).
+    intents_staged: usize,
+    /// Intents whose settle is staged in the open group.
+    settling: HashSet<u128, FixedHasher>,
+    /// Messages for each peer, oldest first (bounded by the intents in flight).
+    outbox: Vec<VecDeque<Message>>,
+    parked: BTreeMap<u64, Parked>,
+    parked_next: u64,
+    waiters: HashMap<u128, Vec<Waiter>, FixedHasher>,
+    /// Legs per message: a message becomes one journal entry on its receiver.
+    message_legs_max: usize,
+    /// A group is sealed and being written: nothing may join it.
+    sealed: bool,
 }
 
 impl std::fmt::Debug for ShardCore {
@@ -63,6 +112,8 @@ impl std::fmt::Debug for ShardCore {
             .field("shard", &self.shard)
             .field("engine", &self.engine)
             .field("group", &self.group.len())
+            .field("intents", &self.cross.intents().len())
+            .field("parked", &self.parked.len())
             .field("failed", &self.failed)
             .finish()
     }
@@ -70,7 +121,8 @@ impl std::fmt::Debug for ShardCore {
 
 impl ShardCore {
     /// A core for shard `shard` of `shards`, from its recovered engine and
-    /// journal position (see [`crate::durable::recover`]).
+    /// journal position (see [`crate::durable::recover`]), with no open
+    /// cross-shard intents (see [`ShardCore::with_cross`]).
     pub fn new(
         shard: usize,
         shards: u32,
@@ -78,12 +130,59 @@ impl ShardCore {
         writer: JournalWriter,
         metrics: Arc<ShardMetrics>,
     ) -> Self {
-        Self { shard, shards, engine, writer, group: Vec::new(), failed: None, expired: Vec::new(), metrics }
+        let message_legs_max = engine.config().batch_events_max as usize;
+        Self {
+            shard,
+            shards,
+            engine,
+            writer,
+            group: Vec::new(),
+            failed: None,
+            expired: Vec::new(),
+            metrics,
+            cross: Cross::new(shard as u32, shards),
+            effects: Effects::default(),
+            intents_max: INTENTS_MAX_DEFAULT,
+            intents_staged: 0,
+            settling: HashSet::default(),
+            outbox: (0..shards).map(|_| VecDeque::new()).collect(),
+            parked: BTreeMap::new(),
+            parked_next: 0,
+            waiters: HashMap::default(),
+            message_legs_max,
+            sealed: false,
+        }
+    }
+
+    /// Takes the recovered open intents and queues their credit legs again:
+    /// the debit shard finishes what it started; credit shards answer copies
+    /// idempotently.
+    pub fn with_cross(mut self, cross: Cross) -> Self {
+        assert_eq!(cross.shard() as usize, self.shard);
+        self.cross = cross;
+        let open = self.cross.open_ids();
+        self.send_credits(&open);
+        // What peers had in flight to this shard is lost: they send it again.
+        for peer in (0..self.shards as usize).filter(|&p| p != self.shard) {
+            self.outbox[peer].push_back(Message::Restarted);
+        }
+        self
+    }
+
+    /// Sets the limit of open cross-shard intents (at least one full batch).
+    pub fn set_intents_max(&mut self, intents_max: usize) {
+        assert!(intents_max >= self.message_legs_max, "a full batch of cross-shard transfers must fit");
+        self.intents_max = intents_max;
     }
 
     /// The engine (read-only).
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The cross-shard state (read-only).
+    pub fn cross(&self) -> &Cross {
+        &self.cross
     }
 
     /// Touches the engine's reserved memory (see `Engine::prefault`).
@@ -96,14 +195,32 @@ impl ShardCore {
         self.failed.is_some()
     }
 
+    /// True when nothing is open: no intent, no caller waiting, nothing
+    /// staged, nothing to send.
+    pub fn idle(&self) -> bool {
+        self.cross.intents().is_empty()
+            && self.parked.is_empty()
+            && self.group.is_empty()
+            && self.outbox.iter().all(VecDeque::is_empty)
+    }
+
+    /// Messages waiting for `peer`'s ring, oldest first. The driver pops
+    /// them, and pushes one back to the front when the ring is full.
+    pub fn outbox(&mut self, peer: usize) -> &mut VecDeque<Message> {
+        &mut self.outbox[peer]
+    }
+
     /// Takes one request at time `now_ns`: answers reads at once; stages a
     /// write into the open group, or refuses it (misrouted, over a limit,
     /// shard failed). Hands the request back when the open group has no room
-    /// for it: write the group first.
+    /// for it, or its cross-shard transfers would pass the intents limit:
+    /// write the group first.
     pub fn offer(&mut self, request: Request, now_ns: u64) -> Result<(), Request> {
         let shard = self.shard;
         match request {
             Request::Write { commands, reply } => {
+                // Reads may be answered while a group is written; writes wait for it.
+                assert!(!self.sealed, "nothing joins a group being written");
                 if let Some(reason) = &self.failed {
                     let _ = reply.send(Err(ShardError::Failed { shard, reason: reason.clone() }));
                     return Ok(());
@@ -111,6 +228,17 @@ impl ShardCore {
                 if let Err(reason) = check_ownership(&commands, shard, self.shards) {
                     let _ = reply.send(Err(ShardError::Refused(reason)));
                     return Ok(());
+                }
+                let bound = cross_bound(&commands, shard, self.shards);
+                if bound > self.intents_max {
+                    let _ = reply.send(Err(ShardError::Refused(format!(
+                        "{bound} cross-shard transfers in one write, over the limit of {} open intents",
+                        self.intents_max
+                    ))));
+                    return Ok(());
+                }
+                if self.cross.intents().len() + self.intents_staged + bound > self.intents_max {
+                    return Err(Request::Write { commands, reply });
                 }
                 let borrowed: Vec<Command<'_>> = commands.iter().map(CommandBuf::as_command).collect();
                 let bytes = match self.writer.check(&borrowed) {
@@ -120,19 +248,12 @@ impl ShardCore {
                         return Ok(());
                     }
                 };
-                // Room for these, and for a tick if they open the group
-                // (`check` guarantees both fit an empty group).
-                let tick_room = if self.writer.is_empty() { HEADER_SIZE } else { 0 };
-                if !self.writer.has_room(bytes + tick_room) {
-                    drop(borrowed);
+                drop(borrowed);
+                if !self.room(bytes) {
                     return Err(Request::Write { commands, reply });
                 }
-                if self.writer.is_empty() && now_ns > self.engine.clock_ns() {
-                    self.stage_tick(now_ns);
-                }
-                self.writer.stage(&borrowed, self.engine.clock_ns());
-                drop(borrowed);
-                self.group.push(Pending { commands, reply, taken: Instant::now(), internal: false });
+                self.intents_staged += bound;
+                self.stage(commands, Source::Client { reply, taken: Instant::now(), bound }, now_ns);
             }
             Request::LookupAccounts { ids, reply } => {
                 let mut out = Vec::with_capacity(ids.len());
@@ -153,15 +274,96 @@ impl ShardCore {
                 let _ = reply.send(self.engine.get_account_balances(&filter, &mut out).map(|()| out));
             }
             Request::Stats { reply } => {
-                let _ = reply.send(stats(shard, &self.engine));
+                let _ = reply.send(stats(shard, &self.engine, &self.cross));
             }
         }
         Ok(())
     }
 
+    /// Takes one message from shard `from` at time `now_ns`: credit legs are
+    /// staged for journaling (answered once durable); answers to our credit
+    /// legs stage the post or void of each intent still open. Hands the
+    /// message back when the open group has no room for it.
+    pub fn deliver(&mut self, from: usize, message: Message, now_ns: u64) -> Result<(), Message> {
+        assert!(!self.sealed, "nothing joins a group being written");
+        assert_ne!(from, self.shard);
+        assert!(message.len() <= self.message_legs_max, "a message fits one journal entry");
+        if self.failed.is_some() {
+            // A failed shard journals nothing: its peers re-send after its restart.
+            return Ok(());
+        }
+        if let Message::Credits(legs) = &message {
+            let entry = crate::journal::HEADER_SIZE + legs.len() * crate::journal::RECORD_SIZE;
+            if !self.room(entry) {
+                return Err(message);
+            }
+        }
+        let command = match message {
+            Message::Restarted => {
+                let again: Vec<u128> = self
+                    .cross
+                    .open_ids()
+                    .into_iter()
+                    .filter(|id| {
+                        self.cross.intents()[id].peer as usize == from && !self.settling.contains(id)
+                    })
+                    .collect();
+                self.send_credits(&again);
+                return Ok(());
+            }
+            Message::Credits(legs) if legs.is_empty() => return Ok(()),
+            Message::Credits(legs) => CommandBuf::Credits(legs),
+            Message::Answers(answers) => {
+                let mut legs = Vec::with_capacity(answers.len());
+                for &(id, code) in &answers {
+                    // Copies of an answer (after a restart of either side) find the intent settled or settling.
+                    let open = self.cross.intents().get(&id).is_some_and(|i| i.peer as usize == from);
+                    if open && !self.settling.contains(&id) {
+                        legs.push(self.cross.settle_leg(&self.engine, id, code));
+                    }
+                }
+                if legs.is_empty() {
+                    return Ok(());
+                }
+                let entry = crate::journal::HEADER_SIZE + legs.len() * crate::journal::RECORD_SIZE;
+                if !self.room(entry) {
+                    return Err(Message::Answers(answers));
+                }
+                for s in &legs {
+                    let fresh = self.settling.insert(s.pending_id);
+                    assert!(fresh, "one answer per intent in a message");
+                }
+                CommandBuf::Settles(legs)
+            }
+        };
+        self.stage(vec![command], Source::Peer, now_ns);
+        Ok(())
+    }
+
+    /// True when `bytes` of entries fit the open group, with a tick if they open it.
+    fn room(&self, bytes: usize) -> bool {
+        let tick_room = if self.writer.is_empty() { HEADER_SIZE } else { 0 };
+        self.writer.has_room(bytes + tick_room)
+    }
+
+    fn stage(&mut self, commands: Vec<CommandBuf>, source: Source, now_ns: u64) {
+        if self.writer.is_empty() && now_ns > self.engine.clock_ns() {
+            self.stage_tick(now_ns);
+        }
+        let borrowed: Vec<Command<'_>> = commands.iter().map(CommandBuf::as_command).collect();
+        self.writer.stage(&borrowed, self.engine.clock_ns());
+        drop(borrowed);
+        self.group.push(Pending { commands, source });
+    }
+
     fn stage_tick(&mut self, now_ns: u64) {
         self.writer.stage(&[Command::Tick { now_ns }], self.engine.clock_ns());
-        self.group.push(Pending::tick(now_ns));
+        self.group.push(Pending { commands: vec![CommandBuf::Tick { now_ns }], source: Source::Tick });
+    }
+
+    /// True when a group is staged (a client write, a peer message, a tick).
+    pub fn has_group(&self) -> bool {
+        !self.group.is_empty()
     }
 
     /// The group to write now, with its journal offset: the open group, or
@@ -175,47 +377,129 @@ impl ShardCore {
             }
             self.stage_tick(now_ns);
         }
+        self.sealed = true;
         Some(self.writer.seal())
     }
 
-    /// The sealed group is durable: apply it and answer every write in it.
+    /// The sealed group is durable: apply it, answer every write in it whose
+    /// cross-shard transfers are settled, and queue the messages it makes
+    /// (credit legs for new intents, answers to credit legs).
     pub fn durable(&mut self) {
+        assert!(self.sealed, "a group was sealed");
+        self.sealed = false;
         let bytes = self.writer.seal().1.len() as u64;
         self.writer.committed();
         self.metrics.groups.inc();
         self.metrics.journal_bytes.inc_by(bytes);
-        for pending in self.group.drain(..) {
-            let outcomes: Vec<Outcome> = pending
-                .commands
-                .iter()
-                .map(|c| {
-                    apply(&mut self.engine, &c.as_command(), &mut self.expired)
-                        .expect("checked before staging")
-                })
-                .collect();
-            if !pending.internal {
-                self.metrics.record(&outcomes);
-                self.metrics.batch_seconds.observe(pending.taken.elapsed().as_secs_f64());
-                let _ = pending.reply.send(Ok(outcomes));
+        let mut opened = Vec::new();
+        for pending in std::mem::take(&mut self.group) {
+            let mut outcomes = Vec::with_capacity(pending.commands.len());
+            let mut waits = Vec::new();
+            for (index, command) in pending.commands.iter().enumerate() {
+                let outcome = self
+                    .cross
+                    .apply(&mut self.engine, &command.as_command(), &mut self.expired, &mut self.effects)
+                    .expect("checked before staging");
+                outcomes.push(outcome);
+                waits.extend(
+                    self.effects.waits.iter().map(|&(event, id, original)| (index, event, id, original)),
+                );
+                opened.extend_from_slice(&self.effects.opened);
+                if let Some((peer, answers)) = self.effects.answers.take() {
+                    self.outbox[peer as usize].push_back(Message::Answers(answers));
+                }
+                for (id, code) in std::mem::take(&mut self.effects.settled) {
+                    self.settling.remove(&id);
+                    self.settle_waiters(id, code);
+                }
+            }
+            if let Source::Client { reply, taken, bound } = pending.source {
+                self.intents_staged -= bound;
+                if waits.is_empty() {
+                    self.answer(reply, outcomes, taken);
+                } else {
+                    let parked = self.parked_next;
+                    self.parked_next += 1;
+                    for &(command, event, id, original) in &waits {
+                        let waiter = Waiter { parked, command, event: event as usize, original };
+                        self.waiters.entry(id).or_default().push(waiter);
+                    }
+                    self.parked.insert(parked, Parked { reply, outcomes, waiting: waits.len(), taken });
+                }
+            }
+        }
+        self.send_credits(&opened);
+    }
+
+    /// Queues the credit legs of intents `ids`, batched per peer.
+    fn send_credits(&mut self, ids: &[u128]) {
+        let shard = self.shard as u32;
+        let mut legs: Vec<Vec<Transfer>> = vec![Vec::new(); self.shards as usize];
+        for id in ids {
+            let intent = &self.cross.intents()[id];
+            legs[intent.peer as usize].push(intent.credit_leg(shard));
+        }
+        for (peer, legs) in legs.into_iter().enumerate() {
+            for chunk in legs.chunks(self.message_legs_max) {
+                self.outbox[peer].push_back(Message::Credits(chunk.to_vec()));
             }
         }
     }
 
+    /// Intent `id` settled with `code`: fill in every event waiting for it.
+    fn settle_waiters(&mut self, id: u128, code: TR) {
+        for waiter in self.waiters.remove(&id).unwrap_or_default() {
+            let parked = self.parked.get_mut(&waiter.parked).expect("a waiter's write is parked");
+            let result = match (waiter.original, code) {
+                (true, code) => code,
+                (false, TR::Ok) => TR::Exists,
+                (false, failure) => failure,
+            };
+            let Outcome::Transfers(results) = &mut parked.outcomes[waiter.command] else {
+                unreachable!("waiters are transfer events")
+            };
+            results[waiter.event] = result;
+            parked.waiting -= 1;
+            if parked.waiting == 0 {
+                let parked = self.parked.remove(&waiter.parked).expect("parked");
+                self.answer(parked.reply, parked.outcomes, parked.taken);
+            }
+        }
+    }
+
+    fn answer(&self, reply: Reply<WriteReply>, outcomes: Vec<Outcome>, taken: Instant) {
+        self.metrics.record(&outcomes);
+        self.metrics.batch_seconds.observe(taken.elapsed().as_secs_f64());
+        let _ = reply.send(Ok(outcomes));
+    }
+
     /// Writing or syncing the sealed group failed: the file's state is
     /// unknown, so the group's writes fail and no more are taken; a restart
-    /// recovers exactly what is durable.
+    /// recovers exactly what is durable. Writes waiting for cross-shard
+    /// transfers fail too (their outcome is decided by the restart).
     pub fn write_failed(&mut self, reason: String) {
+        self.sealed = false;
         let shard = self.shard;
+        let failed = || Err(ShardError::Failed { shard, reason: reason.clone() });
         for pending in self.group.drain(..) {
-            let _ = pending.reply.send(Err(ShardError::Failed { shard, reason: reason.clone() }));
+            if let Source::Client { reply, .. } = pending.source {
+                let _ = reply.send(failed());
+            }
         }
+        for (_, parked) in std::mem::take(&mut self.parked) {
+            let _ = parked.reply.send(failed());
+        }
+        self.waiters.clear();
+        self.settling.clear();
+        self.intents_staged = 0;
         self.failed = Some(reason);
     }
 
     /// Writes a snapshot into `dir` at the journal's position (between groups).
     pub fn snapshot(&self, dir: &Path) -> Result<PathBuf, SnapshotError> {
         let started = Instant::now();
-        let written = crate::snapshot::write(dir, self.writer.position(), &self.engine.export());
+        let written =
+            crate::snapshot::write(dir, self.writer.position(), &self.engine.export(), &self.cross.export());
         self.metrics.snapshot_seconds.set(started.elapsed().as_secs_f64());
         if written.is_ok() {
             self.metrics.snapshots.inc();
@@ -224,17 +508,40 @@ impl ShardCore {
     }
 }
 
-/// Every account a write names must live on this shard (`shard_for`); a
-/// misrouted request is refused whole, before anything is journaled. Post
-/// and void name their pending transfer, which the engine finds locally.
-pub(crate) fn check_ownership(commands: &[CommandBuf], shard: usize, shards: u32) -> Result<(), String> {
+/// Upper bound of the cross-shard transfers in a write: events whose debit
+/// account is ours and whose credit account is another shard's.
+fn cross_bound(commands: &[CommandBuf], shard: usize, shards: u32) -> usize {
     if shards == 1 {
-        return Ok(());
+        return 0;
     }
-    let owned = |id: u128| id == 0 || shard_for(id, shards) as usize == shard;
+    let remote = |id: u128| id != 0 && !is_reserved(id) && shard_for(id, shards) as usize != shard;
+    commands
+        .iter()
+        .map(|command| match command {
+            CommandBuf::CreateTransfers(transfers) => {
+                transfers.iter().filter(|t| remote(t.credit_account_id) && t.pending_id == 0).count()
+            }
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Every account a write creates, and the debit account of every transfer,
+/// must live on this shard (`shard_for`); a misrouted request is refused
+/// whole, before anything is journaled. A transfer's credit account may live
+/// on another shard (a cross-shard transfer, see [`crate::cross`]). Post and
+/// void name their pending transfer, which the engine finds locally (a 0
+/// debit account is routed by the caller). Reserved ids are the shard
+/// layer's to reject per event; credit and settle legs are shard-internal.
+pub(crate) fn check_ownership(commands: &[CommandBuf], shard: usize, shards: u32) -> Result<(), String> {
+    let owned =
+        |id: u128| id == 0 || is_reserved(id) || shards == 1 || shard_for(id, shards) as usize == shard;
     for command in commands {
         match command {
             CommandBuf::Tick { .. } => {}
+            CommandBuf::Credits(_) | CommandBuf::Settles(_) => {
+                return Err("credit and settle legs are shard-internal commands".into());
+            }
             CommandBuf::CreateAccounts(accounts) => {
                 if let Some(a) = accounts.iter().find(|a| !owned(a.id)) {
                     return Err(format!(
@@ -245,17 +552,14 @@ pub(crate) fn check_ownership(commands: &[CommandBuf], shard: usize, shards: u32
                 }
             }
             CommandBuf::CreateTransfers(transfers) => {
-                for t in transfers {
-                    for id in [t.debit_account_id, t.credit_account_id] {
-                        if !owned(id) {
-                            return Err(format!(
-                                "transfer {} names account {id}, which belongs to shard {}, not {shard} \
-                                 (cross-shard transfers are not supported yet)",
-                                t.id,
-                                shard_for(id, shards)
-                            ));
-                        }
-                    }
+                if let Some(t) = transfers.iter().find(|t| !owned(t.debit_account_id)) {
+                    return Err(format!(
+                        "transfer {} debits account {}, which belongs to shard {}, not {shard} \
+                         (route a transfer to its debit account's shard)",
+                        t.id,
+                        t.debit_account_id,
+                        shard_for(t.debit_account_id, shards)
+                    ));
                 }
             }
         }
@@ -264,21 +568,23 @@ pub(crate) fn check_ownership(commands: &[CommandBuf], shard: usize, shards: u32
 }
 
 /// A shard's counts, totals and invariants.
-pub(crate) fn stats(shard: usize, engine: &Engine) -> ShardStats {
+pub(crate) fn stats(shard: usize, engine: &Engine, cross: &Cross) -> ShardStats {
     ShardStats {
         shard,
         accounts: engine.accounts().len(),
         transfers: engine.transfers().len(),
+        intents_open: cross.intents().len(),
         totals: engine.ledger_totals(),
-        invariants: engine.check_invariants().map_err(|v| v.to_string()),
+        invariants: engine.check_invariants().map_err(|v| v.to_string()).and_then(|()| cross.check(engine)),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::durable::apply;
     use crate::journal;
-    use crate::runtime::Answer;
+    use crate::runtime::{reply_channel, Answer};
     use molly_engine::{Account, Config, Transfer};
 
     fn write(commands: Vec<CommandBuf>) -> (Request, Answer<WriteReply>) {

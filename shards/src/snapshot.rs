@@ -8,7 +8,8 @@
 //!  │ u128 · next_sequence u64 ·            │ SnapshotBody (records │
 //!  │ journal_offset u64 · body_len u64 ·   │ as raw 128-byte       │
 //!  │ magic "MOLS" u32 · version u16 ·      │ little-endian bytes)  │
-//!  │ reserved u16                          │                       │
+//!  │ reserved u16                          │ + open cross-shard    │
+//!  │                                       │ intents (v2)          │
 //!  └───────────────────────────────────────┴──────────────────────┘
 //! ```
 //!
@@ -24,13 +25,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use bytemuck::{Pod, Zeroable};
-use molly_engine::{AccountBalance, Config, Engine, EngineState};
+use molly_engine::{AccountBalance, Config, Engine, EngineState, Transfer};
 use xxhash_rust::xxh3::xxh3_128;
 
 /// `b"MOLS"` little-endian.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"MOLS");
-/// Format version.
-pub const VERSION: u16 = 1;
+/// Format version (2 added the open cross-shard intents; 1 still loads, with none).
+pub const VERSION: u16 = 2;
 /// Snapshots kept in a shard's directory.
 pub const KEEP: usize = 2;
 const PREFIX: &str = "snapshot-";
@@ -64,6 +65,16 @@ struct BalanceRun {
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct SnapshotBodyV1 {
+    accounts: Vec<u8>,
+    transfers: Vec<u8>,
+    transfer_states: Vec<u8>,
+    balances: Vec<BalanceRun>,
+    clock_ns: u64,
+    timestamp_last: u64,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct SnapshotBody {
     accounts: Vec<u8>,
     transfers: Vec<u8>,
@@ -71,6 +82,8 @@ struct SnapshotBody {
     balances: Vec<BalanceRun>,
     clock_ns: u64,
     timestamp_last: u64,
+    /// Open cross-shard intents: the transfers as their clients sent them.
+    intents: Vec<u8>,
 }
 
 /// Where in the journal a snapshot stands.
@@ -110,9 +123,14 @@ fn file_name(next_sequence: u64) -> String {
     format!("{PREFIX}{next_sequence:020}{SUFFIX}")
 }
 
-/// Writes a snapshot of `state` at `position` into `dir` atomically, then
-/// removes all but the newest [`KEEP`].
-pub fn write(dir: &Path, position: Position, state: &EngineState) -> Result<PathBuf, SnapshotError> {
+/// Writes a snapshot of `state` and the open cross-shard `intents` at
+/// `position` into `dir` atomically, then removes all but the newest [`KEEP`].
+pub fn write(
+    dir: &Path,
+    position: Position,
+    state: &EngineState,
+    intents: &[Transfer],
+) -> Result<PathBuf, SnapshotError> {
     let path = dir.join(file_name(position.next_sequence));
     let io = |what| {
         let path = path.clone();
@@ -129,6 +147,7 @@ pub fn write(dir: &Path, position: Position, state: &EngineState) -> Result<Path
             .collect(),
         clock_ns: state.clock_ns,
         timestamp_last: state.timestamp_last,
+        intents: bytemuck::cast_slice(intents).to_vec(),
     };
     let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&body)
         .map_err(|e| SnapshotError::Encode { path: path.clone(), reason: e.to_string() })?;
@@ -175,15 +194,16 @@ pub fn list(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// Loads one snapshot file into an engine, or says why it cannot be used.
-pub fn load(path: &Path, config: Config) -> Result<(Engine, Position), String> {
+/// Loads one snapshot file into an engine and the open intents it kept, or
+/// says why it cannot be used.
+pub fn load(path: &Path, config: Config) -> Result<(Engine, Position, Vec<Transfer>), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("reading: {e}"))?;
     if bytes.len() < 64 {
         return Err("shorter than its header".into());
     }
     let header: Header = bytemuck::pod_read_unaligned(&bytes[..64]);
     if header.magic != MAGIC
-        || header.version != VERSION
+        || !(1..=VERSION).contains(&header.version)
         || header.checksum_header != header.compute_checksum()
     {
         return Err("header fails its checksum or format".into());
@@ -194,8 +214,21 @@ pub fn load(path: &Path, config: Config) -> Result<(Engine, Position), String> {
     }
     let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(body.len());
     aligned.extend_from_slice(body);
-    let body = rkyv::from_bytes::<SnapshotBody, rkyv::rancor::Error>(&aligned)
-        .map_err(|e| format!("archive does not validate: {e}"))?;
+    let invalid = |e: rkyv::rancor::Error| format!("archive does not validate: {e}");
+    let body = if header.version == 1 {
+        let v1 = rkyv::from_bytes::<SnapshotBodyV1, rkyv::rancor::Error>(&aligned).map_err(invalid)?;
+        SnapshotBody {
+            accounts: v1.accounts,
+            transfers: v1.transfers,
+            transfer_states: v1.transfer_states,
+            balances: v1.balances,
+            clock_ns: v1.clock_ns,
+            timestamp_last: v1.timestamp_last,
+            intents: Vec::new(),
+        }
+    } else {
+        rkyv::from_bytes::<SnapshotBody, rkyv::rancor::Error>(&aligned).map_err(invalid)?
+    };
     let records = |bytes: &[u8], what: &str| -> Result<(), String> {
         if bytes.len().is_multiple_of(128) {
             Ok(())
@@ -205,6 +238,8 @@ pub fn load(path: &Path, config: Config) -> Result<(Engine, Position), String> {
     };
     records(&body.accounts, "accounts")?;
     records(&body.transfers, "transfers")?;
+    records(&body.intents, "intents")?;
+    let intents = bytemuck::pod_collect_to_vec::<u8, Transfer>(&body.intents);
     let mut balances = Vec::with_capacity(body.balances.len());
     for run in &body.balances {
         records(&run.points, "balance points")?;
@@ -219,14 +254,19 @@ pub fn load(path: &Path, config: Config) -> Result<(Engine, Position), String> {
         timestamp_last: body.timestamp_last,
     };
     let engine = Engine::import(config, state).map_err(|e| e.to_string())?;
-    Ok((engine, Position { next_sequence: header.next_sequence, journal_offset: header.journal_offset }))
+    Ok((
+        engine,
+        Position { next_sequence: header.next_sequence, journal_offset: header.journal_offset },
+        intents,
+    ))
 }
 
 /// What loading found: the snapshot used, if any, and every one skipped.
 #[derive(Debug, Default)]
 pub struct Loaded {
-    /// The engine and its position, from the newest usable snapshot.
-    pub used: Option<(Engine, Position, PathBuf)>,
+    /// The engine, its position, the snapshot and its open intents, from
+    /// the newest usable snapshot.
+    pub used: Option<(Engine, Position, PathBuf, Vec<Transfer>)>,
     /// Snapshots skipped, newest first, with the reason.
     pub skipped: Vec<(PathBuf, String)>,
 }
@@ -236,8 +276,8 @@ pub fn load_newest(dir: &Path, config: &Config) -> Loaded {
     let mut loaded = Loaded::default();
     for path in list(dir).into_iter().rev() {
         match load(&path, config.clone()) {
-            Ok((engine, position)) => {
-                loaded.used = Some((engine, position, path));
+            Ok((engine, position, intents)) => {
+                loaded.used = Some((engine, position, path, intents));
                 break;
             }
             Err(reason) => loaded.skipped.push((path, reason)),

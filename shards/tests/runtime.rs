@@ -216,12 +216,16 @@ fn a_misrouted_request_is_refused_whole() {
         "{err}"
     );
     assert_eq!(runtime.stats(0).unwrap().accounts, 0, "nothing of the refused request applied");
-    // A transfer naming an account of the other shard.
+    // A transfer debiting an account of the other shard (crediting one is a
+    // cross-shard transfer, see tests/cross_shard.rs).
     runtime.write(0, vec![CommandBuf::CreateAccounts(vec![account(mine)])]).unwrap();
     runtime.write(1, vec![CommandBuf::CreateAccounts(vec![account(theirs)])]).unwrap();
     let err =
-        runtime.write(0, vec![CommandBuf::CreateTransfers(vec![transfer(1, mine, theirs, 5)])]).unwrap_err();
-    assert!(matches!(&err, ShardError::Refused(m) if m.contains("cross-shard")), "{err}");
+        runtime.write(0, vec![CommandBuf::CreateTransfers(vec![transfer(1, theirs, mine, 5)])]).unwrap_err();
+    assert!(
+        matches!(&err, ShardError::Refused(m) if m.contains(&format!("debits account {theirs}, which belongs to shard 1"))),
+        "{err}"
+    );
     assert_eq!(runtime.stats(0).unwrap().transfers, 0);
 }
 
@@ -244,4 +248,161 @@ fn a_request_that_fills_a_whole_group_is_refused_not_stuck() {
         .unwrap_err();
     assert!(matches!(&err, ShardError::Refused(m) if m.contains("over the group limit")), "{err}");
     assert_eq!(runtime.stats(0).unwrap().accounts, 30);
+}
+
+/// Every bridge account on every shard, for `check_bridges`.
+fn bridges(runtime: &Runtime, shards: u32, ledgers: &[u32]) -> Vec<Vec<Account>> {
+    (0..shards)
+        .map(|shard| {
+            let ids = (0..shards)
+                .filter(|&peer| peer != shard)
+                .flat_map(|peer| ledgers.iter().map(move |&l| molly_shards::cross::bridge_id(shard, peer, l)))
+                .collect();
+            runtime.lookup_accounts(shard as usize, ids)
+        })
+        .collect()
+}
+
+#[test]
+fn cross_shard_transfers_are_atomic_idempotent_and_survive_a_restart() {
+    use molly_engine::AccountFlags as AF;
+    use molly_shards::cross::{check_bridges, user_view};
+    use CreateTransferResult as TR;
+    let dir = TempDir::new("cross");
+    let owned = by_shard(40, 2);
+    let (a, b) = (&owned[0], &owned[1]);
+    let batch = vec![
+        transfer(1, a[1], b[1], 10),                                             // ok
+        transfer(2, a[1], b[2], 5),                                              // B's limit: exceeds_debits
+        Transfer { flags: TransferFlags::LINKED, ..transfer(3, a[0], a[1], 1) }, // a chain across shards
+        transfer(4, a[0], b[0], 1),
+        Transfer { flags: TransferFlags::PENDING, ..transfer(5, a[0], b[0], 1) }, // not supported yet
+        transfer(6, a[0], a[3], 2),                                               // local
+    ];
+    let first = [
+        TR::Ok,
+        TR::ExceedsDebits,
+        TR::LinkedEventChainCrossShard,
+        TR::LinkedEventChainCrossShard,
+        TR::CrossShardFlagsNotSupported,
+        TR::Ok,
+    ];
+    let retried = [
+        TR::Exists,
+        TR::ExceedsDebits,
+        TR::LinkedEventChainCrossShard,
+        TR::LinkedEventChainCrossShard,
+        TR::CrossShardFlagsNotSupported,
+        TR::Exists,
+    ];
+    {
+        let runtime = Runtime::start(config(&dir, 2)).unwrap();
+        for (shard, ids) in owned.iter().enumerate() {
+            let accounts = ids
+                .iter()
+                .enumerate()
+                .map(|(i, &id)| {
+                    let flags = match i {
+                        1 => AF::DEBITS_MUST_NOT_EXCEED_CREDITS,
+                        2 => AF::CREDITS_MUST_NOT_EXCEED_DEBITS,
+                        _ => AF::NONE,
+                    };
+                    Account { flags, ..account(id) }
+                })
+                .collect();
+            runtime.write(shard, vec![CommandBuf::CreateAccounts(accounts)]).unwrap();
+            let fund = transfer(900 + shard as u128, ids[0], ids[1], 100);
+            runtime.write(shard, vec![CommandBuf::CreateTransfers(vec![fund])]).unwrap();
+        }
+        let outcomes = runtime.write(0, vec![CommandBuf::CreateTransfers(batch.clone())]).unwrap();
+        assert_eq!(transfer_results(&outcomes), first);
+        let outcomes = runtime.write(0, vec![CommandBuf::CreateTransfers(batch.clone())]).unwrap();
+        assert_eq!(transfer_results(&outcomes), retried, "a retry moves nothing twice");
+        // Both legs are found, one per shard; merged they are the transfer sent.
+        let legs: Vec<Transfer> = (0..2).flat_map(|s| runtime.lookup_transfers(s, vec![1])).collect();
+        assert_eq!(legs.len(), 2);
+        let view = user_view(&legs).unwrap();
+        assert_eq!(view, Transfer { timestamp: view.timestamp, ..batch[0] });
+        let legs: Vec<Transfer> = (0..2).flat_map(|s| runtime.lookup_transfers(s, vec![2])).collect();
+        assert_eq!(user_view(&legs), None, "the failed transfer moved nothing");
+        let balance = |shard: usize, id: u128| runtime.lookup_accounts(shard, vec![id])[0];
+        assert_eq!(balance(0, a[1]).debits_posted, 10);
+        assert_eq!(balance(0, a[1]).debits_pending, 0);
+        assert_eq!(balance(1, b[1]).credits_posted, 110);
+        assert_eq!(balance(1, b[2]).credits_posted, 0);
+        for shard in 0..2 {
+            let stats = runtime.stats(shard).unwrap();
+            stats.invariants.unwrap();
+            assert_eq!(stats.intents_open, 0);
+        }
+        let bridges = bridges(&runtime, 2, &[1]);
+        check_bridges(&bridges.iter().map(Vec::as_slice).collect::<Vec<_>>()).unwrap();
+    }
+    // After a restart (recovery from the clean stop's snapshot), the same answers.
+    let runtime = Runtime::start(config(&dir, 2)).unwrap();
+    let outcomes = runtime.write(0, vec![CommandBuf::CreateTransfers(batch)]).unwrap();
+    assert_eq!(transfer_results(&outcomes), retried);
+}
+
+/// Many writes in flight on both shards, cross-shard both ways: every one
+/// applies, the bridges net to zero, each shard balances.
+#[test]
+fn cross_shard_transfers_both_ways_under_load() {
+    use molly_shards::cross::check_bridges;
+    let dir = TempDir::new("cross-load");
+    let mut cfg = config(&dir, 2);
+    cfg.ring_depth = 2;
+    let runtime = Runtime::start(cfg).unwrap();
+    let owned = by_shard(200, 2);
+    for (shard, ids) in owned.iter().enumerate() {
+        runtime
+            .write(shard, vec![CommandBuf::CreateAccounts(ids.iter().map(|&id| account(id)).collect())])
+            .unwrap();
+    }
+    let mut answers = Vec::new();
+    let mut id = 0u128;
+    for round in 0..40 {
+        for shard in 0..2usize {
+            let batch: Vec<Transfer> = (0..50)
+                .map(|i| {
+                    id += 1;
+                    let debit = owned[shard][(i + round) % owned[shard].len()];
+                    let other = if i % 2 == 0 { 1 - shard } else { shard };
+                    let credit = owned[other][(i * 7 + round + 1) % owned[other].len()];
+                    transfer(id, debit, credit, 1 + (i as u128 % 5))
+                })
+                .filter(|t| t.debit_account_id != t.credit_account_id)
+                .collect();
+            let (reply, answer) = molly_shards::runtime::reply_channel();
+            let mut request = Request::Write { commands: vec![CommandBuf::CreateTransfers(batch)], reply };
+            loop {
+                match runtime.submit(shard, request) {
+                    Ok(()) => break,
+                    Err(Backpressure(back)) => {
+                        request = back;
+                        std::thread::sleep(Duration::from_micros(50));
+                    }
+                }
+            }
+            answers.push(answer);
+        }
+    }
+    let mut ok = 0;
+    for answer in answers {
+        let outcomes = answer.blocking_recv().unwrap().unwrap();
+        let results = transfer_results(&outcomes);
+        assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+        ok += results.len();
+    }
+    assert!(ok > 3_000);
+    let mut posted = 0u128;
+    for shard in 0..2 {
+        let stats = runtime.stats(shard).unwrap();
+        stats.invariants.unwrap();
+        assert_eq!(stats.intents_open, 0);
+        posted += stats.totals[&1].debits_posted;
+    }
+    assert!(posted > 0);
+    let bridges = bridges(&runtime, 2, &[1]);
+    check_bridges(&bridges.iter().map(Vec::as_slice).collect::<Vec<_>>()).unwrap();
 }

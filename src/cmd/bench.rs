@@ -175,6 +175,10 @@ pub struct ShardsArgs {
     /// pauses its shard while it is written).
     #[arg(long, default_value_t = 0)]
     snapshot_every_bytes: u64,
+    /// Fraction of transfers whose credit account is on another shard
+    /// (two-phase between shards; no effect with one shard).
+    #[arg(long, default_value_t = 0.0)]
+    cross_shard: f64,
     /// Write the figures as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -203,14 +207,17 @@ fn shards(args: ShardsArgs) -> anyhow::Result<()> {
             pin: !args.no_pin,
             seed: 1,
             snapshot_every_bytes: args.snapshot_every_bytes,
+            cross_shard: args.cross_shard,
         };
         let name = format!("{shards}-shard{}", if shards == 1 { "" } else { "s" });
         let bar = progress_bar(args.transfers, &name);
         let report = molly_bench::shards::run(&scenario, |done| bar.set_position(done))?;
         bar.finish_and_clear();
         println!(
-            "{name:>14}: {:>10.0} durable transfers/s  batch p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  {:.1} batches/fsync{}",
+            "{name:>14}: {:>10.0} durable transfers/s  {:.0} per CPU-s  {:.1}% cross-shard  batch p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  {:.1} batches/fsync{}",
             report.transfers_per_second,
+            report.transfers_per_cpu_second,
+            100.0 * report.cross_shard_transfers as f64 / report.transfers.max(1) as f64,
             report.batch_latency.p50_ms,
             report.batch_latency.p99_ms,
             report.batch_latency.p999_ms,
