@@ -114,6 +114,10 @@ pub struct ServeSection {
     pub prefault: bool,
     /// Journal bytes between snapshots (0: only at shutdown).
     pub snapshot_every_bytes: u64,
+    /// Messages queued per ordered pair of shards (cross-shard legs and answers).
+    pub ring_depth: usize,
+    /// Cross-shard transfers a shard coordinates at once (at least batch_events_max).
+    pub intents_max: usize,
 }
 
 /// `[engine]`.
@@ -142,6 +146,8 @@ impl Default for ServeSection {
             idle_sleep_us: 50,
             prefault: false,
             snapshot_every_bytes: molly_shards::runtime::SNAPSHOT_EVERY_BYTES_DEFAULT,
+            ring_depth: molly_shards::runtime::RING_DEPTH_DEFAULT,
+            intents_max: molly_shards::shard::INTENTS_MAX_DEFAULT,
         }
     }
 }
@@ -199,6 +205,8 @@ impl ServeConfig {
         runtime.idle_sleep = Duration::from_micros(self.serve.idle_sleep_us);
         runtime.prefault = self.serve.prefault;
         runtime.snapshot_every_bytes = self.serve.snapshot_every_bytes;
+        runtime.ring_depth = self.serve.ring_depth;
+        runtime.intents_max = self.serve.intents_max;
         runtime.engine = molly_engine::Config {
             batch_events_max: self.engine.batch_events_max,
             accounts_max: self.engine.accounts_max,
