@@ -234,7 +234,7 @@ fn configuration_file_defaults_and_refusals() {
         "pin = true",
         "listen = \"127.0.0.1:3000\"",
         "connections_max = 1024",
-        "transfers_max = 8388608",
+        "transfers_max = 12582912",
     ] {
         assert!(text.contains(line), "{line} missing from:\n{text}");
     }

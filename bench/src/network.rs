@@ -284,13 +284,18 @@ impl Worker {
             let sent = Instant::now();
             let results = self.client.create_transfers(&batch).await.context("create_transfers")?;
             let replied = Instant::now();
-            let ok = results.iter().filter(|r| **r == CreateTransferResult::Ok).count() as u64;
+            // Ids are unique to this run, so `exists` means the client resent
+            // a batch the server had applied (after a timeout or reconnect): applied once.
+            let applied = |r: &CreateTransferResult| {
+                *r == CreateTransferResult::Ok || *r == CreateTransferResult::Exists
+            };
+            let ok = results.iter().filter(|r| applied(r)).count() as u64;
             let acked =
                 self.shared.acked.fetch_add(batch.len() as u64, Ordering::Relaxed) + batch.len() as u64;
             (self.progress)(acked);
             if self.scenario.verify {
                 let mut ids = self.shared.acked_ids.lock().expect("not poisoned");
-                ids.extend(batch.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|(t, _)| t.id));
+                ids.extend(batch.iter().zip(&results).filter(|(_, r)| applied(r)).map(|(t, _)| t.id));
             }
             if index < self.scenario.warmup {
                 continue;
