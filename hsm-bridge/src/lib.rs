@@ -78,4 +78,6 @@ pub mod types;
 
 pub use error::{Result, SignerError};
 pub use signer::Signer;
-pub use types::{EcdsaSignature, Ed25519Signature, KeyId, KeyInfo, PublicKey, Scheme};
+pub use types::{
+    Derivation, DerivationPath, EcdsaSignature, Ed25519Signature, KeyId, KeyInfo, PublicKey, Scheme,
+};

@@ -132,6 +132,46 @@ fn bad_key(detail: &str) -> SignerError {
     SignerError::BadBackendOutput { backend: "public key", what: "public key", detail: detail.to_string() }
 }
 
+/// A derivation path (`m/44'/60'/0'/0/5`): BIP32 for secp256k1 keys,
+/// SLIP-0010 (hardened levels only) for Ed25519 keys. It is
+/// `molly-chains`' path type, written as text on the wire and on disk.
+pub type DerivationPath = molly_chains::path::Path;
+
+/// Where a derived key comes from: a seed sealed in the same keystore and a
+/// path below it. Public information (no key material).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Derivation {
+    /// The seed's id (same rules as key ids).
+    pub seed_id: KeyId,
+    /// The path below the seed's master key.
+    #[serde(with = "path_text")]
+    pub path: DerivationPath,
+}
+
+impl fmt::Display for Derivation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.seed_id, self.path)
+    }
+}
+
+/// Serde for a [`DerivationPath`] as its text form.
+pub mod path_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::DerivationPath;
+
+    /// Writes `m/44'/60'/0'/0/5`.
+    pub fn serialize<S: Serializer>(path: &DerivationPath, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(path)
+    }
+
+    /// Reads `m/44'/60'/0'/0/5` (`h` or `H` may stand for `'`).
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DerivationPath, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// What `list` reports about a key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyInfo {
@@ -145,6 +185,10 @@ pub struct KeyInfo {
     pub backend: String,
     /// When it was generated (Unix seconds), where the backend records it.
     pub created_unix: Option<u64>,
+    /// Seed and path, for a key derived inside the backend; `None` for a
+    /// generated key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub derivation: Option<Derivation>,
 }
 
 /// A secp256k1 ECDSA signature, always low-S, with the recovery id that
