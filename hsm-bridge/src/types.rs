@@ -121,6 +121,39 @@ impl PublicKey {
         ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|e| bad_key(&e.to_string()))
     }
 
+    /// The address of this key on `chain` (`network` matters for Bitcoin
+    /// only), encoded by `molly-chains` exactly as deposit addresses are:
+    /// EIP-55 for ETH, base58check `0x41` for Tron, bech32 P2WPKH for BTC,
+    /// base58 for Solana. A key of the wrong scheme for the chain is refused.
+    pub fn address(&self, chain: molly_chains::Chain, network: molly_chains::Network) -> Result<String> {
+        use molly_chains::address;
+        let mut buf = address::AddressBuf::default();
+        if chain == molly_chains::Chain::Sol {
+            let key = self.to_ed25519()?;
+            address::encode_sol(&key.to_bytes(), &mut buf);
+            return Ok(buf.as_str().to_owned());
+        }
+        let key = self.to_k256()?;
+        let uncompressed: [u8; 65] = key
+            .to_encoded_point(false)
+            .as_bytes()
+            .try_into()
+            .map_err(|_| bad_key("uncompressed point is not 65 bytes"))?;
+        match chain {
+            molly_chains::Chain::Eth => address::encode_eth(&uncompressed, &mut buf),
+            molly_chains::Chain::Tron => address::encode_tron(&uncompressed, &mut buf),
+            _ => {
+                let compressed: [u8; 33] = key
+                    .to_encoded_point(true)
+                    .as_bytes()
+                    .try_into()
+                    .map_err(|_| bad_key("compressed point is not 33 bytes"))?;
+                address::encode_btc_p2wpkh(&compressed, network, &mut buf)
+            }
+        }
+        Ok(buf.as_str().to_owned())
+    }
+
     /// The Ethereum address of a secp256k1 key: the last 20 bytes of the
     /// Keccak-256 of the uncompressed point without its `04` prefix.
     pub fn eth_address(&self) -> Result<[u8; 20]> {
