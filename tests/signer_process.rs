@@ -271,3 +271,135 @@ fn signer_process_on_a_softhsm_token() {
     let ids: Vec<&str> = keys.iter().map(|k| k.id.as_str()).collect();
     assert_eq!(ids, vec!["wd-eth", "wd-sol"]);
 }
+
+#[test]
+fn hd_keys_are_imported_on_the_host_and_derived_inside_the_signer_process() {
+    const ABOUT: &str =
+        "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    molly(&["signer", "new-secret", &d("engine.key")]);
+    std::fs::write(d("mnemonic.txt"), format!("{ABOUT}\n")).expect("mnemonic");
+    molly(&["signer", "new-secret", &d("approver1.seed")]);
+    let approver = molly(&["signer", "approver-public-key", &d("approver1.seed")]).trim().to_string();
+    let uid = std::fs::metadata("/proc/self").expect("proc").uid();
+    let config = serde_json::json!({
+        "socket": d("signer.sock"),
+        "audit_log": d("audit.log"),
+        "backend": {"software": {
+            "dir": d("keystore"),
+            "passphrase_env": "MOLLY_TEST_PASSPHRASE",
+            "kdf": {"m_cost_kib": 1024, "t_cost": 1, "p_cost": 1}
+        }},
+        "clients": [{"name": "engine", "uid": uid, "key_file": d("engine.key"), "may_generate": true}],
+        "policy": {
+            "quorum": 1,
+            "approvers": [{"id": "approver1", "public_key": approver}],
+            "max_approval_age_secs": 300,
+            "max_clock_skew_secs": 30,
+            "max_remembered_approvals": 1000,
+            "keys": {"dep-eth-5": {"tier": "withdrawal"}},
+            "assets": {"ETH": {"level2_from": "1000", "level3_from": "1000000"}}
+        }
+    });
+    std::fs::write(d("signer.json"), config.to_string()).expect("config");
+    let server = Server(
+        Command::new(MOLLY)
+            .args(["signer", "serve", "--config", &d("signer.json")])
+            .env("MOLLY_TEST_PASSPHRASE", "correct horse")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn signer"),
+    );
+    let socket = dir.path().join("signer.sock");
+    wait_for(&socket);
+
+    // Imported on the host while the signer serves (the keystore passphrase
+    // comes from the config's environment variable).
+    let import = |env_pass: &str| {
+        Command::new(MOLLY)
+            .args(["signer", "import-seed", "--config", &d("signer.json")])
+            .args(["--mnemonic-file", &d("mnemonic.txt"), "--seed-id", "install"])
+            .env("MOLLY_TEST_PASSPHRASE", env_pass)
+            .output()
+            .expect("run import-seed")
+    };
+    let wrong = import("wrong horse");
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("wrong passphrase"));
+    let out = import("correct horse");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "sealed seed install");
+    let again = import("correct horse");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("seed id \"install\" already exists"));
+
+    let derive = |chain: &str, index: &str, key_id: &str, seed_id: &str| {
+        Command::new(MOLLY)
+            .args(["signer", "derive", "--socket", &d("signer.sock"), "--client", "engine"])
+            .args(["--key-file", &d("engine.key"), "--seed-id", seed_id, "--chain", chain])
+            .args(["--index", index, "--key-id", key_id])
+            .output()
+            .expect("run derive")
+    };
+    for (chain, index, key_id) in
+        [("eth", "5", "dep-eth-5"), ("tron", "2", "dep-tron-2"), ("sol", "1", "dep-sol-1")]
+    {
+        let out = derive(chain, index, key_id, "install");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let got: serde_json::Value = serde_json::from_slice(&out.stdout).expect("derive json");
+        // The reference: molly-chains from the mnemonic (`molly wallets derive`).
+        let want: serde_json::Value = serde_json::from_str(&molly(&[
+            "wallets",
+            "derive",
+            "--chain",
+            chain,
+            "--mnemonic-file",
+            &d("mnemonic.txt"),
+            "--index",
+            index,
+            "--json",
+        ]))
+        .expect("wallets json");
+        assert_eq!(got["address"], want["address"], "{chain}: {got} vs {want}");
+        assert_eq!(got["path"], want["path"]);
+        assert_eq!(got["key_id"], key_id);
+    }
+    let out = derive("eth", "6", "dep-eth-6", "nope");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown seed id \"nope\""));
+
+    // The derived key signs through the socket; the signature recovers its address.
+    let key_file = dir.path().join("engine.key");
+    let digest = keccak256(b"sweep deposit 5");
+    let key_id = KeyId::new("dep-eth-5").expect("id");
+    let Ok(Response::EcdsaSignature(sig)) = call(
+        &socket,
+        "engine",
+        &key_file,
+        &Request::SignDigest {
+            key_id: key_id.clone(),
+            digest,
+            asset: "ETH".into(),
+            amount: 1,
+            approvals: vec![],
+        },
+    ) else {
+        panic!("level-1 signature by the derived key");
+    };
+    let Ok(Response::PublicKey(public)) = call(&socket, "engine", &key_file, &Request::PublicKey { key_id })
+    else {
+        panic!("public key");
+    };
+    let (signature, rid) = sig.to_k256().expect("signature");
+    assert_eq!(k256_recover(&digest, &signature, rid).expect("recover"), public.to_k256().expect("key"));
+    drop(server);
+
+    let out = molly(&["signer", "verify-audit", &d("audit.log")]);
+    assert!(out.starts_with("audit log ok: 6 entries"), "{out}");
+    let log = std::fs::read_to_string(d("audit.log")).expect("log");
+    assert_eq!(log.matches("\"op\":\"derive\"").count(), 4, "{log}");
+    assert!(!log.contains("abandon"));
+    let seed_file = std::fs::read_to_string(dir.path().join("keystore/seeds/install.json")).expect("seed");
+    assert!(!seed_file.contains("abandon"));
+}

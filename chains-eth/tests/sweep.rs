@@ -267,3 +267,105 @@ async fn batched_top_ups_fund_existing_accounts_in_one_transaction_and_empty_one
     }
     assert_eq!(rpc.token_balance(oz, deposit_address(98)).await, U256::from(300 * ETH));
 }
+
+/// The address the deposit side derives from the account xpub *text* (no
+/// seed, no private key), as `molly wallets xpub` hands it out.
+fn xpub_address(account_xpub: &str, account: u32, index: u32) -> Address {
+    use molly_chains::{secp::AccountXpub, Chain, Network};
+    let xpub = AccountXpub::parse(account_xpub, Chain::Eth, Network::Mainnet).unwrap();
+    molly_chains::derive_from_xpub(&xpub, account, index).unwrap().address.parse().unwrap()
+}
+
+/// The signer side: key `name` derived inside the keystore from its sealed
+/// seed, at the same path, paired with the deposit side's address (the
+/// Sweeper refuses a key whose public key does not give that address).
+async fn derived_account(
+    keys: &SoftwareKeystore,
+    name: &str,
+    address: Address,
+    account: u32,
+    index: u32,
+) -> DepositAccount {
+    use molly_chains::{path::deposit_path, Chain, Network};
+    let key = KeyId::new(name).unwrap();
+    let path = deposit_path(Chain::Eth, Network::Mainnet, account, index).unwrap();
+    let info = keys.derive(&key, &KeyId::new("install").unwrap(), Scheme::Secp256k1, &path).await.unwrap();
+    assert_eq!(Address::from(info.public_key.eth_address().unwrap()), address, "{path}");
+    DepositAccount { address, key }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hd_deposit_addresses_from_the_xpub_are_swept_with_keys_derived_inside_the_keystore() {
+    let Some(anvil) = Anvil::start(&[]) else { return };
+    if contract_bytecode("TestToken").is_none() {
+        return;
+    }
+    let rpc = anvil.rpc();
+    let owner = rpc.dev(0).await;
+    let (oz, _) = deploy(&rpc, owner).await;
+
+    // Deposit side: account xpubs only (deposits account 0, hot account 1).
+    let seed = molly_chains::Seed::from_mnemonic(common::MNEMONIC, "").unwrap();
+    let xpub = |account| {
+        molly_chains::secp::AccountXpub::from_seed(
+            &seed,
+            molly_chains::Chain::Eth,
+            molly_chains::Network::Mainnet,
+            account,
+        )
+        .unwrap()
+        .to_string()
+    };
+    let (deposit_xpub, hot_xpub) = (xpub(0), xpub(1));
+    drop(seed);
+    let (dep_token, dep_eth) = (xpub_address(&deposit_xpub, 0, 3), xpub_address(&deposit_xpub, 0, 4));
+    let hot = xpub_address(&hot_xpub, 1, 0);
+    let fee_address = xpub_address(&hot_xpub, 1, 1);
+
+    // Signer side: the mnemonic is sealed once; every key is derived inside.
+    let dir = tempfile::tempdir().unwrap();
+    let keys =
+        SoftwareKeystore::create(&dir.path().join("keys"), b"pass", KdfParams::insecure_for_tests()).unwrap();
+    keys.import_seed(&KeyId::new("install").unwrap(), common::MNEMONIC, "").unwrap();
+    let a = derived_account(&keys, "dep-eth-3", dep_token, 0, 3).await;
+    let b = derived_account(&keys, "dep-eth-4", dep_eth, 0, 4).await;
+    // The fee wallet is an HD hot-account key too (m/44'/60'/1'/0/1).
+    let fee = derived_account(&keys, "fee-eth", fee_address, 1, 1).await;
+    let signer: Arc<dyn Signer> = Arc::new(keys);
+    let mut wc = WalletConfig::new(
+        format!("http://127.0.0.1:{}", anvil.port),
+        31337,
+        fee.key,
+        dir.path().join("fee-wallet.jsonl"),
+    );
+    wc.confirmations = 1;
+    let fee_wallet = Arc::new(EthWallet::open(wc, signer.clone()).await.unwrap());
+    assert_eq!(fee_wallet.address(), fee_address);
+    rpc.send_eth(owner, fee_address, U256::from(ETH)).await;
+
+    give(&rpc, owner, oz, dep_token, 100 * ETH).await;
+    rpc.send_eth(owner, dep_eth, U256::from(ETH)).await;
+    let accounts = vec![a.clone(), b.clone()];
+    let mut config = SweepConfig::new(hot, vec![SweepToken { contract: oz, price: OZ_PRICE }]);
+    config.poll_interval = Duration::from_millis(20);
+    config.receipt_timeout = Duration::from_secs(60);
+    let sweeper = Sweeper::new(fee_wallet, signer, config).unwrap();
+
+    let plan = sweeper.plan(&accounts).await.unwrap();
+    assert_eq!(plan.sweeps().count(), 2, "{plan:#?}");
+    assert_eq!(plan.topups.iter().map(|t| t.address).collect::<Vec<_>>(), [dep_token], "{plan:#?}");
+    let eth_amount = plan
+        .items
+        .iter()
+        .find(|i| i.address == dep_eth && i.asset == SweepAsset::Native)
+        .and_then(|i| i.decision.as_ref().ok())
+        .expect("the ETH deposit is swept")
+        .amount;
+    let report = sweeper.execute(&plan, &accounts).await.unwrap();
+    assert!(report.not_sent.is_empty() && report.swept.iter().all(|s| s.mined.success), "{report:#?}");
+    // Signed by the derived keys: everything reached the hot wallet.
+    assert_eq!(rpc.token_balance(oz, dep_token).await, U256::ZERO);
+    assert_eq!(rpc.token_balance(oz, hot).await, U256::from(100 * ETH));
+    assert_eq!(rpc.balance(dep_eth).await, U256::ZERO);
+    assert_eq!(rpc.balance(hot).await, U256::from(eth_amount));
+}

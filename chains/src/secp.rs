@@ -51,16 +51,32 @@ fn child(c: u32) -> ChildNumber {
     }
 }
 
-/// BIP32 private derivation from the seed along `path`.
+/// BIP32 private derivation from the seed along `path`. Each intermediate
+/// private key is erased once its child exists (best effort: `bitcoin`'s
+/// keys do not zero themselves on drop, see [`derive_secret_key`]).
 pub fn derive_xpriv(seed: &Seed, path: &Path) -> Result<Xpriv, KeyError> {
     let fail =
         |e: bitcoin::bip32::Error| KeyError::Derivation { path: path.to_string(), reason: e.to_string() };
     let signing = Secp256k1::signing_only();
     let mut key = Xpriv::new_master(bitcoin::NetworkKind::Main, seed.as_bytes()).map_err(fail)?;
     for &c in path.children() {
-        key = key.derive_priv(&signing, &[child(c)]).map_err(fail)?;
+        let next = key.derive_priv(&signing, &[child(c)]);
+        key.private_key.non_secure_erase();
+        key = next.map_err(fail)?;
     }
     Ok(key)
+}
+
+/// The 32-byte BIP32 private key at `path`, for a signer that keeps it
+/// (`molly-hsm-bridge`'s keystore derives its keys with this). The bytes
+/// zero themselves on drop and the `bitcoin` key they came from is erased
+/// before returning; any copy the compiler made on the way is beyond reach
+/// (see `secp256k1::SecretKey::non_secure_erase`).
+pub fn derive_secret_key(seed: &Seed, path: &Path) -> Result<zeroize::Zeroizing<[u8; 32]>, KeyError> {
+    let mut xpriv = derive_xpriv(seed, path)?;
+    let secret = zeroize::Zeroizing::new(xpriv.private_key.secret_bytes());
+    xpriv.private_key.non_secure_erase();
+    Ok(secret)
 }
 
 /// SLIP-0132 version bytes for the account key's text form.
@@ -237,5 +253,16 @@ mod tests {
         let e = acct.derive(&[0, 5 | HARDENED]).unwrap_err();
         assert_eq!(e, KeyError::Path(PathError::HardenedFromPublic { level: 2, child: 5 }));
         assert!(acct.deposit_pubkey(HARDENED).is_err());
+    }
+
+    #[test]
+    fn secret_key_is_the_xpriv_key_at_the_same_path() {
+        let path = path::deposit_path(Chain::Tron, Network::Mainnet, 1, 9).unwrap();
+        let secret = derive_secret_key(&seed(), &path).unwrap();
+        assert_eq!(*secret, derive_xpriv(&seed(), &path).unwrap().private_key.secret_bytes());
+        let acct = AccountXpub::from_seed(&seed(), Chain::Tron, Network::Mainnet, 1).unwrap();
+        let public =
+            secp256k1::SecretKey::from_slice(&secret[..]).unwrap().public_key(&Secp256k1::signing_only());
+        assert_eq!(acct.deposit_pubkey(9).unwrap(), public);
     }
 }

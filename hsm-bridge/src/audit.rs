@@ -46,10 +46,14 @@ pub struct AuditEntry {
     pub client: Option<String>,
     /// Request counter.
     pub counter: Option<u64>,
-    /// Operation (`connect`, `ping`, `list`, `public_key`, `generate`, `sign_digest`, `sign_message`, `invalid`).
+    /// Operation (`connect`, `ping`, `list`, `public_key`, `generate`, `derive`, `sign_digest`, `sign_message`, `invalid`).
     pub op: String,
     /// Key id.
     pub key_id: Option<String>,
+    /// For `derive`: `<scheme> <seed id> <path>` (absent otherwise, so older
+    /// logs read and verify unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub derivation: Option<String>,
     /// Digest signed or refused (hex), SHA-256 of the message for Ed25519.
     pub digest: Option<String>,
     /// Asset.
@@ -234,6 +238,7 @@ mod tests {
             counter: Some(7),
             op: op.into(),
             key_id: None,
+            derivation: None,
             digest: None,
             asset: None,
             amount: None,

@@ -11,7 +11,7 @@ use crate::protocol::{
     request_mac, verify_response_mac, Request, RequestEnvelope, Response, ResponseEnvelope,
 };
 use crate::server::{read_frame, write_frame};
-use crate::types::{EcdsaSignature, Ed25519Signature, KeyId, KeyInfo, PublicKey, Scheme};
+use crate::types::{DerivationPath, EcdsaSignature, Ed25519Signature, KeyId, KeyInfo, PublicKey, Scheme};
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +144,22 @@ impl SignerClient {
     pub async fn generate(&mut self, key_id: &KeyId, scheme: Scheme) -> Result<KeyInfo, ClientError> {
         match self.call(&Request::Generate { key_id: key_id.clone(), scheme }).await? {
             Response::Generated(info) => Ok(info),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Derives key `key_id` inside the signer from seed `seed_id` along `path`.
+    pub async fn derive(
+        &mut self,
+        key_id: &KeyId,
+        seed_id: &KeyId,
+        scheme: Scheme,
+        path: &DerivationPath,
+    ) -> Result<KeyInfo, ClientError> {
+        let request =
+            Request::Derive { key_id: key_id.clone(), seed_id: seed_id.clone(), scheme, path: path.clone() };
+        match self.call(&request).await? {
+            Response::Derived(info) => Ok(info),
             other => Err(unexpected(&other)),
         }
     }

@@ -157,7 +157,7 @@ pub fn write_new_client_key(path: &Path) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut key = Zeroizing::new([0u8; 32]);
     OsRng.fill_bytes(key.as_mut());
-    let text = Zeroizing::new(hex::encode(key.as_ref()));
+    let text = Zeroizing::new(hex::encode(&key[..]));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -41,6 +41,26 @@ pub enum SignerError {
         /// The scheme asked for.
         scheme: Scheme,
     },
+    /// No seed with that id in this keystore.
+    #[error("unknown seed id {0:?}")]
+    UnknownSeed(String),
+    /// `import_seed` with an id that is already taken.
+    #[error("seed id {0:?} already exists")]
+    SeedExists(String),
+    /// A mnemonic or derivation path that cannot be used (the message never
+    /// contains mnemonic words).
+    #[error("derivation: {0}")]
+    Derivation(String),
+    /// An operation this backend cannot perform, and what to do instead.
+    #[error("the {backend} backend does not support {what}: {advice}")]
+    Unsupported {
+        /// The backend.
+        backend: &'static str,
+        /// The operation.
+        what: &'static str,
+        /// Why, and what an operator does instead.
+        advice: &'static str,
+    },
     /// A message above the configured limit.
     #[error("message of {len} bytes exceeds the limit of {limit} bytes")]
     MessageTooLarge {

@@ -33,7 +33,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Result, SignerError};
 use crate::signer::Signer;
-use crate::types::{EcdsaSignature, Ed25519Signature, KeyId, KeyInfo, PublicKey, Scheme};
+use crate::types::{DerivationPath, EcdsaSignature, Ed25519Signature, KeyId, KeyInfo, PublicKey, Scheme};
 
 const BACKEND: &str = "aws-kms";
 const ALIAS_PREFIX: &str = "alias/molly/";
@@ -149,6 +149,25 @@ impl Signer for KmsSigner {
         BACKEND
     }
 
+    /// Refused: KMS generates its keys inside the service and has no
+    /// operation that derives a key from a seed (nor imports one for
+    /// `ECC_SECG_P256K1` signing keys here).
+    async fn derive(
+        &self,
+        _id: &KeyId,
+        _seed_id: &KeyId,
+        _scheme: Scheme,
+        _path: &DerivationPath,
+    ) -> Result<KeyInfo> {
+        Err(SignerError::Unsupported {
+            backend: BACKEND,
+            what: "deriving keys from a seed",
+            advice: "aws kms has no bip32/slip-0010 derivation; keep hd-derived deposit keys in a software \
+                     keystore signer (or an hsm with vendor bip32 mechanisms) and use kms for generated \
+                     hot/warm keys",
+        })
+    }
+
     async fn generate(&self, id: &KeyId, scheme: Scheme) -> Result<KeyInfo> {
         if scheme != Scheme::Secp256k1 {
             return Err(SignerError::UnsupportedScheme { backend: BACKEND, scheme });
@@ -194,6 +213,7 @@ impl Signer for KmsSigner {
                 .key_metadata()
                 .and_then(|m| m.creation_date())
                 .and_then(|d| u64::try_from(d.secs()).ok()),
+            derivation: None,
         })
     }
 
@@ -243,6 +263,7 @@ impl Signer for KmsSigner {
                 public_key: PublicKey::secp256k1(&key),
                 backend: BACKEND.into(),
                 created_unix: None,
+                derivation: None,
             });
         }
         Ok(out)

@@ -3,7 +3,10 @@
 //! **What it owns.** Every private key Molly signs with, behind one async
 //! [`Signer`] trait: generate a key (id + scheme), export its public key,
 //! sign a 32-byte digest with secp256k1 ECDSA (low-S `r`, `s` and the
-//! recovery id), sign a message with Ed25519, list keys with metadata.
+//! recovery id), sign a message with Ed25519, list keys with metadata, and
+//! derive a key from the installation's BIP39 seed sealed in the software
+//! keystore (BIP32 / SLIP-0010 through `molly-chains`, so a derived key's
+//! address is the deposit address the xpub gives; PKCS#11 and KMS refuse).
 //! Backends: the encrypted software keystore ([`keystore`], argon2id +
 //! XChaCha20-Poly1305, the development default), PKCS#11 ([`pkcs11`],
 //! tested on SoftHSM2) and AWS KMS (`kms`, feature `kms`, secp256k1 only).
@@ -14,7 +17,7 @@
 //! ([`audit`]).
 //!
 //! **What it must not do.** Hand out key material. Nothing in this crate
-//! returns or serialises a private key; the socket protocol ([`protocol`])
+//! returns or serialises a private key or a seed; the socket protocol ([`protocol`])
 //! has no message that could carry one: only key ids, digests, messages,
 //! public keys and signatures cross it. It never signs before the policy has
 //! authorised the request and never releases a signature it failed to audit.
@@ -78,4 +81,6 @@ pub mod types;
 
 pub use error::{Result, SignerError};
 pub use signer::Signer;
-pub use types::{EcdsaSignature, Ed25519Signature, KeyId, KeyInfo, PublicKey, Scheme};
+pub use types::{
+    Derivation, DerivationPath, EcdsaSignature, Ed25519Signature, KeyId, KeyInfo, PublicKey, Scheme,
+};

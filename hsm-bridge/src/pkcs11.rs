@@ -31,7 +31,7 @@ use zeroize::Zeroizing;
 
 use crate::error::{Result, SignerError};
 use crate::signer::Signer;
-use crate::types::{EcdsaSignature, Ed25519Signature, KeyId, KeyInfo, PublicKey, Scheme};
+use crate::types::{DerivationPath, EcdsaSignature, Ed25519Signature, KeyId, KeyInfo, PublicKey, Scheme};
 
 const BACKEND: &str = "pkcs11";
 
@@ -218,6 +218,25 @@ impl Signer for Pkcs11Signer {
         BACKEND
     }
 
+    /// Refused: standard PKCS#11 (and SoftHSM2) has no BIP32/SLIP-0010
+    /// mechanism, and deriving outside the token and importing the result
+    /// would put the seed and keys outside the HSM.
+    async fn derive(
+        &self,
+        _id: &KeyId,
+        _seed_id: &KeyId,
+        _scheme: Scheme,
+        _path: &DerivationPath,
+    ) -> Result<KeyInfo> {
+        Err(SignerError::Unsupported {
+            backend: BACKEND,
+            what: "deriving keys from a seed",
+            advice: "pkcs#11 defines no bip32/slip-0010 mechanism (softhsm2 has none); derive inside an hsm \
+                     that offers vendor bip32 mechanisms, or keep hd-derived keys in a software keystore \
+                     signer",
+        })
+    }
+
     async fn generate(&self, id: &KeyId, scheme: Scheme) -> Result<KeyInfo> {
         let id = id.clone();
         self.blocking(move |inner| {
@@ -257,7 +276,14 @@ impl Signer for Pkcs11Signer {
             if let Ok(mut cache) = inner.cache.lock() {
                 cache.insert(id.clone(), Cached { private, public: public.clone() });
             }
-            Ok(KeyInfo { id, scheme, public_key: public, backend: BACKEND.into(), created_unix: None })
+            Ok(KeyInfo {
+                id,
+                scheme,
+                public_key: public,
+                backend: BACKEND.into(),
+                created_unix: None,
+                derivation: None,
+            })
         })
         .await
     }
@@ -340,6 +366,7 @@ impl Signer for Pkcs11Signer {
                     public_key: public,
                     backend: BACKEND.into(),
                     created_unix: None,
+                    derivation: None,
                 });
             }
             out.sort_by(|a, b| a.id.cmp(&b.id));

@@ -139,3 +139,47 @@ pub fn call(
         c.call(request).await.map_err(|e| e.to_string())
     })
 }
+
+/// Reads a secret text file (mnemonic or BIP39 passphrase); one trailing
+/// newline (`\n` or `\r\n`) is ignored, as `molly wallets` does.
+fn read_secret_text(path: &Path) -> Result<Zeroizing<String>> {
+    let mut text =
+        Zeroizing::new(std::fs::read_to_string(path).map_err(|e| SignerError::io("read", path, e))?);
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    Ok(text)
+}
+
+/// `molly signer import-seed`: seals the BIP39 seed of the mnemonic in
+/// `mnemonic_file` (and optional BIP39 passphrase file) as `seed_id` in the
+/// software keystore that `config_path` names, on the signer host. The
+/// mnemonic never crosses the signer socket. It may run while the signer
+/// serves: `derive` reads seed files when it needs them.
+pub fn import_seed(
+    config_path: &Path,
+    seed_id: &crate::types::KeyId,
+    mnemonic_file: &Path,
+    passphrase_file: Option<&Path>,
+) -> Result<()> {
+    let config = SignerConfig::load(config_path)?;
+    let BackendConfig::Software { dir, passphrase_env, kdf } = &config.backend else {
+        return Err(SignerError::Unsupported {
+            backend: config_backend_name(&config.backend),
+            what: "importing a seed",
+            advice: "seeds live only in a software keystore signer; run a separate signer process with a \
+                     software backend for hd-derived keys (see docs/hsm-bridge.md)",
+        });
+    };
+    let pass = secret_from_env(passphrase_env, "keystore passphrase")?;
+    let keystore = SoftwareKeystore::open_or_create(dir, pass.as_bytes(), kdf.unwrap_or_default())?;
+    let mnemonic = read_secret_text(mnemonic_file)?;
+    let bip39_passphrase = match passphrase_file {
+        Some(p) => read_secret_text(p)?,
+        None => Zeroizing::new(String::new()),
+    };
+    keystore.import_seed(seed_id, &mnemonic, &bip39_passphrase)
+}

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::approvals::Approval;
-use crate::types::{EcdsaSignature, Ed25519Signature, KeyId, KeyInfo, PublicKey, Scheme};
+use crate::types::{DerivationPath, EcdsaSignature, Ed25519Signature, KeyId, KeyInfo, PublicKey, Scheme};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -70,6 +70,19 @@ pub enum Request {
         /// Scheme.
         scheme: Scheme,
     },
+    /// New key derived inside the signer from a seed it holds (clients with
+    /// `may_generate` only). Only ids and the path cross the socket.
+    Derive {
+        /// Key to create.
+        key_id: KeyId,
+        /// Seed to derive from (imported with `molly signer import-seed`).
+        seed_id: KeyId,
+        /// Scheme: `secp256k1` (BIP32) or `ed25519` (SLIP-0010, hardened levels only).
+        scheme: Scheme,
+        /// Path, e.g. `m/44'/60'/0'/0/5`.
+        #[serde(with = "crate::types::path_text")]
+        path: DerivationPath,
+    },
     /// secp256k1 over a digest, subject to the approval policy.
     SignDigest {
         /// Key.
@@ -111,6 +124,7 @@ impl Request {
             Request::List => "list",
             Request::PublicKey { .. } => "public_key",
             Request::Generate { .. } => "generate",
+            Request::Derive { .. } => "derive",
             Request::SignDigest { .. } => "sign_digest",
             Request::SignMessage { .. } => "sign_message",
         }
@@ -129,6 +143,8 @@ pub enum Response {
     PublicKey(PublicKey),
     /// A new key.
     Generated(KeyInfo),
+    /// A derived key (new, or the same derivation asked again).
+    Derived(KeyInfo),
     /// A secp256k1 signature.
     EcdsaSignature(EcdsaSignature),
     /// An Ed25519 signature.

@@ -134,6 +134,7 @@ impl SignerService {
             counter: None,
             op: op.into(),
             key_id: None,
+            derivation: None,
             digest: None,
             asset: None,
             amount: None,
@@ -257,6 +258,18 @@ impl SignerService {
                     return Err(Refusal::new("authorisation", "this client may not create keys"));
                 }
                 self.signer.generate(&key_id, scheme).await.map(Response::Generated).map_err(signer_err)
+            }
+            Request::Derive { key_id, seed_id, scheme, path } => {
+                entry.key_id = Some(key_id.to_string());
+                entry.derivation = Some(format!("{scheme} {seed_id} {path}"));
+                if !client.may_generate {
+                    return Err(Refusal::new("authorisation", "this client may not create keys"));
+                }
+                self.signer
+                    .derive(&key_id, &seed_id, scheme, &path)
+                    .await
+                    .map(Response::Derived)
+                    .map_err(signer_err)
             }
             Request::SignDigest { key_id, digest, asset, amount, approvals } => {
                 self.authorise(entry, &key_id, &asset, amount, &digest, &approvals)?;

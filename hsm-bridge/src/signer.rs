@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 
 use crate::error::Result;
-use crate::types::{EcdsaSignature, Ed25519Signature, KeyId, KeyInfo, PublicKey, Scheme};
+use crate::types::{DerivationPath, EcdsaSignature, Ed25519Signature, KeyId, KeyInfo, PublicKey, Scheme};
 
 /// A holder of private keys that signs on request and never hands a private
 /// key out. Implementations: [`crate::keystore::SoftwareKeystore`],
@@ -15,6 +15,21 @@ pub trait Signer: Send + Sync + std::fmt::Debug {
 
     /// Generates a new key named `id`. Fails with `KeyExists` if the id is taken.
     async fn generate(&self, id: &KeyId, scheme: Scheme) -> Result<KeyInfo>;
+
+    /// Creates key `id` whose private key is derived inside the backend from
+    /// the seed `seed_id` it already holds, along `path` (BIP32 for
+    /// secp256k1, SLIP-0010 with every level hardened for Ed25519). Neither
+    /// the seed nor the derived key leaves the backend. Deriving the same
+    /// id, seed, scheme and path again returns the existing key; a taken id
+    /// is `KeyExists`; a path already derived under another id is refused.
+    /// Backends that cannot derive answer [`crate::SignerError::Unsupported`].
+    async fn derive(
+        &self,
+        id: &KeyId,
+        seed_id: &KeyId,
+        scheme: Scheme,
+        path: &DerivationPath,
+    ) -> Result<KeyInfo>;
 
     /// The public key of `id`.
     async fn public_key(&self, id: &KeyId) -> Result<PublicKey>;

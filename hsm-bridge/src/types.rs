@@ -121,6 +121,39 @@ impl PublicKey {
         ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|e| bad_key(&e.to_string()))
     }
 
+    /// The address of this key on `chain` (`network` matters for Bitcoin
+    /// only), encoded by `molly-chains` exactly as deposit addresses are:
+    /// EIP-55 for ETH, base58check `0x41` for Tron, bech32 P2WPKH for BTC,
+    /// base58 for Solana. A key of the wrong scheme for the chain is refused.
+    pub fn address(&self, chain: molly_chains::Chain, network: molly_chains::Network) -> Result<String> {
+        use molly_chains::address;
+        let mut buf = address::AddressBuf::default();
+        if chain == molly_chains::Chain::Sol {
+            let key = self.to_ed25519()?;
+            address::encode_sol(&key.to_bytes(), &mut buf);
+            return Ok(buf.as_str().to_owned());
+        }
+        let key = self.to_k256()?;
+        let uncompressed: [u8; 65] = key
+            .to_encoded_point(false)
+            .as_bytes()
+            .try_into()
+            .map_err(|_| bad_key("uncompressed point is not 65 bytes"))?;
+        match chain {
+            molly_chains::Chain::Eth => address::encode_eth(&uncompressed, &mut buf),
+            molly_chains::Chain::Tron => address::encode_tron(&uncompressed, &mut buf),
+            _ => {
+                let compressed: [u8; 33] = key
+                    .to_encoded_point(true)
+                    .as_bytes()
+                    .try_into()
+                    .map_err(|_| bad_key("compressed point is not 33 bytes"))?;
+                address::encode_btc_p2wpkh(&compressed, network, &mut buf)
+            }
+        }
+        Ok(buf.as_str().to_owned())
+    }
+
     /// The Ethereum address of a secp256k1 key: the last 20 bytes of the
     /// Keccak-256 of the uncompressed point without its `04` prefix.
     pub fn eth_address(&self) -> Result<[u8; 20]> {
@@ -130,6 +163,46 @@ impl PublicKey {
 
 fn bad_key(detail: &str) -> SignerError {
     SignerError::BadBackendOutput { backend: "public key", what: "public key", detail: detail.to_string() }
+}
+
+/// A derivation path (`m/44'/60'/0'/0/5`): BIP32 for secp256k1 keys,
+/// SLIP-0010 (hardened levels only) for Ed25519 keys. It is
+/// `molly-chains`' path type, written as text on the wire and on disk.
+pub type DerivationPath = molly_chains::path::Path;
+
+/// Where a derived key comes from: a seed sealed in the same keystore and a
+/// path below it. Public information (no key material).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Derivation {
+    /// The seed's id (same rules as key ids).
+    pub seed_id: KeyId,
+    /// The path below the seed's master key.
+    #[serde(with = "path_text")]
+    pub path: DerivationPath,
+}
+
+impl fmt::Display for Derivation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.seed_id, self.path)
+    }
+}
+
+/// Serde for a [`DerivationPath`] as its text form.
+pub mod path_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::DerivationPath;
+
+    /// Writes `m/44'/60'/0'/0/5`.
+    pub fn serialize<S: Serializer>(path: &DerivationPath, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(path)
+    }
+
+    /// Reads `m/44'/60'/0'/0/5` (`h` or `H` may stand for `'`).
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DerivationPath, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// What `list` reports about a key.
@@ -145,6 +218,10 @@ pub struct KeyInfo {
     pub backend: String,
     /// When it was generated (Unix seconds), where the backend records it.
     pub created_unix: Option<u64>,
+    /// Seed and path, for a key derived inside the backend; `None` for a
+    /// generated key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub derivation: Option<Derivation>,
 }
 
 /// A secp256k1 ECDSA signature, always low-S, with the recovery id that

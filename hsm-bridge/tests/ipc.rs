@@ -19,7 +19,9 @@ use molly_hsm_bridge::config::Limits;
 use molly_hsm_bridge::ecdsa::keccak256;
 use molly_hsm_bridge::keystore::{KdfParams, SoftwareKeystore};
 use molly_hsm_bridge::server::{bind, ClientEntry, SignerService};
-use molly_hsm_bridge::{EcdsaSignature, Ed25519Signature, KeyId, KeyInfo, PublicKey, Scheme, Signer};
+use molly_hsm_bridge::{
+    DerivationPath, EcdsaSignature, Ed25519Signature, KeyId, KeyInfo, PublicKey, Scheme, Signer,
+};
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use zeroize::Zeroizing;
@@ -39,6 +41,15 @@ impl Signer for Counting {
     }
     async fn generate(&self, id: &KeyId, scheme: Scheme) -> molly_hsm_bridge::Result<KeyInfo> {
         self.inner.generate(id, scheme).await
+    }
+    async fn derive(
+        &self,
+        id: &KeyId,
+        seed_id: &KeyId,
+        scheme: Scheme,
+        path: &DerivationPath,
+    ) -> molly_hsm_bridge::Result<KeyInfo> {
+        self.inner.derive(id, seed_id, scheme, path).await
     }
     async fn public_key(&self, id: &KeyId) -> molly_hsm_bridge::Result<PublicKey> {
         self.inner.public_key(id).await
@@ -495,4 +506,79 @@ async fn oversized_frames_and_messages_are_refused() {
     let huge = "x".repeat(70 * 1024);
     assert!(c.send_raw(&huge, u64::MAX - 1).await.is_err());
     assert_eq!(h.signed(), 0);
+}
+
+#[tokio::test]
+async fn derive_over_the_socket_creates_a_signing_key_and_is_audited() {
+    use molly_chains::{derive_address, Chain, Network, Seed};
+    const ABOUT: &str =
+        "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about";
+    let h = Harness::start(my_uid()).await;
+    // The seed is imported on the signer host, never over the socket.
+    h.signer.inner.import_seed(&id("install"), ABOUT, "").expect("import seed");
+    let want =
+        derive_address(&Seed::from_mnemonic(ABOUT, "").expect("seed"), Chain::Eth, Network::Mainnet, 0, 7)
+            .expect("reference");
+
+    let mut c = h.client("engine", &CLIENT_KEY).await;
+    let info = c.derive(&id("wd-eth"), &id("install"), Scheme::Secp256k1, &want.path).await.expect("derive");
+    assert_eq!(info.public_key.bytes, want.public_key);
+    let derivation = info.derivation.clone().expect("derivation");
+    assert_eq!(
+        (derivation.seed_id.as_str(), derivation.path.to_string()),
+        ("install", want.path.to_string())
+    );
+    assert_eq!(c.public_key(&id("wd-eth")).await.expect("public"), info.public_key);
+    assert!(c.list().await.expect("list").contains(&info));
+    // Asking again returns the same key.
+    assert_eq!(
+        c.derive(&id("wd-eth"), &id("install"), Scheme::Secp256k1, &want.path).await.expect("again"),
+        info
+    );
+
+    // The derived key signs through the policy like any key.
+    let digest = keccak256(b"sweep a deposit");
+    let sig = c.sign_digest(&id("wd-eth"), digest, "ETH", 1, vec![]).await.expect("level 1");
+    common::check_ecdsa(&info.public_key, &digest, &sig);
+
+    // Refusals: a client without may_generate; an unknown seed; a
+    // non-hardened ed25519 level; the raw JSON op name is "derive".
+    let mut g = h.client("gateway", &[0x22; 32]).await;
+    refused(
+        g.derive(&id("hot-eth"), &id("install"), Scheme::Secp256k1, &want.path).await,
+        "authorisation",
+        "may not create keys",
+    );
+    refused(
+        c.derive(&id("hot-eth"), &id("missing"), Scheme::Secp256k1, &want.path).await,
+        "signer",
+        "unknown seed id \"missing\"",
+    );
+    refused(
+        c.derive(&id("wd-sol"), &id("install"), Scheme::Ed25519, &"m/44'/501'/0'/0".parse().expect("path"))
+            .await,
+        "signer",
+        "not hardened",
+    );
+    let body = r#"{"op":"derive","key_id":"hot-eth","seed_id":"install","scheme":"secp256k1","path":"m/44'/60'/1'/0/0"}"#;
+    match c.send_raw(body, u64::MAX / 2).await.expect("raw derive") {
+        molly_hsm_bridge::protocol::Response::Derived(k) => assert_eq!(k.id, id("hot-eth")),
+        other => panic!("expected Derived, got {other:?}"),
+    }
+
+    let text = std::fs::read_to_string(h.audit_path()).expect("read audit");
+    let entries: Vec<audit::AuditEntry> = text
+        .lines()
+        .map(|l| serde_json::from_str(l.split_once(' ').expect("line").1).expect("entry"))
+        .collect();
+    let derives: Vec<_> = entries.iter().filter(|e| e.op == "derive").collect();
+    assert_eq!(derives.len(), 6, "every derive is audited: {entries:?}");
+    assert_eq!(derives[0].outcome, "ok");
+    assert_eq!(derives[0].key_id.as_deref(), Some("wd-eth"));
+    assert_eq!(derives[0].derivation.as_deref(), Some("secp256k1 install m/44'/60'/0'/0/7"));
+    assert!(derives[2].outcome.starts_with("refused: authorisation"), "{:?}", derives[2]);
+    assert!(derives[3].outcome.contains("unknown seed id"), "{:?}", derives[3]);
+    assert_eq!(derives[5].outcome, "ok");
+    audit::verify(&h.audit_path()).expect("audit verifies");
+    assert!(!text.contains("abandon"), "no mnemonic in the audit log");
 }

@@ -69,6 +69,7 @@ async fn moto_creates_secp256k1_keys_and_signs_raw() {
     ));
     let listed = kms.list().await.expect("list");
     assert!(listed.iter().any(|k| k.id == id && k.public_key == info.public_key));
+    common::derive_is_unsupported(&kms, fresh_id("kms").as_str()).await;
 }
 
 #[tokio::test]

@@ -19,6 +19,7 @@ async fn softhsm_passes_conformance() {
     let Some(token) = token() else { return };
     let signer = token.signer().expect("open signer");
     common::conformance(&signer, "hsm").await;
+    common::derive_is_unsupported(&signer, "hsm").await;
 }
 
 #[tokio::test]

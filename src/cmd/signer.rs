@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use molly_hsm_bridge::approvals::Spend;
-use molly_hsm_bridge::protocol::Request;
-use molly_hsm_bridge::{process, KeyId};
+use molly_hsm_bridge::protocol::{Request, Response};
+use molly_hsm_bridge::{process, KeyId, Scheme};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -51,6 +51,55 @@ pub enum Command {
         /// Digest to approve, 64 hex characters (SHA-256 of the message for Ed25519 keys).
         #[arg(long)]
         digest: String,
+    },
+    /// Seal a BIP39 seed (English mnemonic, optional passphrase) in the software
+    /// keystore of a signer config, on the signer host. Only the sealed seed is
+    /// stored; the mnemonic never crosses the signer socket.
+    ImportSeed {
+        /// Signer config (its backend must be `software`; passphrase from its `passphrase_env`).
+        #[arg(long)]
+        config: PathBuf,
+        /// File holding the mnemonic (12-24 English words).
+        #[arg(long)]
+        mnemonic_file: PathBuf,
+        /// File holding the BIP39 passphrase (one trailing newline is ignored).
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+        /// Id to give the seed (same rules as key ids).
+        #[arg(long)]
+        seed_id: String,
+    },
+    /// Derive a key inside the running signer from an imported seed (a `derive`
+    /// request over the socket, audited): wallet `index` of `account` on `chain`
+    /// at molly-chains' path. Prints the key, its path and its address.
+    Derive {
+        /// Signer socket.
+        #[arg(long)]
+        socket: PathBuf,
+        /// Client name (needs `may_generate`).
+        #[arg(long)]
+        client: String,
+        /// Client HMAC key file.
+        #[arg(long)]
+        key_file: PathBuf,
+        /// Seed id given to `import-seed`.
+        #[arg(long)]
+        seed_id: String,
+        /// eth, tron, btc or sol.
+        #[arg(long)]
+        chain: molly_chains::Chain,
+        /// Wallet index (below 2^31).
+        #[arg(long)]
+        index: u32,
+        /// Account (0 deposits, 1 hot, 2 warm by default in `molly wallets generate`).
+        #[arg(long, default_value_t = 0)]
+        account: u32,
+        /// mainnet, testnet or regtest (changes Bitcoin's coin type and address only).
+        #[arg(long, default_value = "mainnet")]
+        network: molly_chains::Network,
+        /// Id of the key to create.
+        #[arg(long)]
+        key_id: String,
     },
     /// Send one request (JSON, e.g. '{"op":"list"}') as a configured client.
     Call {
@@ -97,6 +146,37 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                 &Spend { key_id: &key_id, asset: &asset, amount, digest: &d },
             )?;
             println!("{}", serde_json::to_string(&approval)?);
+            Ok(())
+        }
+        Command::ImportSeed { config, mnemonic_file, passphrase_file, seed_id } => {
+            let seed_id = KeyId::new(seed_id)?;
+            process::import_seed(&config, &seed_id, &mnemonic_file, passphrase_file.as_deref())
+                .context("molly signer import-seed")?;
+            println!("sealed seed {seed_id}");
+            Ok(())
+        }
+        Command::Derive { socket, client, key_file, seed_id, chain, index, account, network, key_id } => {
+            let path = molly_chains::path::deposit_path(chain, network, account, index)?;
+            let scheme = if chain == molly_chains::Chain::Sol { Scheme::Ed25519 } else { Scheme::Secp256k1 };
+            let request =
+                Request::Derive { key_id: KeyId::new(key_id)?, seed_id: KeyId::new(seed_id)?, scheme, path };
+            let info =
+                match process::call(&socket, &client, &key_file, &request).map_err(anyhow::Error::msg)? {
+                    Response::Derived(info) => info,
+                    other => anyhow::bail!("unexpected answer from the signer: {other:?}"),
+                };
+            let derivation = info.derivation.as_ref().context("the signer did not report a derivation")?;
+            let out = serde_json::json!({
+                "key_id": info.id,
+                "scheme": info.scheme,
+                "seed_id": derivation.seed_id,
+                "path": derivation.path.to_string(),
+                "public_key": hex::encode(&info.public_key.bytes),
+                "chain": chain.name(),
+                "network": network.name(),
+                "address": info.public_key.address(chain, network)?,
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(())
         }
         Command::Call { socket, client, key_file, request } => {

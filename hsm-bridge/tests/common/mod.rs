@@ -77,3 +77,18 @@ pub async fn conformance(signer: &dyn Signer, prefix: &str) {
     assert!(mine.iter().any(|k| k.id == sol && k.scheme == Scheme::Ed25519));
     assert!(mine.iter().all(|k| k.backend == signer.backend()));
 }
+
+/// Backends that keep keys in hardware or a service cannot derive from a
+/// seed: they must say so clearly (and create nothing).
+pub async fn derive_is_unsupported(signer: &dyn Signer, prefix: &str) {
+    let key = KeyId::new(format!("{prefix}-derived")).expect("id");
+    let path = "m/44'/60'/0'/0/0".parse().expect("path");
+    match signer.derive(&key, &KeyId::new("install").expect("id"), Scheme::Secp256k1, &path).await {
+        Err(e @ SignerError::Unsupported { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("does not support deriving keys from a seed"), "{msg}");
+        }
+        other => panic!("derive must be unsupported on {}, got {other:?}", signer.backend()),
+    }
+    assert!(matches!(signer.public_key(&key).await, Err(SignerError::UnknownKey(_))));
+}
