@@ -14,6 +14,7 @@ use molly_engine::{
 };
 use molly_net::frame::{self, status, Operation, HEADER_SIZE};
 use molly_shards::runtime::shard_for;
+use molly_shards::sim::Prng;
 
 struct Server {
     child: Child,
@@ -276,18 +277,6 @@ fn read_error_frame(stream: &mut TcpStream) -> Option<(u32, String)> {
         .then(|| (header.status, String::from_utf8_lossy(&body).into()))
 }
 
-/// A small deterministic PRNG (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 #[test]
 fn bad_frames_get_error_frames_and_change_nothing_while_others_carry_on() {
     let server = Server::start(&[]);
@@ -353,20 +342,20 @@ fn bad_frames_get_error_frames_and_change_nothing_while_others_carry_on() {
         assert_eq!(got, code, "{name}: {message}");
     }
     // Random and mutated frames: never applied, the server stays up.
-    let mut rng = Rng(0x5eed);
+    let mut rng = Prng(0x5eed);
     for round in 0..300 {
         let mut bytes = if round % 3 == 0 {
-            (0..(rng.next() % 300) as usize).map(|_| rng.next() as u8).collect()
+            (0..(rng.next_u64() % 300) as usize).map(|_| rng.next_u64() as u8).collect()
         } else {
             let mut bytes = good.clone();
-            for _ in 0..1 + rng.next() % 4 {
-                let at = (rng.next() as usize) % bytes.len();
-                bytes[at] ^= 1 << (rng.next() % 8);
+            for _ in 0..1 + rng.next_u64() % 4 {
+                let at = (rng.next_u64() as usize) % bytes.len();
+                bytes[at] ^= 1 << (rng.next_u64() % 8);
             }
             bytes
         };
         if round % 5 == 0 {
-            bytes.truncate((rng.next() as usize) % (bytes.len() + 1));
+            bytes.truncate((rng.next_u64() as usize) % (bytes.len() + 1));
         }
         let mut stream = TcpStream::connect(addr).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

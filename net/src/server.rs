@@ -401,30 +401,22 @@ impl Server {
             |i| shard_of_account(accounts[i].id, shards),
             shards,
         );
-        let mut codes = vec![CreateAccountResult::Ok as u32; accounts.len()];
-        for &i in &plan.cross_shard {
-            codes[i as usize] = CreateAccountResult::LinkedEventChainCrossShard as u32;
-        }
-        let mut answers = Vec::new();
-        for (shard, indices) in plan.per_shard.iter().enumerate().filter(|(_, v)| !v.is_empty()) {
-            let batch: Vec<Account> = indices.iter().map(|&i| accounts[i as usize]).collect();
-            answers.push((shard, write(router, shard, CommandBuf::CreateAccounts(batch)).await));
-        }
-        for (shard, answer) in answers {
-            match answer.await {
-                Ok(Ok(outcomes)) => match outcomes.first() {
-                    Some(Outcome::Accounts(results)) => {
-                        for (&i, result) in plan.per_shard[shard].iter().zip(results) {
-                            codes[i as usize] = *result as u32;
-                        }
-                    }
-                    other => panic!("shard {shard} answered create_accounts with {other:?}"),
-                },
-                Ok(Err(error)) => return shard_failed(shard, &error),
-                Err(_) => return unavailable(shard),
-            }
-        }
-        (status::OK, codes.len() as u32, bytemuck::cast_slice(&codes).to_vec())
+        let codes = apply_plan(
+            router,
+            accounts,
+            &plan,
+            CreateAccountResult::LinkedEventChainCrossShard as u32,
+            CommandBuf::CreateAccounts,
+            |outcome| match outcome {
+                Outcome::Accounts(results) => Some(results.iter().map(|r| *r as u32).collect()),
+                _ => None,
+            },
+        )
+        .await;
+        codes.map_or_else(
+            |reply| reply,
+            |codes| (status::OK, codes.len() as u32, bytemuck::cast_slice(&codes).to_vec()),
+        )
     }
 
     async fn create_transfers(&self, router: &Router, transfers: &[Transfer]) -> (u32, u32, Vec<u8>) {
@@ -440,35 +432,65 @@ impl Server {
         };
         let plan =
             plan(transfers.len(), |i| transfers[i].flags.contains(TransferFlags::LINKED), route, shards);
-        let mut codes = vec![CreateTransferResult::Ok as u32; transfers.len()];
-        for &i in &plan.cross_shard {
-            codes[i as usize] = CreateTransferResult::LinkedEventChainCrossShard as u32;
-        }
-        let mut answers = Vec::new();
-        for (shard, indices) in plan.per_shard.iter().enumerate().filter(|(_, v)| !v.is_empty()) {
-            let batch: Vec<Transfer> = if indices.len() == transfers.len() {
-                transfers.to_vec()
-            } else {
-                indices.iter().map(|&i| transfers[i as usize]).collect()
-            };
-            answers.push((shard, write(router, shard, CommandBuf::CreateTransfers(batch)).await));
-        }
-        for (shard, answer) in answers {
-            match answer.await {
-                Ok(Ok(outcomes)) => match outcomes.first() {
-                    Some(Outcome::Transfers(results)) => {
-                        for (&i, result) in plan.per_shard[shard].iter().zip(results) {
-                            codes[i as usize] = *result as u32;
-                        }
-                    }
-                    other => panic!("shard {shard} answered create_transfers with {other:?}"),
-                },
-                Ok(Err(error)) => return shard_failed(shard, &error),
-                Err(_) => return unavailable(shard),
-            }
-        }
-        (status::OK, codes.len() as u32, bytemuck::cast_slice(&codes).to_vec())
+        let codes = apply_plan(
+            router,
+            transfers,
+            &plan,
+            CreateTransferResult::LinkedEventChainCrossShard as u32,
+            CommandBuf::CreateTransfers,
+            |outcome| match outcome {
+                Outcome::Transfers(results) => Some(results.iter().map(|r| *r as u32).collect()),
+                _ => None,
+            },
+        )
+        .await;
+        codes.map_or_else(
+            |reply| reply,
+            |codes| (status::OK, codes.len() as u32, bytemuck::cast_slice(&codes).to_vec()),
+        )
     }
+}
+
+/// Writes each shard's part of a create request (all parts submitted before
+/// any is awaited) and assembles one result code per event in request order;
+/// events of refused cross-shard chains get `cross_shard_code`. `Err` is the
+/// request-level reply when a shard failed its part.
+async fn apply_plan<T: Copy>(
+    router: &Router,
+    events: &[T],
+    plan: &Plan,
+    cross_shard_code: u32,
+    command: fn(Vec<T>) -> CommandBuf,
+    codes_of: fn(&Outcome) -> Option<Vec<u32>>,
+) -> Result<Vec<u32>, (u32, u32, Vec<u8>)> {
+    let mut codes = vec![0u32; events.len()];
+    for &i in &plan.cross_shard {
+        codes[i as usize] = cross_shard_code;
+    }
+    let mut answers = Vec::new();
+    for (shard, indices) in plan.per_shard.iter().enumerate().filter(|(_, v)| !v.is_empty()) {
+        let batch: Vec<T> = if indices.len() == events.len() {
+            events.to_vec()
+        } else {
+            indices.iter().map(|&i| events[i as usize]).collect()
+        };
+        answers.push((shard, write(router, shard, command(batch)).await));
+    }
+    for (shard, answer) in answers {
+        match answer.await {
+            Ok(Ok(outcomes)) => {
+                let Some(results) = outcomes.first().and_then(codes_of) else {
+                    panic!("shard {shard} answered a create request with {:?}", outcomes.first());
+                };
+                for (&i, result) in plan.per_shard[shard].iter().zip(results) {
+                    codes[i as usize] = result;
+                }
+            }
+            Ok(Err(error)) => return Err(shard_failed(shard, &error)),
+            Err(_) => return Err(unavailable(shard)),
+        }
+    }
+    Ok(codes)
 }
 
 /// A reply being prepared: its bytes, and whether the connection closes after it.
@@ -628,20 +650,29 @@ async fn locate_pending(router: &Router, transfers: &[Transfer]) -> HashMap<u128
     if unknown.is_empty() {
         return located;
     }
-    let mut answers = Vec::new();
-    for shard in 0..shards {
-        let (reply, answer) = reply_channel();
-        submit(router, shard, Request::LookupTransfers { ids: unknown.clone(), reply }).await;
-        answers.push(answer);
-    }
-    for (shard, answer) in answers.into_iter().enumerate() {
-        for t in answer.await.unwrap_or_default() {
+    for (shard, found) in lookup_transfers_per_shard(router, &unknown).await.into_iter().enumerate() {
+        for t in found {
             if t.flags.contains(TransferFlags::PENDING) {
                 located.entry(t.id).or_insert(shard);
             }
         }
     }
     located
+}
+
+/// What every shard holds of `ids` (all asked before any answer is awaited), by shard.
+async fn lookup_transfers_per_shard(router: &Router, ids: &[u128]) -> Vec<Vec<Transfer>> {
+    let mut answers = Vec::new();
+    for shard in 0..router.shards() {
+        let (reply, answer) = reply_channel();
+        submit(router, shard, Request::LookupTransfers { ids: ids.to_vec(), reply }).await;
+        answers.push(answer);
+    }
+    let mut found = Vec::with_capacity(answers.len());
+    for answer in answers {
+        found.push(answer.await.unwrap_or_default());
+    }
+    found
 }
 
 /// Accounts found, in request order.
@@ -671,17 +702,9 @@ async fn lookup_accounts(router: &Router, ids: &[u128]) -> Vec<Account> {
 /// `molly_shards::cross::user_view`; a transfer whose cross-shard legs have
 /// not both settled (or failed) is not found.
 async fn lookup_transfers(router: &Router, ids: &[u128]) -> HashMap<u128, Transfer> {
-    let mut answers = Vec::new();
-    for shard in 0..router.shards() {
-        let (reply, answer) = reply_channel();
-        submit(router, shard, Request::LookupTransfers { ids: ids.to_vec(), reply }).await;
-        answers.push(answer);
-    }
     let mut legs: HashMap<u128, Vec<Transfer>> = HashMap::new();
-    for answer in answers {
-        for transfer in answer.await.unwrap_or_default() {
-            legs.entry(transfer.id).or_default().push(transfer);
-        }
+    for transfer in lookup_transfers_per_shard(router, ids).await.into_iter().flatten() {
+        legs.entry(transfer.id).or_default().push(transfer);
     }
     legs.into_iter()
         .filter_map(|(id, found)| molly_shards::cross::user_view(&found).map(|t| (id, t)))

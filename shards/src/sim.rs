@@ -29,12 +29,14 @@ use crate::metrics::ShardMetrics;
 use crate::runtime::{reply_channel, Answer, Request, WriteReply};
 use crate::shard::ShardCore;
 
-/// splitmix64: a small, well-known PRNG; the whole run follows from its seed.
+/// splitmix64: a small, well-known PRNG; the whole run follows from its
+/// seed (the state, `.0`). Shared with the shards' seeded tests.
 #[derive(Clone, Debug)]
-struct Prng(u64);
+pub struct Prng(pub u64);
 
 impl Prng {
-    fn next(&mut self) -> u64 {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -42,11 +44,13 @@ impl Prng {
         z ^ (z >> 31)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+    /// Uniform-ish in `0..n` (modulo bias is irrelevant at these sizes).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
     }
 
-    fn chance(&mut self, percent: u64) -> bool {
+    /// True with probability `percent`/100.
+    pub fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
     }
 }

@@ -23,32 +23,13 @@ use molly_shards::journal;
 use molly_shards::metrics::ShardMetrics;
 use molly_shards::runtime::{reply_channel, shard_for, Answer, Request, WriteReply};
 use molly_shards::shard::ShardCore;
+use molly_shards::sim::Prng;
 
 const GROUP_BYTES_MAX: usize = 8 << 20;
 const SHARDS: u32 = 2;
 
 fn config() -> Config {
     Config { accounts_max: 4096, transfers_max: 1_000_000, ..Config::default() }
-}
-
-/// splitmix64.
-#[derive(Clone, Debug)]
-struct Prng(u64);
-
-impl Prng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
 }
 
 /// What a crash does to the crashed shard's unsynced group and to the

@@ -74,12 +74,7 @@ fn eth_watch(args: EthWatchArgs) -> anyhow::Result<()> {
         anvil: args.anvil.or_else(|| std::env::var_os("MOLLY_ANVIL").map(PathBuf::from)),
     };
     let report = molly_chain_eth::bench::run(&config)?;
-    let text = serde_json::to_string_pretty(&report)?;
-    println!("{text}");
-    if let Some(path) = args.json {
-        std::fs::write(&path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
+    print_json(&report, args.json.as_deref())
 }
 
 #[derive(Debug, clap::Args)]
@@ -110,12 +105,7 @@ fn eth_sweep(args: EthSweepArgs) -> anyhow::Result<()> {
         contracts: args.contracts.or_else(|| std::env::var_os("MOLLY_ETH_CONTRACTS").map(PathBuf::from)),
     };
     let report = molly_chain_eth::bench_sweep::run(&config)?;
-    let text = serde_json::to_string_pretty(&report)?;
-    println!("{text}");
-    if let Some(path) = args.json {
-        std::fs::write(&path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
+    print_json(&report, args.json.as_deref())
 }
 
 #[derive(Debug, clap::Args)]
@@ -257,14 +247,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Command::EthSweep(args) => eth_sweep(args),
         Command::Signer { json, seconds } => {
             let report = molly_hsm_bridge::bench::run(seconds)?;
-            let text = serde_json::to_string_pretty(&report)?;
-            println!("{text}");
-            if let Some(path) = json {
-                std::fs::write(&path, text + "\n")?;
-            }
-            Ok(())
+            print_json(&report, json.as_deref())
         }
     }
+}
+
+/// Prints a report as JSON, and writes it to `path` when given.
+fn print_json(report: &impl serde::Serialize, path: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(report)?;
+    println!("{text}");
+    if let Some(path) = path {
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 pub(crate) fn progress_bar(total: u64, name: &str) -> indicatif::ProgressBar {
