@@ -226,8 +226,6 @@ fn start_server(dir: &Path, shards: Option<usize>) -> anyhow::Result<Started> {
         std::thread::sleep(Duration::from_millis(20));
     }
     println!("started molly serve --data-dir {} (pid {})", dir.display(), started.0.id());
-    std::thread::sleep(Duration::from_millis(50));
-    let _ = &mut started;
     Ok(started)
 }
 
