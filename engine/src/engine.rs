@@ -13,6 +13,7 @@ use crate::config::{Config, ConfigError};
 use crate::index::IdIndex;
 use crate::lists::SlotLists;
 use crate::result::{CreateAccountResult, CreateTransferResult};
+use crate::store::{Block, ColdBlock, TransferStore, BLOCK_TRANSFERS};
 use crate::types::{
     Account, AccountBalance, AccountFilter, AccountFilterFlags, AccountFlags, Transfer, TransferFlags,
 };
@@ -237,7 +238,7 @@ pub struct Engine {
     account_transfers: SlotLists,
     /// Per account slot: its balance after each change (`HISTORY` accounts only).
     account_balances: Vec<Vec<AccountBalance>>,
-    transfers: Vec<Transfer>,
+    transfers: TransferStore,
     transfer_index: IdIndex,
     transfer_states: Vec<TransferState>,
     /// Pending transfers with a timeout, by expiry time; stale entries are skipped.
@@ -277,7 +278,7 @@ impl Engine {
             // Every transfer is listed under both of its accounts.
             account_transfers: SlotLists::new(accounts_max, transfers_max * 2),
             account_balances: Vec::with_capacity(accounts_max),
-            transfers: Vec::with_capacity(transfers_max),
+            transfers: TransferStore::new(transfers_max),
             transfer_index: IdIndex::with_entries_max(transfers_max),
             transfer_states: Vec::with_capacity(transfers_max),
             expiries: BinaryHeap::new(),
@@ -310,8 +311,9 @@ impl Engine {
         &self.accounts
     }
 
-    /// Every transfer, in creation order.
-    pub fn transfers(&self) -> &[Transfer] {
+    /// Every transfer, in creation order (older ones may be read through
+    /// cold blocks: see [`TransferStore`]).
+    pub fn transfers(&self) -> &TransferStore {
         &self.transfers
     }
 
@@ -332,7 +334,7 @@ impl Engine {
     /// The slot of transfer `id`, if it exists.
     #[inline(always)]
     fn transfer_slot(&self, id: u128) -> Option<u32> {
-        self.transfer_index.get(id, |slot| self.transfers[slot as usize].id)
+        self.transfer_index.get(id, |slot| self.transfers.get(slot).id)
     }
 
     fn next_timestamp(&mut self) -> u64 {
@@ -437,9 +439,9 @@ impl Engine {
                 }
                 Undo::TransferCreated { slot, debit, credit } => {
                     assert_eq!(slot as usize, self.transfers.len() - 1);
-                    let transfer = self.transfers[slot as usize];
+                    let transfer = *self.transfers.get(slot);
                     let transfers = &self.transfers;
-                    self.transfer_index.remove(transfer.id, |s| transfers[s as usize].id);
+                    self.transfer_index.remove(transfer.id, |s| transfers.get(s).id);
                     self.transfers.pop();
                     self.transfer_states.pop();
                     // Pushed debit then credit: pop in reverse.
@@ -614,7 +616,7 @@ impl Engine {
             return R::IdMustNotBeIntMax;
         }
         if let Some(slot) = self.transfer_slot(t.id) {
-            return transfer_exists(t, &self.transfers[slot as usize]);
+            return transfer_exists(t, self.transfers.get(slot));
         }
 
         let phase = TransferFlags::PENDING | TransferFlags::POST_PENDING | TransferFlags::VOID_PENDING;
@@ -785,7 +787,7 @@ impl Engine {
         let Some(p_slot) = self.transfer_slot(t.pending_id) else {
             return R::PendingTransferNotFound;
         };
-        let p = self.transfers[p_slot as usize];
+        let p = *self.transfers.get(p_slot);
         if !p.flags.contains(TransferFlags::PENDING) {
             return R::PendingTransferNotPending;
         }
@@ -954,12 +956,12 @@ impl Engine {
             let live = (slot as usize) < self.transfers.len()
                 && self.transfer_states[slot as usize] == TransferState::Pending
                 && {
-                    let p = &self.transfers[slot as usize];
+                    let p = self.transfers.get(slot);
                     p.timestamp + u64::from(p.timeout) * NS_PER_S == expires_at
                 };
             if live {
                 self.expire(slot);
-                expired.push(self.transfers[slot as usize].id);
+                expired.push(self.transfers.get(slot).id);
             }
         }
     }
@@ -971,7 +973,7 @@ impl Engine {
     }
 
     fn expire(&mut self, slot: u32) {
-        let p = self.transfers[slot as usize];
+        let p = *self.transfers.get(slot);
         let dr_slot = self.account_slot(p.debit_account_id).expect("pending debit account");
         let cr_slot = self.account_slot(p.credit_account_id).expect("pending credit account");
         let timestamp = self.next_timestamp();
@@ -1005,7 +1007,7 @@ impl Engine {
             ids.iter()
                 .filter(|&&id| id != 0)
                 .filter_map(|&id| self.transfer_slot(id))
-                .map(|slot| self.transfers[slot as usize]),
+                .map(|slot| *self.transfers.get(slot)),
         );
         Ok(())
     }
@@ -1047,7 +1049,7 @@ impl Engine {
         };
         let limit = filter.limit.min(self.config.query_results_max) as usize;
         let lists = &self.account_transfers;
-        let timestamp = |s: u32| self.transfers[s as usize].timestamp;
+        let timestamp = |s: u32| self.transfers.get(s).timestamp;
         let max = if filter.timestamp_max == 0 { u64::MAX } else { filter.timestamp_max };
         let start = lists.partition_point(slot, |s| timestamp(s) < filter.timestamp_min);
         let end = lists.partition_point(slot, |s| timestamp(s) <= max).max(start);
@@ -1061,7 +1063,7 @@ impl Engine {
                 && (filter.user_data_32 == 0 || t.user_data_32 == filter.user_data_32)
                 && (filter.code == 0 || t.code == filter.code)
         };
-        let slots = (start..end).map(|i| &self.transfers[lists.get(slot, i) as usize]);
+        let slots = (start..end).map(|i| self.transfers.get(lists.get(slot, i)));
         if filter.flags.contains(AccountFilterFlags::REVERSED) {
             out.extend(slots.rev().filter(matches).take(limit).copied());
         } else {
@@ -1098,7 +1100,7 @@ impl Engine {
     /// Servers and benchmarks call it once after `new`; it changes no state.
     pub fn prefault(&mut self) {
         crate::prefault::spare_capacity(&mut self.accounts);
-        crate::prefault::spare_capacity(&mut self.transfers);
+        self.transfers.prefault();
         crate::prefault::spare_capacity(&mut self.transfer_states);
         self.account_index.prefault();
         self.transfer_index.prefault();
@@ -1113,15 +1115,9 @@ impl Engine {
     pub fn export(&self) -> EngineState {
         EngineState {
             accounts: self.accounts.clone(),
-            transfers: self.transfers.clone(),
+            transfers: self.transfers.to_vec(),
             transfer_states: self.transfer_states.iter().map(|s| *s as u8).collect(),
-            balances: self
-                .account_balances
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| !b.is_empty())
-                .map(|(slot, b)| (slot as u32, b.clone()))
-                .collect(),
+            balances: self.export_balances(),
             clock_ns: self.clock_ns,
             timestamp_last: self.timestamp_last,
         }
@@ -1131,16 +1127,29 @@ impl Engine {
     /// and refuses a state that breaks any limit or invariant (a snapshot
     /// that passed its checksum but is still wrong never becomes balances).
     pub fn import(config: Config, state: EngineState) -> Result<Self, ImportError> {
+        let mut importer = Self::importer(config, state.accounts, state.transfer_states)?;
+        let mut blocks = state.transfers.chunks_exact(BLOCK_TRANSFERS);
+        for block in blocks.by_ref() {
+            importer.block(Block::Memory(std::sync::Arc::new(block.to_vec())), block)?;
+        }
+        importer.tail(blocks.remainder())?;
+        importer.finish(state.balances, state.clock_ns, state.timestamp_last)
+    }
+
+    /// Starts rebuilding an engine from a snapshot, block by block (see
+    /// [`Importer`]): the accounts, and one state per transfer to come.
+    pub fn importer(
+        config: Config,
+        accounts: Vec<Account>,
+        transfer_states: Vec<u8>,
+    ) -> Result<Importer, ImportError> {
         let mut engine = Self::new(config)?;
-        if state.accounts.len() > engine.config.accounts_max as usize
-            || state.transfers.len() > engine.config.transfers_max as usize
+        if accounts.len() > engine.config.accounts_max as usize
+            || transfer_states.len() > engine.config.transfers_max as usize
         {
             return Err(ImportError::OverLimits);
         }
-        if state.transfer_states.len() != state.transfers.len() {
-            return Err(ImportError::Malformed("one state per transfer"));
-        }
-        for (slot, account) in state.accounts.iter().enumerate() {
+        for (slot, account) in accounts.iter().enumerate() {
             if account.id == 0 || account.id == u128::MAX || engine.account_slot(account.id).is_some() {
                 return Err(ImportError::Malformed("account ids are valid and unique"));
             }
@@ -1149,56 +1158,68 @@ impl Engine {
             engine.account_transfers.push_list();
             engine.account_balances.push(Vec::new());
         }
-        for (slot, (transfer, &state_byte)) in state.transfers.iter().zip(&state.transfer_states).enumerate()
-        {
-            let transfer_state = match state_byte {
+        let mut states = Vec::with_capacity(engine.config.transfers_max as usize);
+        for &byte in &transfer_states {
+            states.push(match byte {
                 0 => TransferState::Final,
                 1 => TransferState::Pending,
                 2 => TransferState::Posted,
                 3 => TransferState::Voided,
                 4 => TransferState::Expired,
                 _ => return Err(ImportError::Malformed("transfer states are 0..=4")),
-            };
-            let pending = transfer.flags.contains(TransferFlags::PENDING);
-            if pending == (transfer_state == TransferState::Final) {
-                return Err(ImportError::Malformed("only pending transfers have a pending state"));
-            }
-            if transfer.id == 0 || transfer.id == u128::MAX || engine.transfer_slot(transfer.id).is_some() {
-                return Err(ImportError::Malformed("transfer ids are valid and unique"));
-            }
-            let (Some(dr), Some(cr)) = (
-                engine.account_slot(transfer.debit_account_id),
-                engine.account_slot(transfer.credit_account_id),
-            ) else {
-                return Err(ImportError::Malformed("transfers name existing accounts"));
-            };
-            engine.transfers.push(*transfer);
-            engine.transfer_states.push(transfer_state);
-            engine.transfer_index.insert_new(transfer.id, slot as u32);
-            engine.account_transfers.push(dr, slot as u32);
-            engine.account_transfers.push(cr, slot as u32);
-            if transfer_state == TransferState::Pending && transfer.timeout != 0 {
-                let expires_at = transfer
-                    .timestamp
-                    .checked_add(u64::from(transfer.timeout) * NS_PER_S)
-                    .ok_or(ImportError::Malformed("pending timeouts fit in u64"))?;
-                engine.expiries.push(Reverse((expires_at, slot as u32)));
-            }
+            });
         }
-        for (slot, balances) in state.balances {
-            let account =
-                engine.accounts.get(slot as usize).ok_or(ImportError::Malformed("balances name accounts"))?;
-            if !account.flags.contains(AccountFlags::HISTORY)
-                || !balances.windows(2).all(|w| w[0].timestamp < w[1].timestamp)
-            {
-                return Err(ImportError::Malformed("balance history belongs to history accounts, in order"));
-            }
-            engine.account_balances[slot as usize] = balances;
+        Ok(Importer { engine, states, pending: BTreeMap::new(), timestamp_last: 0 })
+    }
+
+    /// Records that full block `block` is also held, durably, by `cold`, so
+    /// [`Engine::evict_transfers`] may drop it from memory (see
+    /// [`TransferStore::attach`]).
+    pub fn attach_cold(&mut self, block: usize, cold: std::sync::Arc<dyn ColdBlock>) {
+        self.transfers.attach(block, cold);
+    }
+
+    /// Drops from memory the full transfer blocks that have a cold copy,
+    /// except the newest `keep`; returns how many were dropped.
+    pub fn evict_transfers(&mut self, keep: usize) -> usize {
+        self.transfers.evict(keep)
+    }
+
+    /// What a snapshot needs, taken between batches without copying the
+    /// transfer history: the full blocks from `from_block` on are shared
+    /// (they never change), the rest (accounts, states, balance history, the
+    /// tail block) is copied.
+    pub fn snapshot_parts(&self, from_block: usize) -> SnapshotParts {
+        assert!(!self.chain_active);
+        SnapshotParts {
+            accounts: self.accounts.clone(),
+            first_block: from_block,
+            blocks: self.transfers.blocks()[from_block..].to_vec(),
+            tail: self.transfers.tail().to_vec(),
+            transfer_states: self.transfer_states.iter().map(|s| *s as u8).collect(),
+            balances: self.export_balances(),
+            clock_ns: self.clock_ns,
+            timestamp_last: self.timestamp_last,
         }
-        engine.clock_ns = state.clock_ns.min(CLOCK_NS_MAX);
-        engine.timestamp_last = state.timestamp_last;
-        engine.check_invariants().map_err(ImportError::Invariant)?;
-        Ok(engine)
+    }
+
+    fn export_balances(&self) -> Vec<(u32, Vec<AccountBalance>)> {
+        self.account_balances
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| !b.is_empty())
+            .map(|(slot, b)| (slot as u32, b.clone()))
+            .collect()
+    }
+
+    /// The pending transfers still holding their reservation, in slot order
+    /// (reads only those records).
+    pub fn pending_transfers(&self) -> impl Iterator<Item = &Transfer> + '_ {
+        self.transfer_states
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| **s == TransferState::Pending)
+            .map(|(slot, _)| self.transfers.get(slot as u32))
     }
 
     // ------------------------------------------------------------------
@@ -1218,11 +1239,35 @@ impl Engine {
         totals
     }
 
-    /// Checks every global invariant (O(accounts + transfers)): per ledger,
-    /// debits equal credits, posted and pending; open pending transfers add
-    /// up to the pending balances; no account crosses its flag's limit;
-    /// timestamps strictly increase; indexes agree with the records.
+    /// Checks every global invariant (O(accounts + transfers), reading every
+    /// record, cold ones too): per ledger, debits equal credits, posted and
+    /// pending; open pending transfers add up to the pending balances; no
+    /// account crosses its flag's limit; timestamps strictly increase;
+    /// indexes agree with the records.
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
+        let mut open: BTreeMap<u32, u128> = BTreeMap::new();
+        for t in self.pending_transfers() {
+            let sum = open.entry(t.ledger).or_default();
+            *sum = sum.wrapping_add(t.amount);
+        }
+        self.check_accounts(&open)?;
+        let stamps: Vec<u64> = self.transfers.iter().map(|t| t.timestamp).collect();
+        if let Some(slot) = stamps.windows(2).position(|w| w[0] >= w[1]) {
+            return Err(InvariantViolation::TimestampOrder { kind: "transfer", slot: slot + 1 });
+        }
+        if stamps.last().is_some_and(|&last| last > self.timestamp_last) {
+            return Err(InvariantViolation::TimestampOrder { kind: "transfer", slot: stamps.len() - 1 });
+        }
+        if self.transfer_index.len() != self.transfers.len()
+            || self.transfers.iter().enumerate().any(|(i, t)| self.transfer_slot(t.id) != Some(i as u32))
+        {
+            return Err(InvariantViolation::Index("transfer"));
+        }
+        Ok(())
+    }
+
+    /// The invariants over accounts, given the open pending amount per ledger.
+    fn check_accounts(&self, open: &BTreeMap<u32, u128>) -> Result<(), InvariantViolation> {
         let totals = self.ledger_totals();
         for (&ledger, t) in &totals {
             if t.debits_posted != t.credits_posted {
@@ -1240,13 +1285,6 @@ impl Engine {
                 });
             }
         }
-        let mut open: BTreeMap<u32, u128> = BTreeMap::new();
-        for (t, state) in self.transfers.iter().zip(&self.transfer_states) {
-            if *state == TransferState::Pending {
-                let sum = open.entry(t.ledger).or_default();
-                *sum = sum.wrapping_add(t.amount);
-            }
-        }
         for (&ledger, t) in &totals {
             let transfers = open.get(&ledger).copied().unwrap_or(0);
             if transfers != t.debits_pending {
@@ -1262,28 +1300,173 @@ impl Engine {
                 return Err(InvariantViolation::LimitCrossed { id: a.id });
             }
         }
-        for (kind, stamps) in [
-            ("account", self.accounts.iter().map(|a| a.timestamp).collect::<Vec<_>>()),
-            ("transfer", self.transfers.iter().map(|t| t.timestamp).collect()),
-        ] {
-            if let Some(slot) = stamps.windows(2).position(|w| w[0] >= w[1]) {
-                return Err(InvariantViolation::TimestampOrder { kind, slot: slot + 1 });
-            }
-            if stamps.last().is_some_and(|&last| last > self.timestamp_last) {
-                return Err(InvariantViolation::TimestampOrder { kind, slot: stamps.len() - 1 });
-            }
+        if let Some(slot) = self.accounts.windows(2).position(|w| w[0].timestamp >= w[1].timestamp) {
+            return Err(InvariantViolation::TimestampOrder { kind: "account", slot: slot + 1 });
+        }
+        if self.accounts.last().is_some_and(|a| a.timestamp > self.timestamp_last) {
+            return Err(InvariantViolation::TimestampOrder {
+                kind: "account",
+                slot: self.accounts.len() - 1,
+            });
         }
         if self.account_index.len() != self.accounts.len()
             || self.accounts.iter().enumerate().any(|(i, a)| self.account_slot(a.id) != Some(i as u32))
         {
             return Err(InvariantViolation::Index("account"));
         }
-        if self.transfer_index.len() != self.transfers.len()
-            || self.transfers.iter().enumerate().any(|(i, t)| self.transfer_slot(t.id) != Some(i as u32))
+        Ok(())
+    }
+}
+
+/// What a snapshot holds, as [`Engine::snapshot_parts`] takes it.
+#[derive(Debug)]
+pub struct SnapshotParts {
+    /// Every account.
+    pub accounts: Vec<Account>,
+    /// The index of the first block in `blocks`.
+    pub first_block: usize,
+    /// Full transfer blocks from `first_block` on, shared.
+    pub blocks: Vec<Block>,
+    /// The records of the block being filled.
+    pub tail: Vec<Transfer>,
+    /// One [`TransferState`] (as u8) per transfer, all of them.
+    pub transfer_states: Vec<u8>,
+    /// Balance history of `history` accounts: (account slot, points).
+    pub balances: Vec<(u32, Vec<AccountBalance>)>,
+    /// Logical time.
+    pub clock_ns: u64,
+    /// The last timestamp given.
+    pub timestamp_last: u64,
+}
+
+/// Rebuilds an engine from a snapshot one full block at a time, then the
+/// tail ([`Engine::importer`] → [`Importer::block`]… → [`Importer::tail`] →
+/// [`Importer::finish`]). Each block comes with its records as the host read
+/// and checked them: the indexes are built from those, so a cold block's own
+/// copy (a mapped file, say) is not read. Every check of [`Engine::import`]
+/// holds: a state that breaks a limit or an invariant is refused.
+pub struct Importer {
+    engine: Engine,
+    states: Vec<TransferState>,
+    /// Per ledger: the open pending amount (mod 2^128).
+    pending: BTreeMap<u32, u128>,
+    /// The newest transfer timestamp seen.
+    timestamp_last: u64,
+}
+
+impl core::fmt::Debug for Importer {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Importer").field("transfers", &self.engine.transfers.len()).finish()
+    }
+}
+
+impl Importer {
+    /// Adds the next full block; `records` are its records (for a memory
+    /// block, the same ones).
+    pub fn block(&mut self, block: Block, records: &[Transfer]) -> Result<(), ImportError> {
+        let first = self.engine.transfers.len();
+        if records.len() != BLOCK_TRANSFERS
+            || block.records().len() != BLOCK_TRANSFERS
+            || !self.engine.transfers.tail().is_empty()
         {
-            return Err(InvariantViolation::Index("transfer"));
+            return Err(ImportError::Malformed("full transfer blocks come before the tail"));
+        }
+        if first + BLOCK_TRANSFERS > self.states.len() {
+            return Err(ImportError::Malformed("one state per transfer"));
+        }
+        self.engine.transfers.push_block(block);
+        for (i, t) in records.iter().enumerate() {
+            self.index((first + i) as u32, t)?;
         }
         Ok(())
+    }
+
+    /// Adds the records of the block being filled (fewer than a block).
+    pub fn tail(&mut self, records: &[Transfer]) -> Result<(), ImportError> {
+        if records.len() >= BLOCK_TRANSFERS || self.engine.transfers.len() + records.len() > self.states.len()
+        {
+            return Err(ImportError::Malformed("one state per transfer"));
+        }
+        for t in records {
+            let slot = self.engine.transfers.len() as u32;
+            self.engine.transfers.push(*t);
+            self.index(slot, t)?;
+        }
+        Ok(())
+    }
+
+    fn index(&mut self, slot: u32, transfer: &Transfer) -> Result<(), ImportError> {
+        let engine = &mut self.engine;
+        let state = self.states[slot as usize];
+        let pending = transfer.flags.contains(TransferFlags::PENDING);
+        if pending == (state == TransferState::Final) {
+            return Err(ImportError::Malformed("only pending transfers have a pending state"));
+        }
+        if transfer.id == 0 || transfer.id == u128::MAX || engine.transfer_slot(transfer.id).is_some() {
+            return Err(ImportError::Malformed("transfer ids are valid and unique"));
+        }
+        if transfer.timestamp <= self.timestamp_last {
+            return Err(ImportError::Invariant(InvariantViolation::TimestampOrder {
+                kind: "transfer",
+                slot: slot as usize,
+            }));
+        }
+        self.timestamp_last = transfer.timestamp;
+        let (Some(dr), Some(cr)) =
+            (engine.account_slot(transfer.debit_account_id), engine.account_slot(transfer.credit_account_id))
+        else {
+            return Err(ImportError::Malformed("transfers name existing accounts"));
+        };
+        engine.transfer_states.push(state);
+        engine.transfer_index.insert_new(transfer.id, slot);
+        engine.account_transfers.push(dr, slot);
+        engine.account_transfers.push(cr, slot);
+        if state == TransferState::Pending {
+            let sum = self.pending.entry(transfer.ledger).or_default();
+            *sum = sum.wrapping_add(transfer.amount);
+            if transfer.timeout != 0 {
+                let expires_at = transfer
+                    .timestamp
+                    .checked_add(u64::from(transfer.timeout) * NS_PER_S)
+                    .ok_or(ImportError::Malformed("pending timeouts fit in u64"))?;
+                engine.expiries.push(Reverse((expires_at, slot)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the balance history and the clock, checks every invariant, and
+    /// returns the engine.
+    pub fn finish(
+        self,
+        balances: Vec<(u32, Vec<AccountBalance>)>,
+        clock_ns: u64,
+        timestamp_last: u64,
+    ) -> Result<Engine, ImportError> {
+        let Importer { mut engine, states, pending, timestamp_last: transfers_last } = self;
+        if engine.transfers.len() != states.len() {
+            return Err(ImportError::Malformed("one state per transfer"));
+        }
+        for (slot, balances) in balances {
+            let account =
+                engine.accounts.get(slot as usize).ok_or(ImportError::Malformed("balances name accounts"))?;
+            if !account.flags.contains(AccountFlags::HISTORY)
+                || !balances.windows(2).all(|w| w[0].timestamp < w[1].timestamp)
+            {
+                return Err(ImportError::Malformed("balance history belongs to history accounts, in order"));
+            }
+            engine.account_balances[slot as usize] = balances;
+        }
+        engine.clock_ns = clock_ns.min(CLOCK_NS_MAX);
+        engine.timestamp_last = timestamp_last;
+        if transfers_last > timestamp_last {
+            return Err(ImportError::Invariant(InvariantViolation::TimestampOrder {
+                kind: "transfer",
+                slot: engine.transfers.len() - 1,
+            }));
+        }
+        engine.check_accounts(&pending).map_err(ImportError::Invariant)?;
+        Ok(engine)
     }
 }
 

@@ -70,16 +70,18 @@ mod index;
 mod lists;
 mod prefault;
 pub mod result;
+pub mod store;
 pub mod types;
 
 pub use asset::{Asset, AssetError, AssetRegistry, Chain};
 pub use config::{Config, ConfigError};
 pub use engine::{
-    BatchError, Engine, EngineState, ImportError, InvariantViolation, LedgerTotals, QueryError,
-    TransferState, CLOCK_NS_MAX,
+    BatchError, Engine, EngineState, ImportError, Importer, InvariantViolation, LedgerTotals, QueryError,
+    SnapshotParts, TransferState, CLOCK_NS_MAX,
 };
 pub use index::IdIndex;
 pub use result::{CreateAccountResult, CreateTransferResult};
+pub use store::{Block, ColdBlock, TransferStore, BLOCK_TRANSFERS};
 pub use types::{
     Account, AccountBalance, AccountCode, AccountFilter, AccountFilterFlags, AccountFlags, Transfer,
     TransferCode, TransferFlags,

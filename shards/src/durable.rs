@@ -217,6 +217,9 @@ pub struct Recovered {
     pub file: File,
     /// Its path.
     pub path: PathBuf,
+    /// The transfer segments the loaded snapshot names (the history before
+    /// its tail), for the next snapshot to extend.
+    pub segments: Vec<crate::snapshot::SegmentRef>,
     /// What recovery did.
     pub report: RecoveryReport,
 }
@@ -253,12 +256,13 @@ pub fn recover_shard(
     let batch_events_max = config.batch_events_max as usize;
     let body_len_max = (batch_events_max * journal::RECORD_SIZE) as u32;
     let loaded = crate::snapshot::load_newest(dir, &config);
-    let (mut engine, start, snapshot, intents) = match loaded.used {
-        Some((engine, position, path, intents)) => (engine, position, Some(path), intents),
+    let (mut engine, start, snapshot, intents, segments) = match loaded.used {
+        Some((loaded, path)) => (loaded.engine, loaded.position, Some(path), loaded.intents, loaded.segments),
         None => (
             Engine::new(config)?,
             crate::snapshot::Position { next_sequence: 1, journal_offset: 0 },
             None,
+            Vec::new(),
             Vec::new(),
         ),
     };
@@ -304,6 +308,7 @@ pub fn recover_shard(
         writer: JournalWriter::new(scan.valid_end, scan.next_sequence, group_bytes_max, batch_events_max),
         file,
         path,
+        segments,
         report: RecoveryReport {
             snapshot,
             snapshots_skipped: loaded.skipped,
@@ -322,14 +327,16 @@ pub struct DurableLedger {
     writer: JournalWriter,
     file: File,
     path: PathBuf,
+    segments: Vec<crate::snapshot::SegmentRef>,
     recovery: RecoveryReport,
 }
 
 impl DurableLedger {
     /// Opens (or creates) the ledger in `dir`: see [`recover`].
     pub fn open(dir: &Path, config: Config, group_bytes_max: usize) -> Result<Self, DurableError> {
-        let Recovered { engine, cross, writer, file, path, report } = recover(dir, config, group_bytes_max)?;
-        Ok(Self { engine, cross, writer, file, path, recovery: report })
+        let Recovered { engine, cross, writer, file, path, segments, report } =
+            recover(dir, config, group_bytes_max)?;
+        Ok(Self { engine, cross, writer, file, path, segments, recovery: report })
     }
 
     /// The engine, for queries.
@@ -343,10 +350,25 @@ impl DurableLedger {
     }
 
     /// Writes a snapshot of the engine at the journal's current position
-    /// (recovery then replays only what follows it).
-    pub fn snapshot(&self) -> Result<PathBuf, DurableError> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        Ok(crate::snapshot::write(dir, self.writer.position(), &self.engine.export(), &[])?)
+    /// (recovery then replays only what follows it): the full transfer
+    /// blocks not yet in a segment go into a new one, and every block with a
+    /// durable copy but the newest `keep_in_memory` leaves memory.
+    pub fn snapshot(&mut self, keep_in_memory: usize) -> Result<PathBuf, DurableError> {
+        let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let job = crate::snapshot::SnapshotJob {
+            dir,
+            position: self.writer.position(),
+            parts: self.engine.snapshot_parts(crate::snapshot::segment_blocks(&self.segments)),
+            intents: self.cross.export(),
+            segments: self.segments.clone(),
+        };
+        let done = crate::snapshot::write(job)?;
+        for (block, cold) in done.cold {
+            self.engine.attach_cold(block, cold);
+        }
+        self.engine.evict_transfers(keep_in_memory);
+        self.segments = done.segments;
+        Ok(done.path)
     }
 
     /// The sequence the next journal entry gets.

@@ -32,8 +32,14 @@ pub struct ShardMetrics {
     pub recovery_seconds: Gauge,
     /// Snapshots written.
     pub snapshots: IntCounter,
-    /// How long the last snapshot took.
+    /// How long the last snapshot took to write (off the shard's thread).
     pub snapshot_seconds: Gauge,
+    /// How long the shard stopped to take the last snapshot's state.
+    pub snapshot_capture_seconds: Gauge,
+    /// Full transfer blocks held in memory.
+    pub transfer_blocks_memory: IntGauge,
+    /// Full transfer blocks evicted to segment files.
+    pub transfer_blocks_cold: IntGauge,
 }
 
 impl ShardMetrics {
@@ -77,7 +83,22 @@ impl ShardMetrics {
             snapshots: counter("molly_snapshots_total", "Snapshots written."),
             snapshot_seconds: Gauge::with_opts(opts(
                 "molly_snapshot_seconds",
-                "How long the last snapshot took.",
+                "How long the last snapshot took to write (on a background thread).",
+            ))
+            .expect("valid gauge"),
+            snapshot_capture_seconds: Gauge::with_opts(opts(
+                "molly_snapshot_capture_seconds",
+                "How long the shard stopped to take the last snapshot's state.",
+            ))
+            .expect("valid gauge"),
+            transfer_blocks_memory: IntGauge::with_opts(opts(
+                "molly_transfer_blocks_memory",
+                "Full 8 MiB transfer blocks held in memory.",
+            ))
+            .expect("valid gauge"),
+            transfer_blocks_cold: IntGauge::with_opts(opts(
+                "molly_transfer_blocks_cold",
+                "Full 8 MiB transfer blocks evicted to segment files (read through a mapping).",
             ))
             .expect("valid gauge"),
         }
@@ -96,6 +117,9 @@ impl ShardMetrics {
         registry.register(Box::new(self.recovery_seconds.clone()))?;
         registry.register(Box::new(self.snapshots.clone()))?;
         registry.register(Box::new(self.snapshot_seconds.clone()))?;
+        registry.register(Box::new(self.snapshot_capture_seconds.clone()))?;
+        registry.register(Box::new(self.transfer_blocks_memory.clone()))?;
+        registry.register(Box::new(self.transfer_blocks_cold.clone()))?;
         Ok(())
     }
 

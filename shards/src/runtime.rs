@@ -20,7 +20,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -35,6 +35,7 @@ use crate::durable::{recover_shard, DurableError, Outcome, RecoveryReport};
 use crate::journal::CommandBuf;
 use crate::metrics::ShardMetrics;
 use crate::shard::ShardCore;
+use crate::snapshot::{SnapshotDone, SnapshotError};
 
 /// Runtime settings (every one has a default; see `molly serve --help`).
 #[derive(Clone, Debug)]
@@ -56,7 +57,14 @@ pub struct RuntimeConfig {
     /// Touch the engine's reserved memory at start (see `Engine::prefault`).
     pub prefault: bool,
     /// Write a snapshot after this many journal bytes (0: only at shutdown).
+    /// Snapshots are incremental (new transfer blocks go to a segment file)
+    /// and written on a background thread.
     pub snapshot_every_bytes: u64,
+    /// Transfers kept in memory per shard once they are durable in a
+    /// segment file (rounded up to whole 65,536-transfer blocks); older ones
+    /// are read back through a read-only mapping. The transfers written
+    /// since the last snapshot are always in memory too.
+    pub transfers_in_memory: usize,
     /// Messages queued per ordered pair of shards (cross-shard legs and
     /// answers; one message carries up to `engine.batch_events_max` legs).
     pub ring_depth: usize,
@@ -118,8 +126,14 @@ impl Router {
 /// Default messages per ring: 64 (each up to a full batch of legs).
 pub const RING_DEPTH_DEFAULT: usize = 64;
 
-/// Default journal bytes between snapshots: 1 GiB.
-pub const SNAPSHOT_EVERY_BYTES_DEFAULT: u64 = 1 << 30;
+/// Default journal bytes between snapshots: 256 MiB (a snapshot writes
+/// the transfer blocks filled since the last one, so this also bounds the
+/// history held in memory before it can be evicted).
+pub const SNAPSHOT_EVERY_BYTES_DEFAULT: u64 = 256 << 20;
+
+/// Default transfers kept in memory per shard once durable in a segment.
+pub const TRANSFERS_IN_MEMORY_DEFAULT: usize =
+    crate::shard::BLOCKS_IN_MEMORY_DEFAULT * molly_engine::BLOCK_TRANSFERS;
 
 impl RuntimeConfig {
     /// Defaults for `data_dir`.
@@ -134,6 +148,7 @@ impl RuntimeConfig {
             idle_sleep: Duration::from_micros(50),
             prefault: false,
             snapshot_every_bytes: SNAPSHOT_EVERY_BYTES_DEFAULT,
+            transfers_in_memory: TRANSFERS_IN_MEMORY_DEFAULT,
             task: None,
             ring_depth: RING_DEPTH_DEFAULT,
             intents_max: crate::shard::INTENTS_MAX_DEFAULT,
@@ -342,6 +357,7 @@ impl Runtime {
                 idle_sleep: config.idle_sleep,
                 prefault: config.prefault,
                 snapshot_every_bytes: config.snapshot_every_bytes,
+                blocks_in_memory: config.transfers_in_memory.div_ceil(molly_engine::BLOCK_TRANSFERS),
                 inbox: inbox.clone(),
                 stop: stop.clone(),
                 metrics: metrics.clone(),
@@ -498,6 +514,7 @@ struct ShardContext {
     idle_sleep: Duration,
     prefault: bool,
     snapshot_every_bytes: u64,
+    blocks_in_memory: usize,
     inbox: Arc<ArrayQueue<Request>>,
     stop: Arc<AtomicBool>,
     metrics: Arc<ShardMetrics>,
@@ -529,8 +546,10 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
     drop(recovered.file);
     let mut core =
         ShardCore::new(shard, context.shards, recovered.engine, recovered.writer, context.metrics.clone())
+            .with_segments(recovered.segments)
             .with_cross(recovered.cross);
     core.set_intents_max(context.intents_max);
+    core.set_blocks_in_memory(context.blocks_in_memory);
     if context.prefault {
         core.prefault();
     }
@@ -551,9 +570,11 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
     }
 
     let mut bytes_since_snapshot = 0u64;
+    let mut snapshots = Snapshots::default();
     let mut carry: Option<Request> = None;
     let mut rings = Rings::new(context.shards as usize);
     loop {
+        snapshots.poll(&mut core);
         // Take everything waiting that fits one group: peers' messages first
         // (they finish work already started), then callers' requests.
         rings.receive(&mut core, &context.rings_in, now_ns());
@@ -590,11 +611,11 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
                 core.durable();
                 rings.send(&mut core, &context.rings_out);
                 bytes_since_snapshot += bytes as u64;
-                if context.snapshot_every_bytes > 0 && bytes_since_snapshot >= context.snapshot_every_bytes {
-                    // A failed snapshot only costs recovery time: the journal has everything.
-                    if core.snapshot(&context.dir).is_ok() {
-                        bytes_since_snapshot = 0;
-                    }
+                if context.snapshot_every_bytes > 0
+                    && bytes_since_snapshot >= context.snapshot_every_bytes
+                    && snapshots.start(&mut core, &context.dir, shard)
+                {
+                    bytes_since_snapshot = 0;
                 }
             }
             Err(reason) => core.write_failed(format!("journal {}: {reason}", path.display())),
@@ -602,9 +623,78 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
     }
     context.states[shard].store(EXITED, Ordering::SeqCst);
     let _ = file.close().await;
+    snapshots.wait(&mut core);
     if !core.failed() {
         // A clean stop leaves a snapshot at the journal's end: the next start replays nothing.
         let _ = core.snapshot(&context.dir);
+    }
+}
+
+/// The snapshot being written on a background thread, if any: the shard
+/// takes its state between groups ([`ShardCore::snapshot_start`], cheap),
+/// a thread writes it, and the shard takes the outcome back when it is
+/// done. A failed snapshot only costs recovery time: the journal has
+/// everything, and the next one writes the same blocks again.
+#[derive(Default)]
+struct Snapshots {
+    running: Option<Receiver<(Result<SnapshotDone, SnapshotError>, f64)>>,
+}
+
+impl Snapshots {
+    /// Starts a snapshot unless one is running; true if it started.
+    fn start(&mut self, core: &mut ShardCore, dir: &std::path::Path, shard: usize) -> bool {
+        if self.running.is_some() {
+            return false;
+        }
+        let Some(job) = core.snapshot_start(dir) else {
+            return false;
+        };
+        let (done_tx, done_rx) = sync_channel(1);
+        let spawned = std::thread::Builder::new().name(format!("molly-snapshot-{shard}")).spawn(move || {
+            let started = Instant::now();
+            let outcome = crate::snapshot::write(job);
+            let _ = done_tx.send((outcome, started.elapsed().as_secs_f64()));
+        });
+        match spawned {
+            Ok(_) => {
+                self.running = Some(done_rx);
+                true
+            }
+            Err(error) => {
+                let failed = SnapshotError::Io {
+                    path: dir.to_path_buf(),
+                    what: "starting the snapshot thread",
+                    source: error,
+                };
+                let _ = core.snapshot_finished(Err(failed), 0.0);
+                false
+            }
+        }
+    }
+
+    /// Hands a finished snapshot's outcome to the core.
+    fn poll(&mut self, core: &mut ShardCore) {
+        if let Some(running) = &self.running {
+            match running.try_recv() {
+                Ok((outcome, seconds)) => {
+                    self.running = None;
+                    let _ = core.snapshot_finished(outcome, seconds);
+                }
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => {
+                    self.running = None;
+                    let _ = core.snapshot_finished(Err(SnapshotError::Busy), 0.0);
+                }
+            }
+        }
+    }
+
+    /// Waits for a running snapshot (at shutdown).
+    fn wait(&mut self, core: &mut ShardCore) {
+        if let Some(running) = self.running.take() {
+            let (outcome, seconds) = running.recv().unwrap_or((Err(SnapshotError::Busy), 0.0));
+            let _ = core.snapshot_finished(outcome, seconds);
+        }
     }
 }
 

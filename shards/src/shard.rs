@@ -32,10 +32,14 @@ use crate::durable::{JournalWriter, Outcome};
 use crate::journal::{Command, CommandBuf, HEADER_SIZE};
 use crate::metrics::ShardMetrics;
 use crate::runtime::{shard_for, Reply, Request, ShardError, ShardStats, WriteReply};
-use crate::snapshot::SnapshotError;
+use crate::snapshot::{SegmentRef, SnapshotDone, SnapshotError, SnapshotJob};
 
 /// Default limit of open cross-shard intents per shard: 8 full batches.
 pub const INTENTS_MAX_DEFAULT: usize = 8 * molly_engine::config::BATCH_EVENTS_MAX_DEFAULT as usize;
+
+/// Default full transfer blocks kept in memory once durable in a segment:
+/// 16 × 65,536 = 1,048,576 transfers (128 MiB).
+pub const BLOCKS_IN_MEMORY_DEFAULT: usize = 16;
 
 /// Where a staged command came from.
 enum Source {
@@ -104,6 +108,12 @@ pub struct ShardCore {
     message_legs_max: usize,
     /// A group is sealed and being written: nothing may join it.
     sealed: bool,
+    /// Segment files holding the full transfer blocks written so far.
+    segments: Vec<SegmentRef>,
+    /// A snapshot is being written (by whoever took its job).
+    snapshot_running: bool,
+    /// Full transfer blocks kept in memory once they have a durable copy.
+    blocks_in_memory: usize,
 }
 
 impl std::fmt::Debug for ShardCore {
@@ -151,7 +161,23 @@ impl ShardCore {
             waiters: HashMap::default(),
             message_legs_max,
             sealed: false,
+            segments: Vec::new(),
+            snapshot_running: false,
+            blocks_in_memory: BLOCKS_IN_MEMORY_DEFAULT,
         }
+    }
+
+    /// Continues from the transfer segments recovery found.
+    pub fn with_segments(mut self, segments: Vec<SegmentRef>) -> Self {
+        self.segments = segments;
+        self.update_block_metrics();
+        self
+    }
+
+    /// Sets how many full transfer blocks stay in memory once they have a
+    /// durable copy in a segment (older ones are read through a mapping).
+    pub fn set_blocks_in_memory(&mut self, blocks: usize) {
+        self.blocks_in_memory = blocks;
     }
 
     /// Takes the recovered open intents and queues their credit legs again:
@@ -495,16 +521,71 @@ impl ShardCore {
         self.failed = Some(reason);
     }
 
-    /// Writes a snapshot into `dir` at the journal's position (between groups).
-    pub fn snapshot(&self, dir: &Path) -> Result<PathBuf, SnapshotError> {
-        let started = Instant::now();
-        let written =
-            crate::snapshot::write(dir, self.writer.position(), &self.engine.export(), &self.cross.export());
-        self.metrics.snapshot_seconds.set(started.elapsed().as_secs_f64());
-        if written.is_ok() {
-            self.metrics.snapshots.inc();
+    /// Takes a snapshot's state at the journal's position (between groups;
+    /// cheap: full transfer blocks are shared, not copied) for [`snapshot::write`](crate::snapshot::write)
+    /// to write anywhere. `None` while an earlier job is still being written
+    /// or after a failed write.
+    pub fn snapshot_start(&mut self, dir: &Path) -> Option<SnapshotJob> {
+        if self.snapshot_running || self.failed() {
+            return None;
         }
-        written
+        let started = Instant::now();
+        let job = SnapshotJob {
+            dir: dir.to_path_buf(),
+            position: self.writer.position(),
+            parts: self.engine.snapshot_parts(crate::snapshot::segment_blocks(&self.segments)),
+            intents: self.cross.export(),
+            segments: self.segments.clone(),
+        };
+        self.snapshot_running = true;
+        self.metrics.snapshot_capture_seconds.set(started.elapsed().as_secs_f64());
+        Some(job)
+    }
+
+    /// Takes back a snapshot job's outcome: on success, the blocks it wrote
+    /// to segments may leave memory (all but the newest
+    /// `blocks_in_memory`); a failure only costs recovery time (the journal
+    /// holds everything) and the next snapshot writes the same blocks again.
+    pub fn snapshot_finished(
+        &mut self,
+        outcome: Result<SnapshotDone, SnapshotError>,
+        seconds: f64,
+    ) -> Result<PathBuf, SnapshotError> {
+        assert!(self.snapshot_running, "a snapshot job was taken");
+        self.snapshot_running = false;
+        let done = outcome?;
+        for (block, cold) in done.cold {
+            self.engine.attach_cold(block, cold);
+        }
+        self.engine.evict_transfers(self.blocks_in_memory);
+        self.segments = done.segments;
+        self.metrics.snapshots.inc();
+        self.metrics.snapshot_seconds.set(seconds);
+        self.update_block_metrics();
+        Ok(done.path)
+    }
+
+    /// True while a snapshot job taken by [`ShardCore::snapshot_start`] is out.
+    pub fn snapshot_running(&self) -> bool {
+        self.snapshot_running
+    }
+
+    /// Writes a snapshot into `dir` at the journal's position (between
+    /// groups), on the caller's thread.
+    pub fn snapshot(&mut self, dir: &Path) -> Result<PathBuf, SnapshotError> {
+        let Some(job) = self.snapshot_start(dir) else {
+            return Err(SnapshotError::Busy);
+        };
+        let started = Instant::now();
+        let outcome = crate::snapshot::write(job);
+        self.snapshot_finished(outcome, started.elapsed().as_secs_f64())
+    }
+
+    fn update_block_metrics(&self) {
+        let blocks = self.engine.transfers().blocks().len();
+        let memory = self.engine.transfers().blocks_in_memory();
+        self.metrics.transfer_blocks_memory.set(memory as i64);
+        self.metrics.transfer_blocks_cold.set((blocks - memory) as i64);
     }
 }
 

@@ -1,41 +1,78 @@
 //! Snapshots: the engine's state at a journal position, so recovery loads it
-//! and replays only the journal after it.
+//! and replays only the journal after it — written incrementally, so a
+//! snapshot costs what changed, not the whole history.
 //!
 //! ```text
+//!  transfers-<first block, 10 digits>.seg      immutable transfer history, one file per
+//!  ┌──── header 4096 B ─────┬── block ──┬───     snapshot that had new full blocks
+//!  │ checksum · "MOLT" ·     │ 65,536 ×  │ …      (≤ 128 blocks = 1 GiB each); written
+//!  │ first_block · blocks ·  │ 128-byte  │        once, never changed, mapped read-only
+//!  │ xxh3-128 per block      │ records   │        once their blocks leave memory
+//!  └─────────────────────────┴───────────┴───
 //!  snapshot-<next_sequence, 20 digits>.molly
-//!  ┌──────────── header 64 B ─────────────┬──────── body ────────┐
-//!  │ checksum_header u128 · checksum_body  │ rkyv archive of       │
-//!  │ u128 · next_sequence u64 ·            │ SnapshotBody (records │
-//!  │ journal_offset u64 · body_len u64 ·   │ as raw 128-byte       │
-//!  │ magic "MOLS" u32 · version u16 ·      │ little-endian bytes)  │
-//!  │ reserved u16                          │ + open cross-shard    │
-//!  │                                       │ intents (v2)          │
-//!  └───────────────────────────────────────┴──────────────────────┘
+//!  ┌──────────── header 64 B ─────────────┬──────── body (rkyv, v3) ───────────┐
+//!  │ checksum_header u128 · checksum_body  │ accounts · one state byte per      │
+//!  │ u128 · next_sequence u64 ·            │ transfer · balance history · clock │
+//!  │ journal_offset u64 · body_len u64 ·   │ · open cross-shard intents · the   │
+//!  │ magic "MOLS" u32 · version u16 ·      │ segments (first block, blocks,     │
+//!  │ reserved u16                          │ header checksum) · the tail block  │
+//!  └───────────────────────────────────────┴────────────────────────────────────┘
 //! ```
 //!
-//! Written to `*.tmp`, fsynced, renamed, and the directory fsynced: a
-//! snapshot file either is complete or does not exist. The newest two are
-//! kept. Loading checks both checksums, validates the archive (rkyv's
-//! bytecheck), and rebuilds the engine through `Engine::import`, which
-//! refuses any state that breaks a limit or an invariant; a snapshot failing
-//! any of these is skipped for an older one, or for a full journal replay.
+//! Taking a snapshot ([`ShardCore::snapshot_start`](crate::shard::ShardCore))
+//! happens between groups and copies only the small, mutable part (accounts,
+//! states, the block being filled); the full transfer blocks are shared with
+//! the writer (`Arc`, never mutated). [`write`] then runs anywhere — the
+//! runtime runs it on a background thread while the shard goes on — and
+//! writes the blocks not yet in a segment as one new segment file, then the
+//! snapshot file. Every file is written to `*.tmp`, fsynced, renamed, and the
+//! directory fsynced: it either is complete or does not exist. The newest two
+//! snapshots are kept; segments are history and are kept (their blocks are
+//! read back through a read-only mapping once evicted from memory).
+//!
+//! Loading checks both checksums of the snapshot, validates the archive
+//! (rkyv's bytecheck), checks each segment's header against the checksum the
+//! snapshot recorded and each block against its own checksum (read with
+//! `pread`, not through the mapping, so loading leaves no history resident),
+//! and rebuilds the engine through [`Engine::importer`], which refuses any
+//! state that breaks a limit or an invariant; a snapshot failing any of these
+//! is skipped for an older one, or for a full journal replay. Versions 1 and
+//! 2 (whole state in the snapshot file) still load.
 
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytemuck::{Pod, Zeroable};
-use molly_engine::{AccountBalance, Config, Engine, EngineState, Transfer};
+use molly_engine::{
+    AccountBalance, Block, ColdBlock, Config, Engine, EngineState, SnapshotParts, Transfer, BLOCK_TRANSFERS,
+};
 use xxhash_rust::xxh3::xxh3_128;
 
 /// `b"MOLS"` little-endian.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"MOLS");
-/// Format version (2 added the open cross-shard intents; 1 still loads, with none).
-pub const VERSION: u16 = 2;
+/// Format version (3: transfer history in segment files; 2 added the open
+/// cross-shard intents; 1 and 2 still load).
+pub const VERSION: u16 = 3;
 /// Snapshots kept in a shard's directory.
 pub const KEEP: usize = 2;
 const PREFIX: &str = "snapshot-";
 const SUFFIX: &str = ".molly";
+
+/// `b"MOLT"` little-endian: a transfer segment.
+pub const SEGMENT_MAGIC: u32 = u32::from_le_bytes(*b"MOLT");
+const SEGMENT_VERSION: u16 = 1;
+const SEGMENT_PREFIX: &str = "transfers-";
+const SEGMENT_SUFFIX: &str = ".seg";
+/// Blocks per segment file at most (1 GiB of records).
+pub const SEGMENT_BLOCKS_MAX: usize = 128;
+/// A segment's header: fields, then one checksum per block, zero padded to
+/// a page so the records are page-aligned for mapping.
+const SEGMENT_HEADER_SIZE: usize = 4096;
+const BLOCK_BYTES: usize = BLOCK_TRANSFERS * core::mem::size_of::<Transfer>();
+const _: () = assert!(64 + SEGMENT_BLOCKS_MAX * 16 <= SEGMENT_HEADER_SIZE);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
@@ -58,6 +95,23 @@ impl Header {
     }
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct SegmentHeader {
+    /// xxh3-128 of the header's bytes after this field (fields, block
+    /// checksums and padding).
+    checksum_header: u128,
+    magic: u32,
+    version: u16,
+    reserved: u16,
+    first_block: u64,
+    blocks: u64,
+    block_transfers: u64,
+    reserved_2: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<SegmentHeader>() == 64);
+
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct BalanceRun {
     slot: u32,
@@ -75,7 +129,7 @@ struct SnapshotBodyV1 {
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-struct SnapshotBody {
+struct SnapshotBodyV2 {
     accounts: Vec<u8>,
     transfers: Vec<u8>,
     transfer_states: Vec<u8>,
@@ -84,6 +138,32 @@ struct SnapshotBody {
     timestamp_last: u64,
     /// Open cross-shard intents: the transfers as their clients sent them.
     intents: Vec<u8>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct SnapshotBody {
+    accounts: Vec<u8>,
+    transfer_states: Vec<u8>,
+    balances: Vec<BalanceRun>,
+    clock_ns: u64,
+    timestamp_last: u64,
+    /// Open cross-shard intents: the transfers as their clients sent them.
+    intents: Vec<u8>,
+    /// The segments holding the full blocks, in order.
+    segments: Vec<SegmentRef>,
+    /// The records of the block being filled.
+    tail: Vec<u8>,
+}
+
+/// A segment file as a snapshot names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct SegmentRef {
+    /// Its first block.
+    pub first_block: u64,
+    /// Blocks it holds.
+    pub blocks: u64,
+    /// Its header's checksum (which covers each block's checksum).
+    pub checksum: u128,
 }
 
 /// Where in the journal a snapshot stands.
@@ -117,37 +197,179 @@ pub enum SnapshotError {
         /// Why.
         reason: String,
     },
+    /// An earlier snapshot is still being written, or the shard failed.
+    #[error("a snapshot is already being written, or the shard stopped writing")]
+    Busy,
 }
 
 fn file_name(next_sequence: u64) -> String {
     format!("{PREFIX}{next_sequence:020}{SUFFIX}")
 }
 
-/// Writes a snapshot of `state` and the open cross-shard `intents` at
-/// `position` into `dir` atomically, then removes all but the newest [`KEEP`].
-pub fn write(
+fn segment_name(first_block: u64) -> String {
+    format!("{SEGMENT_PREFIX}{first_block:010}{SEGMENT_SUFFIX}")
+}
+
+/// A full block read back through a read-only mapping of its segment file.
+///
+/// Segment files are written once (to `*.tmp`, then renamed) and never
+/// opened for writing again, which is what makes reading them through a
+/// mapping sound. A read of an evicted block is a page fault the first time
+/// (served by the page cache, or the disk): cold history costs latency only
+/// when it is read.
+struct MappedBlock {
+    map: Arc<memmap2::Mmap>,
+    offset: usize,
+}
+
+impl ColdBlock for MappedBlock {
+    fn records(&self) -> &[Transfer] {
+        bytemuck::cast_slice(&self.map[self.offset..self.offset + BLOCK_BYTES])
+    }
+}
+
+/// Maps `path` read-only and returns one cold handle per block.
+fn map_segment(path: &Path, blocks: usize) -> std::io::Result<Vec<Arc<dyn ColdBlock>>> {
+    let file = File::open(path)?;
+    let expected = (SEGMENT_HEADER_SIZE + blocks * BLOCK_BYTES) as u64;
+    if file.metadata()?.len() != expected {
+        return Err(std::io::Error::other(format!("is not {expected} bytes long")));
+    }
+    // SAFETY: segment files are immutable once renamed into place (see
+    // `MappedBlock`): nothing in Molly opens them for writing, so the mapped
+    // bytes cannot change under the shared references handed out.
+    let map = Arc::new(unsafe { memmap2::Mmap::map(&file)? });
+    Ok((0..blocks)
+        .map(|i| {
+            Arc::new(MappedBlock { map: map.clone(), offset: SEGMENT_HEADER_SIZE + i * BLOCK_BYTES })
+                as Arc<dyn ColdBlock>
+        })
+        .collect())
+}
+
+/// Writes `blocks` (the full blocks from `first_block` on) as one segment
+/// file, durably, and maps it.
+fn write_segment(
     dir: &Path,
-    position: Position,
-    state: &EngineState,
-    intents: &[Transfer],
-) -> Result<PathBuf, SnapshotError> {
+    first_block: u64,
+    blocks: &[Block],
+) -> Result<(SegmentRef, Vec<Arc<dyn ColdBlock>>), SnapshotError> {
+    assert!(!blocks.is_empty() && blocks.len() <= SEGMENT_BLOCKS_MAX);
+    let path = dir.join(segment_name(first_block));
+    let io = |what| {
+        let path = path.clone();
+        move |source| SnapshotError::Io { path, what, source }
+    };
+    let mut header_bytes = vec![0u8; SEGMENT_HEADER_SIZE];
+    let fields = SegmentHeader {
+        checksum_header: 0,
+        magic: SEGMENT_MAGIC,
+        version: SEGMENT_VERSION,
+        reserved: 0,
+        first_block,
+        blocks: blocks.len() as u64,
+        block_transfers: BLOCK_TRANSFERS as u64,
+        reserved_2: [0; 16],
+    };
+    header_bytes[..64].copy_from_slice(bytemuck::bytes_of(&fields));
+    for (i, block) in blocks.iter().enumerate() {
+        let checksum = xxh3_128(bytemuck::cast_slice(block.records()));
+        header_bytes[64 + i * 16..80 + i * 16].copy_from_slice(&checksum.to_le_bytes());
+    }
+    let checksum = xxh3_128(&header_bytes[16..]);
+    header_bytes[..16].copy_from_slice(&checksum.to_le_bytes());
+    let tmp = path.with_extension("seg.tmp");
+    {
+        let mut file = File::create(&tmp).map_err(io("creating"))?;
+        file.write_all(&header_bytes).map_err(io("writing"))?;
+        for block in blocks {
+            file.write_all(bytemuck::cast_slice(block.records())).map_err(io("writing"))?;
+        }
+        file.sync_all().map_err(io("syncing"))?;
+    }
+    std::fs::rename(&tmp, &path).map_err(io("renaming into place"))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io("syncing the directory"))?;
+    let cold = map_segment(&path, blocks.len()).map_err(io("mapping"))?;
+    Ok((SegmentRef { first_block, blocks: blocks.len() as u64, checksum }, cold))
+}
+
+/// A snapshot to write: taken on the shard between groups, written by
+/// [`write`] wherever the caller likes (it shares no mutable state).
+#[derive(Debug)]
+pub struct SnapshotJob {
+    /// The shard's directory.
+    pub dir: PathBuf,
+    /// The journal position the state stands at.
+    pub position: Position,
+    /// The engine's state (full blocks shared, the rest copied).
+    pub parts: SnapshotParts,
+    /// The open cross-shard intents.
+    pub intents: Vec<Transfer>,
+    /// The segments already written (they hold the blocks before
+    /// `parts.first_block`).
+    pub segments: Vec<SegmentRef>,
+}
+
+/// A written snapshot.
+pub struct SnapshotDone {
+    /// The snapshot file.
+    pub path: PathBuf,
+    /// Every segment it names (the shard's list from now on).
+    pub segments: Vec<SegmentRef>,
+    /// The blocks written into new segments, as cold handles by block index.
+    pub cold: Vec<(usize, Arc<dyn ColdBlock>)>,
+    /// Bytes written (segments and snapshot file).
+    pub bytes: u64,
+}
+
+impl std::fmt::Debug for SnapshotDone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotDone")
+            .field("path", &self.path)
+            .field("segments", &self.segments.len())
+            .field("cold", &self.cold.len())
+            .field("bytes", &self.bytes)
+            .finish()
+    }
+}
+
+/// Blocks the segments in `segments` hold.
+pub fn segment_blocks(segments: &[SegmentRef]) -> usize {
+    segments.iter().map(|s| s.blocks as usize).sum()
+}
+
+/// Writes the job's new full blocks as segment files, then the snapshot
+/// file, each atomically, then removes all but the newest [`KEEP`] snapshots.
+pub fn write(job: SnapshotJob) -> Result<SnapshotDone, SnapshotError> {
+    let SnapshotJob { dir, position, parts, intents, mut segments } = job;
+    assert_eq!(segment_blocks(&segments), parts.first_block, "the segments hold the blocks before the job's");
     let path = dir.join(file_name(position.next_sequence));
+    let mut cold = Vec::with_capacity(parts.blocks.len());
+    let mut bytes_written = 0u64;
+    for (i, chunk) in parts.blocks.chunks(SEGMENT_BLOCKS_MAX).enumerate() {
+        let first_block = parts.first_block + i * SEGMENT_BLOCKS_MAX;
+        let (segment, handles) = write_segment(&dir, first_block as u64, chunk)?;
+        segments.push(segment);
+        cold.extend(handles.into_iter().enumerate().map(|(j, handle)| (first_block + j, handle)));
+        bytes_written += (SEGMENT_HEADER_SIZE + chunk.len() * BLOCK_BYTES) as u64;
+    }
     let io = |what| {
         let path = path.clone();
         move |source| SnapshotError::Io { path, what, source }
     };
     let body = SnapshotBody {
-        accounts: bytemuck::cast_slice(&state.accounts).to_vec(),
-        transfers: bytemuck::cast_slice(&state.transfers).to_vec(),
-        transfer_states: state.transfer_states.clone(),
-        balances: state
+        accounts: bytemuck::cast_slice(&parts.accounts).to_vec(),
+        transfer_states: parts.transfer_states,
+        balances: parts
             .balances
             .iter()
             .map(|(slot, points)| BalanceRun { slot: *slot, points: bytemuck::cast_slice(points).to_vec() })
             .collect(),
-        clock_ns: state.clock_ns,
-        timestamp_last: state.timestamp_last,
-        intents: bytemuck::cast_slice(intents).to_vec(),
+        clock_ns: parts.clock_ns,
+        timestamp_last: parts.timestamp_last,
+        intents: bytemuck::cast_slice(&intents).to_vec(),
+        segments: segments.clone(),
+        tail: bytemuck::cast_slice(&parts.tail).to_vec(),
     };
     let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&body)
         .map_err(|e| SnapshotError::Encode { path: path.clone(), reason: e.to_string() })?;
@@ -170,11 +392,12 @@ pub fn write(
         file.sync_all().map_err(io("syncing"))?;
     }
     std::fs::rename(&tmp, &path).map_err(io("renaming into place"))?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io("syncing the directory"))?;
-    for old in list(dir).into_iter().rev().skip(KEEP) {
+    File::open(&dir).and_then(|d| d.sync_all()).map_err(io("syncing the directory"))?;
+    bytes_written += 64 + bytes.len() as u64;
+    for old in list(&dir).into_iter().rev().skip(KEEP) {
         let _ = std::fs::remove_file(old);
     }
-    Ok(path)
+    Ok(SnapshotDone { path, segments, cold, bytes: bytes_written })
 }
 
 /// Snapshot files in `dir`, oldest first.
@@ -194,9 +417,39 @@ pub fn list(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// Loads one snapshot file into an engine and the open intents it kept, or
+/// A snapshot loaded into an engine.
+#[derive(Debug)]
+pub struct LoadedSnapshot {
+    /// The engine.
+    pub engine: Engine,
+    /// Where in the journal it stands.
+    pub position: Position,
+    /// The open cross-shard intents it kept.
+    pub intents: Vec<Transfer>,
+    /// The segments holding its full blocks.
+    pub segments: Vec<SegmentRef>,
+}
+
+fn records(bytes: &[u8], what: &str) -> Result<(), String> {
+    if bytes.len().is_multiple_of(128) {
+        Ok(())
+    } else {
+        Err(format!("{what} are not whole 128-byte records"))
+    }
+}
+
+fn balance_runs(runs: &[BalanceRun]) -> Result<Vec<(u32, Vec<AccountBalance>)>, String> {
+    let mut balances = Vec::with_capacity(runs.len());
+    for run in runs {
+        records(&run.points, "balance points")?;
+        balances.push((run.slot, bytemuck::pod_collect_to_vec::<u8, AccountBalance>(&run.points)));
+    }
+    Ok(balances)
+}
+
+/// Loads one snapshot file (and the segments it names) into an engine, or
 /// says why it cannot be used.
-pub fn load(path: &Path, config: Config) -> Result<(Engine, Position, Vec<Transfer>), String> {
+pub fn load(path: &Path, config: Config) -> Result<LoadedSnapshot, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("reading: {e}"))?;
     if bytes.len() < 64 {
         return Err("shorter than its header".into());
@@ -214,59 +467,118 @@ pub fn load(path: &Path, config: Config) -> Result<(Engine, Position, Vec<Transf
     }
     let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(body.len());
     aligned.extend_from_slice(body);
+    drop(bytes);
+    let position = Position { next_sequence: header.next_sequence, journal_offset: header.journal_offset };
     let invalid = |e: rkyv::rancor::Error| format!("archive does not validate: {e}");
-    let body = if header.version == 1 {
-        let v1 = rkyv::from_bytes::<SnapshotBodyV1, rkyv::rancor::Error>(&aligned).map_err(invalid)?;
-        SnapshotBody {
-            accounts: v1.accounts,
-            transfers: v1.transfers,
-            transfer_states: v1.transfer_states,
-            balances: v1.balances,
-            clock_ns: v1.clock_ns,
-            timestamp_last: v1.timestamp_last,
-            intents: Vec::new(),
-        }
-    } else {
-        rkyv::from_bytes::<SnapshotBody, rkyv::rancor::Error>(&aligned).map_err(invalid)?
-    };
-    let records = |bytes: &[u8], what: &str| -> Result<(), String> {
-        if bytes.len().is_multiple_of(128) {
-            Ok(())
+    if header.version < 3 {
+        let (body, intents) = if header.version == 1 {
+            (rkyv::from_bytes::<SnapshotBodyV1, rkyv::rancor::Error>(&aligned).map_err(invalid)?, Vec::new())
         } else {
-            Err(format!("{what} are not whole 128-byte records"))
-        }
-    };
-    records(&body.accounts, "accounts")?;
-    records(&body.transfers, "transfers")?;
-    records(&body.intents, "intents")?;
-    let intents = bytemuck::pod_collect_to_vec::<u8, Transfer>(&body.intents);
-    let mut balances = Vec::with_capacity(body.balances.len());
-    for run in &body.balances {
-        records(&run.points, "balance points")?;
-        balances.push((run.slot, bytemuck::pod_collect_to_vec::<u8, AccountBalance>(&run.points)));
+            let v2 = rkyv::from_bytes::<SnapshotBodyV2, rkyv::rancor::Error>(&aligned).map_err(invalid)?;
+            let intents = v2.intents;
+            let v1 = SnapshotBodyV1 {
+                accounts: v2.accounts,
+                transfers: v2.transfers,
+                transfer_states: v2.transfer_states,
+                balances: v2.balances,
+                clock_ns: v2.clock_ns,
+                timestamp_last: v2.timestamp_last,
+            };
+            (v1, intents)
+        };
+        records(&body.accounts, "accounts")?;
+        records(&body.transfers, "transfers")?;
+        records(&intents, "intents")?;
+        let state = EngineState {
+            accounts: bytemuck::pod_collect_to_vec(&body.accounts),
+            transfers: bytemuck::pod_collect_to_vec(&body.transfers),
+            transfer_states: body.transfer_states,
+            balances: balance_runs(&body.balances)?,
+            clock_ns: body.clock_ns,
+            timestamp_last: body.timestamp_last,
+        };
+        let engine = Engine::import(config, state).map_err(|e| e.to_string())?;
+        let intents = bytemuck::pod_collect_to_vec::<u8, Transfer>(&intents);
+        return Ok(LoadedSnapshot { engine, position, intents, segments: Vec::new() });
     }
-    let state = EngineState {
-        accounts: bytemuck::pod_collect_to_vec(&body.accounts),
-        transfers: bytemuck::pod_collect_to_vec(&body.transfers),
-        transfer_states: body.transfer_states,
-        balances,
-        clock_ns: body.clock_ns,
-        timestamp_last: body.timestamp_last,
-    };
-    let engine = Engine::import(config, state).map_err(|e| e.to_string())?;
-    Ok((
+    let body = rkyv::from_bytes::<SnapshotBody, rkyv::rancor::Error>(&aligned).map_err(invalid)?;
+    drop(aligned);
+    records(&body.accounts, "accounts")?;
+    records(&body.tail, "tail records")?;
+    records(&body.intents, "intents")?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut importer =
+        Engine::importer(config, bytemuck::pod_collect_to_vec(&body.accounts), body.transfer_states)
+            .map_err(|e| e.to_string())?;
+    let mut buffer = vec![Transfer::default(); BLOCK_TRANSFERS];
+    let mut next_block = 0u64;
+    for segment in &body.segments {
+        if segment.first_block != next_block
+            || segment.blocks == 0
+            || segment.blocks > SEGMENT_BLOCKS_MAX as u64
+        {
+            return Err(format!("segment list is not contiguous at block {next_block}"));
+        }
+        next_block += segment.blocks;
+        load_segment(dir, segment, &mut buffer, &mut importer)?;
+    }
+    importer.tail(&bytemuck::pod_collect_to_vec::<u8, Transfer>(&body.tail)).map_err(|e| e.to_string())?;
+    let engine = importer
+        .finish(balance_runs(&body.balances)?, body.clock_ns, body.timestamp_last)
+        .map_err(|e| e.to_string())?;
+    Ok(LoadedSnapshot {
         engine,
-        Position { next_sequence: header.next_sequence, journal_offset: header.journal_offset },
-        intents,
-    ))
+        position,
+        intents: bytemuck::pod_collect_to_vec::<u8, Transfer>(&body.intents),
+        segments: body.segments,
+    })
+}
+
+/// Checks one segment against `segment` and its block checksums, and hands
+/// its blocks (cold, mapped) to the importer.
+fn load_segment(
+    dir: &Path,
+    segment: &SegmentRef,
+    buffer: &mut [Transfer],
+    importer: &mut molly_engine::Importer,
+) -> Result<(), String> {
+    let name = segment_name(segment.first_block);
+    let path = dir.join(&name);
+    let fail = |what: &str| format!("segment {name}: {what}");
+    let file = File::open(&path).map_err(|e| fail(&format!("opening: {e}")))?;
+    let mut header_bytes = vec![0u8; SEGMENT_HEADER_SIZE];
+    file.read_exact_at(&mut header_bytes, 0).map_err(|e| fail(&format!("reading its header: {e}")))?;
+    let header: SegmentHeader = bytemuck::pod_read_unaligned(&header_bytes[..64]);
+    if header.checksum_header != xxh3_128(&header_bytes[16..])
+        || header.checksum_header != segment.checksum
+        || header.magic != SEGMENT_MAGIC
+        || header.version != SEGMENT_VERSION
+        || header.first_block != segment.first_block
+        || header.blocks != segment.blocks
+        || header.block_transfers != BLOCK_TRANSFERS as u64
+    {
+        return Err(fail("header fails its checksum or does not match the snapshot"));
+    }
+    let cold = map_segment(&path, segment.blocks as usize).map_err(|e| fail(&format!("mapping: {e}")))?;
+    for (i, handle) in cold.into_iter().enumerate() {
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(buffer);
+        file.read_exact_at(bytes, (SEGMENT_HEADER_SIZE + i * BLOCK_BYTES) as u64)
+            .map_err(|e| fail(&format!("reading block {i}: {e}")))?;
+        let expected =
+            u128::from_le_bytes(header_bytes[64 + i * 16..80 + i * 16].try_into().expect("16 bytes"));
+        if xxh3_128(bytes) != expected {
+            return Err(fail(&format!("block {i} fails its checksum")));
+        }
+        importer.block(Block::Cold(handle), buffer).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// What loading found: the snapshot used, if any, and every one skipped.
 #[derive(Debug, Default)]
 pub struct Loaded {
-    /// The engine, its position, the snapshot and its open intents, from
-    /// the newest usable snapshot.
-    pub used: Option<(Engine, Position, PathBuf, Vec<Transfer>)>,
+    /// The newest usable snapshot, loaded, and its file.
+    pub used: Option<(LoadedSnapshot, PathBuf)>,
     /// Snapshots skipped, newest first, with the reason.
     pub skipped: Vec<(PathBuf, String)>,
 }
@@ -276,8 +588,8 @@ pub fn load_newest(dir: &Path, config: &Config) -> Loaded {
     let mut loaded = Loaded::default();
     for path in list(dir).into_iter().rev() {
         match load(&path, config.clone()) {
-            Ok((engine, position, intents)) => {
-                loaded.used = Some((engine, position, path, intents));
+            Ok(snapshot) => {
+                loaded.used = Some((snapshot, path));
                 break;
             }
             Err(reason) => loaded.skipped.push((path, reason)),

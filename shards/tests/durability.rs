@@ -293,11 +293,11 @@ fn a_snapshot_bounds_replay_and_a_broken_one_is_skipped() {
         for group in &groups[..8] {
             run(&mut ledger, group);
         }
-        first_snapshot = ledger.snapshot().unwrap();
+        first_snapshot = ledger.snapshot(0).unwrap();
         for group in &groups[8..14] {
             run(&mut ledger, group);
         }
-        second_snapshot = ledger.snapshot().unwrap();
+        second_snapshot = ledger.snapshot(0).unwrap();
         for group in &groups[14..] {
             run(&mut ledger, group);
         }
@@ -339,7 +339,7 @@ fn snapshots_keep_the_newest_two() {
     let mut ledger = open(&dir.0).unwrap();
     for group in workload(17, 4) {
         run(&mut ledger, &group);
-        ledger.snapshot().unwrap();
+        ledger.snapshot(0).unwrap();
     }
     let kept = molly_shards::snapshot::list(&dir.0);
     assert_eq!(kept.len(), molly_shards::snapshot::KEEP);
@@ -357,7 +357,7 @@ mod corruption {
         for (i, group) in groups.iter().enumerate() {
             run(&mut ledger, group);
             if snapshot_after == Some(i) {
-                ledger.snapshot().unwrap();
+                ledger.snapshot(0).unwrap();
             }
         }
     }
@@ -408,4 +408,121 @@ mod corruption {
             }
         }
     }
+}
+
+/// History beyond memory: at each snapshot the full transfer blocks go to a
+/// segment file and may leave memory; old transfers still answer (lookups,
+/// idempotent retries, posting an old pending transfer, account history),
+/// after a restart too; a damaged segment costs only the snapshots that name
+/// it (an older snapshot or the journal takes over), never wrong balances.
+#[test]
+fn history_leaves_memory_for_segments_and_still_answers() {
+    use molly_engine::{AccountFilter, AccountFilterFlags, CreateTransferResult, BLOCK_TRANSFERS};
+    let dir = TempDir::new("segments");
+    let accounts: Vec<Account> =
+        (1..=4u128).map(|id| Account { id, ledger: 1, code: 1, ..Account::default() }).collect();
+    let transfer = |id: u128| Transfer {
+        id,
+        debit_account_id: 1 + id % 3,
+        credit_account_id: 4,
+        amount: id,
+        ledger: 1,
+        code: 1,
+        flags: if id.is_multiple_of(1000) { TransferFlags::PENDING } else { TransferFlags::NONE },
+        ..Transfer::default()
+    };
+    let create = |ledger: &mut DurableLedger, ids: std::ops::Range<u128>| {
+        let all: Vec<Transfer> = ids.map(transfer).collect();
+        for batch in all.chunks(8190) {
+            let outcomes = run(ledger, &[CommandBuf::CreateTransfers(batch.to_vec())]);
+            let Outcome::Transfers(results) = &outcomes[0] else { panic!("transfer results") };
+            assert!(results.iter().all(|r| r.is_ok()));
+        }
+    };
+    let first_block_end = 2 * BLOCK_TRANSFERS as u128;
+    let mut ledger = open(&dir.0).unwrap();
+    run(&mut ledger, &[CommandBuf::CreateAccounts(accounts)]);
+    create(&mut ledger, 1..first_block_end + 1001);
+    let first = ledger.snapshot(0).unwrap();
+    assert_eq!(ledger.engine().transfers().blocks().len(), 2);
+    assert_eq!(ledger.engine().transfers().blocks_in_memory(), 0, "both full blocks left memory");
+
+    // Old history answers from the segment.
+    let post = Transfer {
+        id: 10_000_000,
+        pending_id: 1000,
+        flags: TransferFlags::POST_PENDING,
+        ..Transfer::default()
+    };
+    let outcomes = run(&mut ledger, &[CommandBuf::CreateTransfers(vec![transfer(1), transfer(2000), post])]);
+    let Outcome::Transfers(results) = &outcomes[0] else { panic!("transfer results") };
+    assert_eq!(
+        results,
+        &[CreateTransferResult::Exists, CreateTransferResult::Exists, CreateTransferResult::Ok]
+    );
+    let mut found = Vec::new();
+    ledger.engine().lookup_transfers(&[3, 65_537, 1000], &mut found).unwrap();
+    assert_eq!(
+        found.iter().map(|t| (t.id, t.amount)).collect::<Vec<_>>(),
+        [(3, 3), (65_537, 65_537), (1000, 1000)]
+    );
+    let filter = AccountFilter {
+        account_id: 2,
+        limit: 8190,
+        flags: AccountFilterFlags(AccountFilterFlags::DEBITS.0 | AccountFilterFlags::CREDITS.0),
+        ..AccountFilter::default()
+    };
+    let mut history = Vec::new();
+    ledger.engine().get_account_transfers(&filter, &mut history).unwrap();
+    assert_eq!(history.len(), 8190);
+    assert!(history.iter().zip([1u128, 4, 7]).all(|(t, id)| t.id == id), "oldest first, from the cold block");
+
+    // A second snapshot writes only the new blocks, and keeps the newest one in memory.
+    create(&mut ledger, first_block_end + 1001..2 * first_block_end);
+    let second = ledger.snapshot(1).unwrap();
+    assert_eq!(ledger.engine().transfers().blocks().len(), 4);
+    assert_eq!(ledger.engine().transfers().blocks_in_memory(), 1);
+    let segments: Vec<PathBuf> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    assert_eq!(segments.len(), 2, "{segments:?}");
+    let expected = ledger.engine().export();
+    let journal_entries = ledger.next_sequence() - 1;
+    drop(ledger);
+
+    // Restart: the snapshot and its segments give the same state; history loads cold.
+    let ledger = open(&dir.0).unwrap();
+    assert_eq!(ledger.recovery().snapshot.as_ref(), Some(&second));
+    assert_eq!(ledger.recovery().scan.entries, 0);
+    assert_eq!(ledger.engine().export(), expected);
+    assert_eq!(ledger.engine().transfers().blocks_in_memory(), 0);
+    ledger.engine().check_invariants().unwrap();
+    drop(ledger);
+
+    // A flipped byte in the second segment: its snapshot is skipped, the first one and the journal take over.
+    let second_segment = dir.0.join(format!("transfers-{:010}.seg", 2));
+    let mut bytes = std::fs::read(&second_segment).unwrap();
+    bytes[4096 + 128 * 70_000 + 17] ^= 0x08;
+    std::fs::write(&second_segment, &bytes).unwrap();
+    let ledger = open(&dir.0).unwrap();
+    let report = ledger.recovery();
+    assert_eq!(report.snapshot.as_ref(), Some(&first));
+    assert!(
+        report.snapshots_skipped[0].1.contains("block 1 fails its checksum"),
+        "{:?}",
+        report.snapshots_skipped
+    );
+    assert_eq!(ledger.engine().export(), expected);
+    drop(ledger);
+
+    // The first segment truncated too: no snapshot loads; the whole journal replays, exactly.
+    let first_segment = dir.0.join(format!("transfers-{:010}.seg", 0));
+    let len = std::fs::metadata(&first_segment).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&first_segment).unwrap().set_len(len - 1).unwrap();
+    let ledger = open(&dir.0).unwrap();
+    assert_eq!(ledger.recovery().snapshot, None);
+    assert_eq!(ledger.recovery().scan.entries, journal_entries);
+    assert_eq!(ledger.engine().export(), expected);
 }

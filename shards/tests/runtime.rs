@@ -406,3 +406,67 @@ fn cross_shard_transfers_both_ways_under_load() {
     let bridges = bridges(&runtime, 2, &[1]);
     check_bridges(&bridges.iter().map(Vec::as_slice).collect::<Vec<_>>()).unwrap();
 }
+
+/// Snapshots run in the background while writes go on: full transfer
+/// blocks go to segment files and leave memory, old transfers still answer,
+/// and a restart loads them back from the segments.
+#[test]
+fn background_snapshots_move_history_to_segments() {
+    let dir = TempDir::new("background-snapshots");
+    let blocks = 3;
+    let total = (blocks * molly_engine::BLOCK_TRANSFERS) as u128;
+    let start = || {
+        Runtime::start(RuntimeConfig {
+            snapshot_every_bytes: 4 << 20,
+            transfers_in_memory: 0,
+            ..config(&dir, 1)
+        })
+        .unwrap()
+    };
+    {
+        let runtime = start();
+        runtime.write(0, vec![CommandBuf::CreateAccounts(vec![account(1), account(2)])]).unwrap();
+        let mut id = 1u128;
+        while id <= total {
+            let batch: Vec<Transfer> =
+                (id..(id + 8190).min(total + 1)).map(|i| transfer(i, 1 + i % 2, 2 - i % 2, i)).collect();
+            id += batch.len() as u128;
+            let results =
+                transfer_results(&runtime.write(0, vec![CommandBuf::CreateTransfers(batch)]).unwrap());
+            assert!(results.iter().all(|r| r.is_ok()));
+        }
+        // The shard takes a finished snapshot's outcome between groups: keep it busy until the
+        // blocks written so far have left memory (a liveness wait, not a timing assertion).
+        let metrics = runtime.metrics()[0].clone();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while metrics.transfer_blocks_cold.get() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "blocks never left memory: {} snapshots",
+                metrics.snapshots.get()
+            );
+            runtime.write(0, vec![CommandBuf::CreateTransfers(vec![transfer(1, 2, 1, 1)])]).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(metrics.snapshots.get() >= 1);
+        let found = runtime.lookup_transfers(0, vec![1, 7, total]);
+        assert_eq!(found.iter().map(|t| t.amount).collect::<Vec<_>>(), [1, 7, total]);
+        let stats = runtime.stats(0).unwrap();
+        assert_eq!(stats.transfers, total as usize);
+        assert_eq!(stats.invariants, Ok(()));
+    }
+    let runtime = start();
+    let recovery = &runtime.recoveries()[0];
+    assert!(recovery.snapshot.is_some());
+    assert_eq!(recovery.scan.entries, 0, "the clean stop's snapshot covers everything");
+    assert_eq!(runtime.metrics()[0].transfer_blocks_cold.get(), blocks as i64, "history loads cold");
+    let found = runtime.lookup_transfers(0, vec![1, 65_536, 65_537, total]);
+    assert_eq!(found.iter().map(|t| t.amount).collect::<Vec<_>>(), [1, 65_536, 65_537, total]);
+    let results = transfer_results(
+        &runtime
+            .write(0, vec![CommandBuf::CreateTransfers(vec![transfer(2, 1, 2, 2), transfer(2, 1, 2, 3)])])
+            .unwrap(),
+    );
+    assert_eq!(results, [CreateTransferResult::Exists, CreateTransferResult::ExistsWithDifferentAmount]);
+    assert_eq!(runtime.stats(0).unwrap().invariants, Ok(()));
+}

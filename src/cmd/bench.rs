@@ -161,8 +161,8 @@ pub struct ShardsArgs {
     /// Do not pin shards to CPUs.
     #[arg(long)]
     no_pin: bool,
-    /// Journal bytes between snapshots during the run (0: none; a snapshot
-    /// pauses its shard while it is written).
+    /// Journal bytes between snapshots during the run (0: none; snapshots
+    /// are incremental and written on a background thread).
     #[arg(long, default_value_t = 0)]
     snapshot_every_bytes: u64,
     /// Fraction of transfers whose credit account is on another shard

@@ -114,6 +114,9 @@ pub struct ServeSection {
     pub prefault: bool,
     /// Journal bytes between snapshots (0: only at shutdown).
     pub snapshot_every_bytes: u64,
+    /// Transfers per shard kept in memory once durable in a segment file
+    /// (older ones are read from the file); rounded up to 65,536-transfer blocks.
+    pub transfers_in_memory: usize,
     /// Messages queued per ordered pair of shards (cross-shard legs and answers).
     pub ring_depth: usize,
     /// Cross-shard transfers a shard coordinates at once (at least batch_events_max).
@@ -146,6 +149,7 @@ impl Default for ServeSection {
             idle_sleep_us: 50,
             prefault: false,
             snapshot_every_bytes: molly_shards::runtime::SNAPSHOT_EVERY_BYTES_DEFAULT,
+            transfers_in_memory: molly_shards::runtime::TRANSFERS_IN_MEMORY_DEFAULT,
             ring_depth: molly_shards::runtime::RING_DEPTH_DEFAULT,
             intents_max: molly_shards::shard::INTENTS_MAX_DEFAULT,
         }
@@ -206,6 +210,7 @@ impl ServeConfig {
         runtime.idle_sleep = Duration::from_micros(self.serve.idle_sleep_us);
         runtime.prefault = self.serve.prefault;
         runtime.snapshot_every_bytes = self.serve.snapshot_every_bytes;
+        runtime.transfers_in_memory = self.serve.transfers_in_memory;
         runtime.ring_depth = self.serve.ring_depth;
         runtime.intents_max = self.serve.intents_max;
         runtime.engine = molly_engine::Config {
