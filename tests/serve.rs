@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use molly_engine::{Config, TransferFlags};
+use molly_engine::{Config, TransferFlags, TransferState};
 use molly_shards::durable::{DurableLedger, GROUP_BYTES_MAX_DEFAULT};
 
 /// A fresh directory, removed on drop (`.0` is its path).
@@ -45,13 +45,15 @@ fn serve(dir: &Path, extra: &[&str]) -> Child {
         .unwrap()
 }
 
-/// One acknowledged batch: `acked SHARD FIRST LAST OK`.
-#[derive(Debug, Clone, Copy)]
+/// One acknowledged batch: `acked SHARD FIRST LAST OK CROSS_OK_IDS`.
+#[derive(Debug, Clone)]
 struct Ack {
     shard: usize,
     first: u128,
     last: u128,
     ok: usize,
+    /// The cross-shard transfers answered `ok`.
+    cross: Vec<u128>,
 }
 
 fn parse_ack(line: &str) -> Option<Ack> {
@@ -61,7 +63,28 @@ fn parse_ack(line: &str) -> Option<Ack> {
         first: parts.next()?.parse().ok()?,
         last: parts.next()?.parse().ok()?,
         ok: parts.next()?.parse().ok()?,
+        cross: match parts.next()? {
+            "-" => Vec::new(),
+            ids => ids.split(',').map(|id| id.parse().ok()).collect::<Option<Vec<u128>>>()?,
+        },
     })
+}
+
+/// Recovers both shards' journals offline, as shard `i` of 2 (the server's
+/// own recovery code), with their open cross-shard intents.
+fn recover_both(dir: &Path, cycle: u64) -> Vec<molly_shards::durable::Recovered> {
+    (0..2u32)
+        .map(|shard| {
+            molly_shards::durable::recover_shard(
+                &dir.join(format!("shard-{shard}")),
+                Config::default(),
+                GROUP_BYTES_MAX_DEFAULT,
+                shard,
+                2,
+            )
+            .unwrap_or_else(|e| panic!("cycle {cycle}: shard {shard} does not recover: {e}"))
+        })
+        .collect()
 }
 
 /// A small deterministic PRNG (xorshift64*).
@@ -119,20 +142,12 @@ fn kill_9_at_random_moments_loses_no_acknowledged_transfer() {
             cycles_with_acks += 1;
         }
 
-        // Restart (recovery is the same code the server runs) and check.
-        for shard in 0..2 {
-            let ledger = DurableLedger::open(
-                &dir.0.join(format!("shard-{shard}")),
-                Config::default(),
-                GROUP_BYTES_MAX_DEFAULT,
-            )
-            .unwrap_or_else(|e| panic!("cycle {cycle}: shard {shard} does not recover: {e}"));
-            let engine = ledger.engine();
+        // Recover (the same code the server runs at start) and check.
+        let shards = recover_both(&dir.0, cycle);
+        for (shard, recovered) in shards.iter().enumerate() {
+            let engine = &recovered.engine;
             engine.check_invariants().unwrap_or_else(|v| panic!("cycle {cycle}: shard {shard}: {v}"));
-            let totals = engine.ledger_totals();
-            for t in totals.values() {
-                assert_eq!(t.debits_posted, t.credits_posted);
-            }
+            recovered.cross.check(engine).unwrap_or_else(|v| panic!("cycle {cycle}: shard {shard}: {v}"));
             for ack in acks.iter().filter(|a| a.shard == shard) {
                 let ids: Vec<u128> = (ack.first..=ack.last).collect();
                 let mut found = Vec::new();
@@ -142,6 +157,17 @@ fn kill_9_at_random_moments_loses_no_acknowledged_transfer() {
                     ack.ok,
                     "cycle {cycle}: shard {shard}: acknowledged batch {ack:?} lost transfers"
                 );
+                // An acknowledged cross-shard transfer is settled: posted here, credited there.
+                for &id in &ack.cross {
+                    assert_eq!(engine.transfer_state(id), Some(TransferState::Posted), "cycle {cycle}: {id}");
+                    let mut credit = Vec::new();
+                    shards[1 - shard].engine.lookup_transfers(&[id], &mut credit).unwrap();
+                    assert_eq!(
+                        credit.len(),
+                        1,
+                        "cycle {cycle}: acknowledged cross-shard {id} has no credit leg"
+                    );
+                }
             }
             // Linked pairs: both or neither.
             let present: std::collections::HashSet<u128> = engine.transfers().iter().map(|t| t.id).collect();
@@ -150,6 +176,32 @@ fn kill_9_at_random_moments_loses_no_acknowledged_transfer() {
             }
         }
     }
+    // A last start with no load lets the shards finish every cross-shard
+    // transfer a kill left open (the debit shard sends its credits again);
+    // a clean stop waits for that. Then all or nothing holds across shards:
+    // no intent open, the bridges net to zero, user accounts balance.
+    let _ = std::fs::remove_file(dir.0.join("server.addr")); // a killed server leaves its own
+    let mut child = serve(&dir.0, &[]);
+    wait_for_file(&dir.0.join("server.addr"), Duration::from_secs(60));
+    // SAFETY: kill(2) with a valid pid of our own child and a valid signal.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert!(child.wait().unwrap().success());
+    let shards = recover_both(&dir.0, cycles + 1);
+    for recovered in &shards {
+        assert!(recovered.cross.intents().is_empty(), "an intent is still open after a clean stop");
+    }
+    let accounts: Vec<&[molly_engine::Account]> = shards.iter().map(|r| r.engine.accounts()).collect();
+    molly_shards::cross::check_bridges(&accounts).unwrap();
+    let (mut debits, mut credits) = (0u128, 0u128);
+    for a in accounts.iter().flat_map(|list| list.iter()).filter(|a| !molly_shards::cross::is_reserved(a.id))
+    {
+        debits += a.debits_posted;
+        credits += a.credits_posted;
+    }
+    let crossed: usize = acks.iter().map(|a| a.cross.len()).sum();
+    eprintln!("user accounts across shards: debits {debits} = credits {credits}; {crossed} cross-shard acknowledged");
+    assert_eq!(debits, credits, "user accounts across shards do not balance");
+    assert!(crossed > 0, "the driver acknowledged no cross-shard transfer");
     eprintln!(
         "{} acknowledged batches over {cycles} cycles ({cycles_with_acks} cycles acknowledged something)",
         acks.len()

@@ -470,9 +470,12 @@ fn start_metrics(
 const DRIVER_ACCOUNTS: u128 = 64;
 
 /// Creates accounts 1..=64 on their shards, then submits batches of transfers
-/// (plain ones and linked pairs) between accounts of the same shard until
-/// stopped, printing `acked SHARD FIRST_ID LAST_ID OK_COUNT` once each batch
-/// is durable. Ids are `cycle << 40 | counter`: unique across restarts.
+/// (plain ones, linked pairs within the shard, and one in four crediting an
+/// account of another shard: two-phase between shards) until stopped,
+/// printing `acked SHARD FIRST_ID LAST_ID OK_COUNT CROSS_OK_IDS` once each
+/// batch is answered (durable, cross-shard ones settled; the last field lists
+/// the cross-shard transfers answered `ok`, comma-separated, `-` for none).
+/// Ids are `cycle << 40 | counter`: unique across restarts.
 fn crash_test_driver(runtime: &Runtime, cycle: u64, stop: &AtomicBool) {
     let shards = runtime.shards() as u32;
     let mut owned = vec![Vec::new(); shards as usize];
@@ -498,7 +501,13 @@ fn crash_test_driver(runtime: &Runtime, cycle: u64, stop: &AtomicBool) {
                 .map(|i| {
                     let id = first + u128::from(i);
                     let debit = ids[(counter + i) as usize % ids.len()];
-                    let credit = ids[(counter + i + 1) as usize % ids.len()];
+                    // Events 3 and 7 of every 8 (never half of a linked pair) credit another shard.
+                    let others = &owned[(shard + 1) % owned.len()];
+                    let credit = if i % 4 == 3 && shards > 1 && !others.is_empty() {
+                        others[(counter + i) as usize % others.len()]
+                    } else {
+                        ids[(counter + i + 1) as usize % ids.len()]
+                    };
                     // Every fourth pair is linked: both or neither must survive.
                     let flags = if i % 8 == 0 { TransferFlags::LINKED } else { TransferFlags::NONE };
                     Transfer {
@@ -514,17 +523,26 @@ fn crash_test_driver(runtime: &Runtime, cycle: u64, stop: &AtomicBool) {
                 })
                 .collect();
             counter += batch.len() as u64;
-            let Ok(outcomes) = runtime.write(shard, vec![CommandBuf::CreateTransfers(batch)]) else {
+            let Ok(outcomes) = runtime.write(shard, vec![CommandBuf::CreateTransfers(batch.clone())]) else {
                 return;
             };
-            let ok = match &outcomes[..] {
-                [Outcome::Transfers(results)] => {
-                    results.iter().filter(|r| **r == CreateTransferResult::Ok).count()
-                }
-                _ => 0,
+            let results: &[CreateTransferResult] = match &outcomes[..] {
+                [Outcome::Transfers(results)] => results,
+                _ => &[],
             };
+            let ok = results.iter().filter(|r| **r == CreateTransferResult::Ok).count();
+            let cross: Vec<String> = batch
+                .iter()
+                .zip(results)
+                .filter(|(t, r)| {
+                    **r == CreateTransferResult::Ok
+                        && shard_for(t.credit_account_id, shards) as usize != shard
+                })
+                .map(|(t, _)| t.id.to_string())
+                .collect();
+            let cross = if cross.is_empty() { "-".to_string() } else { cross.join(",") };
             let mut out = stdout.lock();
-            let _ = writeln!(out, "acked {shard} {first} {} {ok}", first + 255);
+            let _ = writeln!(out, "acked {shard} {first} {} {ok} {cross}", first + 255);
             let _ = out.flush();
         }
     }
