@@ -227,6 +227,9 @@ fn sigterm_stops_cleanly_and_metrics_are_served() {
     let dir = TempDir::new("term");
     let _ = std::fs::remove_file(dir.0.join("metrics.addr"));
     let mut child = serve(&dir.0, &["--crash-test-driver", "1"]);
+    // Drain the driver's `acked` lines: a full pipe would stall it (and the stop).
+    let mut stdout = child.stdout.take().unwrap();
+    let drain = std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
     let addr = wait_for_file(&dir.0.join("metrics.addr"), Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(300));
     let body =
@@ -266,6 +269,7 @@ fn sigterm_stops_cleanly_and_metrics_are_served() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(status.success(), "exit {status}, stderr:\n{stderr}");
     assert!(stderr.contains("stopped cleanly"), "{stderr}");
+    drain.join().unwrap().unwrap();
     // What was acknowledged is there after a clean stop too, with no torn tail.
     let ledger =
         DurableLedger::open(&dir.0.join("shard-0"), Config::default(), GROUP_BYTES_MAX_DEFAULT).unwrap();

@@ -1095,8 +1095,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Touches every page reserved at start-up (record stores, indexes,
-    /// per-account lists) so that later events never wait on a page fault.
+    /// Touches every page reserved at start-up (record stores — a buffer for
+    /// every transfer block `transfers_max` allows —, indexes, per-account
+    /// lists) so that later events never wait on a page fault.
     /// Servers and benchmarks call it once after `new`; it changes no state.
     pub fn prefault(&mut self) {
         crate::prefault::spare_capacity(&mut self.accounts);

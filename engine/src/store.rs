@@ -30,8 +30,8 @@ use crate::types::Transfer;
 pub const BLOCK_TRANSFERS: usize = 1 << BLOCK_SHIFT;
 const BLOCK_SHIFT: u32 = 16;
 const BLOCK_MASK: usize = BLOCK_TRANSFERS - 1;
-/// Emptied block buffers kept for reuse, so a new tail rarely allocates (or
-/// page-faults) in the middle of a batch.
+/// Buffers of evicted blocks kept for reuse, so a new tail rarely allocates
+/// (or page-faults) in the middle of a batch.
 const SPARE_MAX: usize = 2;
 
 /// A full block's records kept outside the engine's memory. The engine only
@@ -170,7 +170,6 @@ impl TransferStore {
             let records = Arc::try_unwrap(records)
                 .unwrap_or_else(|_| panic!("a block filled by the chain being undone is shared with no one"));
             self.spare.push(std::mem::replace(&mut self.tail, records));
-            self.spare.truncate(SPARE_MAX);
         }
         self.tail.pop()
     }
@@ -241,12 +240,15 @@ impl TransferStore {
         evicted
     }
 
-    /// Allocates and touches the spare buffers (so the first blocks of a
-    /// run do not page-fault), up to the capacity.
+    /// Allocates and touches a buffer for every block the capacity still
+    /// allows (what `Vec::with_capacity(transfers_max)` plus a touch of every
+    /// page gave before blocks), so no block of a run page-faults. This holds
+    /// the whole capacity in memory: servers leave it off (`prefault =
+    /// false`) and let evicted blocks' buffers be reused instead.
     pub(crate) fn prefault(&mut self) {
         crate::prefault::spare_capacity(&mut self.tail);
         let room = self.capacity.saturating_sub(self.len()).div_ceil(BLOCK_TRANSFERS).saturating_sub(1);
-        while self.spare.len() < SPARE_MAX.min(room) {
+        while self.spare.len() < room {
             let mut records = Vec::with_capacity(BLOCK_TRANSFERS);
             crate::prefault::spare_capacity(&mut records);
             self.spare.push(records);
