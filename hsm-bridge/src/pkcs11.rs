@@ -86,6 +86,9 @@ impl std::fmt::Debug for Pkcs11Signer {
     }
 }
 
+/// Serialises key generation in this process (see `generate`).
+static GENERATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn ck(op: &'static str) -> impl FnOnce(CkError) -> SignerError {
     move |source| SignerError::Pkcs11 { op, source }
 }
@@ -240,6 +243,10 @@ impl Signer for Pkcs11Signer {
     async fn generate(&self, id: &KeyId, scheme: Scheme) -> Result<KeyInfo> {
         let id = id.clone();
         self.blocking(move |inner| {
+            // One generation at a time in this process: the exists-check and
+            // the creation must not interleave with another generate of the
+            // same id. Generation is rare; signing is not serialised.
+            let _one_at_a_time = GENERATE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let session = inner.session()?;
             if find_one(&session, &id, ObjectClass::PRIVATE_KEY)?.is_some()
                 || find_one(&session, &id, ObjectClass::PUBLIC_KEY)?.is_some()

@@ -6,6 +6,13 @@ mod common;
 use molly_hsm_bridge::softhsm::{process_token, skip_requested, SoftHsmToken};
 use molly_hsm_bridge::{KeyId, Scheme, Signer};
 
+/// The tests share one token and take turns: SoftHSM2 (2.6.1 with OpenSSL 3)
+/// answers CKR_GENERAL_ERROR now and then to an Ed25519 key generation while
+/// another thread works on the token (softhsm/SoftHSMv2#485; seen here 1 run
+/// in 15 in parallel, 0 in 20 in turns). A production HSM is not expected to
+/// need this.
+static TURNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn token() -> Option<&'static SoftHsmToken> {
     if skip_requested() {
         eprintln!("MOLLY_SKIP_SOFTHSM=1: skipping a SoftHSM2 test");
@@ -16,6 +23,7 @@ fn token() -> Option<&'static SoftHsmToken> {
 
 #[tokio::test]
 async fn softhsm_passes_conformance() {
+    let _turn = TURNS.lock().await;
     let Some(token) = token() else { return };
     let signer = token.signer().expect("open signer");
     common::conformance(&signer, "hsm").await;
@@ -24,6 +32,7 @@ async fn softhsm_passes_conformance() {
 
 #[tokio::test]
 async fn keys_persist_across_sessions_and_private_keys_are_not_extractable() {
+    let _turn = TURNS.lock().await;
     let Some(token) = token() else { return };
     let id = KeyId::new("persist").expect("id");
     let public = {
