@@ -49,8 +49,6 @@ pub struct ShardScenario {
     /// Journal bytes between snapshots (0: none during the run). Snapshots
     /// are incremental and written on a background thread.
     pub snapshot_every_bytes: u64,
-    /// Microseconds a shard waiting on a peer polls before sleeping.
-    pub peer_spin_us: u64,
     /// Fraction of transfers whose credit account is on another shard (0..=1;
     /// no effect with one shard).
     pub cross_shard: f64,
@@ -127,7 +125,6 @@ pub fn run(scenario: &ShardScenario, mut progress: impl FnMut(u64)) -> anyhow::R
     config.pin = scenario.pin;
     config.prefault = true;
     config.snapshot_every_bytes = scenario.snapshot_every_bytes;
-    config.peer_spin = std::time::Duration::from_micros(scenario.peer_spin_us);
     config.inbox_depth = scenario.in_flight.max(16);
     config.engine = Config {
         batch_events_max: scenario.batch,

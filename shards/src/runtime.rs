@@ -54,11 +54,6 @@ pub struct RuntimeConfig {
     pub pin: bool,
     /// How long an idle shard sleeps between polls of its inbox.
     pub idle_sleep: Duration,
-    /// How long a shard waiting on a peer (cross-shard transfers in flight)
-    /// polls without sleeping before it sleeps `idle_sleep` at a time
-    /// (sleeping and waking cost a context switch and, in glommio, a
-    /// membarrier; spinning costs the core). Zero: always sleep.
-    pub peer_spin: Duration,
     /// Touch the engine's reserved memory at start (see `Engine::prefault`).
     pub prefault: bool,
     /// Write a snapshot after this many journal bytes (0: only at shutdown).
@@ -128,9 +123,6 @@ impl Router {
     }
 }
 
-/// Default time a shard waiting on a peer polls without sleeping.
-pub const PEER_SPIN_DEFAULT: Duration = Duration::from_micros(0);
-
 /// Default messages per ring: 64 (each up to a full batch of legs).
 pub const RING_DEPTH_DEFAULT: usize = 64;
 
@@ -154,7 +146,6 @@ impl RuntimeConfig {
             inbox_depth: INBOX_DEPTH_DEFAULT,
             pin: true,
             idle_sleep: Duration::from_micros(50),
-            peer_spin: PEER_SPIN_DEFAULT,
             prefault: false,
             snapshot_every_bytes: SNAPSHOT_EVERY_BYTES_DEFAULT,
             transfers_in_memory: TRANSFERS_IN_MEMORY_DEFAULT,
@@ -364,7 +355,6 @@ impl Runtime {
                 engine: config.engine.clone(),
                 group_bytes_max: config.group_bytes_max,
                 idle_sleep: config.idle_sleep,
-                peer_spin: config.peer_spin,
                 prefault: config.prefault,
                 snapshot_every_bytes: config.snapshot_every_bytes,
                 blocks_in_memory: config.transfers_in_memory.div_ceil(molly_engine::BLOCK_TRANSFERS),
@@ -522,7 +512,6 @@ struct ShardContext {
     engine: Config,
     group_bytes_max: usize,
     idle_sleep: Duration,
-    peer_spin: Duration,
     prefault: bool,
     snapshot_every_bytes: u64,
     blocks_in_memory: usize,
@@ -584,7 +573,6 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
     let mut snapshots = Snapshots::default();
     let mut carry: Option<Request> = None;
     let mut rings = Rings::new(context.shards as usize);
-    let mut progress = Instant::now();
     loop {
         snapshots.poll(&mut core);
         // Take everything waiting that fits one group: peers' messages first
@@ -604,14 +592,9 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
             {
                 break;
             }
-            if !core.idle() && progress.elapsed() < context.peer_spin {
-                glommio::executor().yield_now().await;
-            } else {
-                glommio::timer::sleep(context.idle_sleep).await;
-            }
+            glommio::timer::sleep(context.idle_sleep).await;
             continue;
         };
-        progress = Instant::now();
         // One write and one fdatasync for the whole group.
         let bytes = sealed.len();
         let mut buffer = file.alloc_dma_buffer(bytes);

@@ -165,10 +165,6 @@ pub struct ShardsArgs {
     /// are incremental and written on a background thread).
     #[arg(long, default_value_t = 0)]
     snapshot_every_bytes: u64,
-    /// Microseconds a shard waiting on a peer (cross-shard transfers in
-    /// flight) polls before it sleeps.
-    #[arg(long, default_value_t = molly_shards::runtime::PEER_SPIN_DEFAULT.as_micros() as u64)]
-    peer_spin_us: u64,
     /// Fraction of transfers whose credit account is on another shard
     /// (two-phase between shards; no effect with one shard).
     #[arg(long, default_value_t = 0.0)]
@@ -201,7 +197,6 @@ fn shards(args: ShardsArgs) -> anyhow::Result<()> {
             pin: !args.no_pin,
             seed: 1,
             snapshot_every_bytes: args.snapshot_every_bytes,
-            peer_spin_us: args.peer_spin_us,
             cross_shard: args.cross_shard,
         };
         let name = format!("{shards}-shard{}", if shards == 1 { "" } else { "s" });

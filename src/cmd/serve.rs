@@ -110,9 +110,6 @@ pub struct ServeSection {
     pub group_bytes_max: usize,
     /// How long an idle shard sleeps between inbox polls, microseconds.
     pub idle_sleep_us: u64,
-    /// How long a shard waiting on a peer (cross-shard transfers in flight)
-    /// polls before it sleeps, microseconds.
-    pub peer_spin_us: u64,
     /// Touch the engine's reserved memory at start.
     pub prefault: bool,
     /// Journal bytes between snapshots (0: only at shutdown).
@@ -150,7 +147,6 @@ impl Default for ServeSection {
             inbox_depth: molly_shards::runtime::INBOX_DEPTH_DEFAULT,
             group_bytes_max: molly_shards::durable::GROUP_BYTES_MAX_DEFAULT,
             idle_sleep_us: 50,
-            peer_spin_us: molly_shards::runtime::PEER_SPIN_DEFAULT.as_micros() as u64,
             prefault: false,
             snapshot_every_bytes: molly_shards::runtime::SNAPSHOT_EVERY_BYTES_DEFAULT,
             transfers_in_memory: molly_shards::runtime::TRANSFERS_IN_MEMORY_DEFAULT,
@@ -212,7 +208,6 @@ impl ServeConfig {
         runtime.inbox_depth = self.serve.inbox_depth;
         runtime.group_bytes_max = self.serve.group_bytes_max;
         runtime.idle_sleep = Duration::from_micros(self.serve.idle_sleep_us);
-        runtime.peer_spin = Duration::from_micros(self.serve.peer_spin_us);
         runtime.prefault = self.serve.prefault;
         runtime.snapshot_every_bytes = self.serve.snapshot_every_bytes;
         runtime.transfers_in_memory = self.serve.transfers_in_memory;
