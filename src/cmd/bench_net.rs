@@ -153,6 +153,8 @@ pub fn run(args: NetArgs) -> anyhow::Result<()> {
         "max_batch_ms": report.batch_latency.max_ms,
         "server_rss_bytes": memory.as_ref().map(|m| m.rss_bytes),
         "server_peak_rss_bytes": memory.as_ref().map(|m| m.peak_rss_bytes),
+        "server_rss_anon_bytes": memory.as_ref().map(|m| m.anon_bytes),
+        "server_rss_file_bytes": memory.as_ref().map(|m| m.file_bytes),
         "report": report,
         "machine": machine,
     });
@@ -186,10 +188,13 @@ fn print_report(report: &NetReport, memory: Option<&ServerMemory>) {
     );
     println!("client CPU: {:.2} s", report.client_cpu_seconds);
     if let Some(memory) = memory {
+        let mib = |bytes: u64| bytes as f64 / 1048576.0;
         println!(
-            "server memory: {:.0} MiB resident, {:.0} MiB peak",
-            memory.rss_bytes as f64 / 1048576.0,
-            memory.peak_rss_bytes as f64 / 1048576.0
+            "server memory: {:.0} MiB resident ({:.0} MiB its own, {:.0} MiB mapped history files the kernel may drop), {:.0} MiB peak",
+            mib(memory.rss_bytes),
+            mib(memory.anon_bytes),
+            mib(memory.file_bytes),
+            mib(memory.peak_rss_bytes)
         );
     }
     if let Some(found) = report.verified_transfers {
@@ -234,6 +239,11 @@ fn start_server(dir: &Path, shards: Option<usize>) -> anyhow::Result<Started> {
 struct ServerMemory {
     rss_bytes: u64,
     peak_rss_bytes: u64,
+    /// Anonymous pages: the memory the server holds.
+    anon_bytes: u64,
+    /// File-backed pages: transfer segments read through their mapping
+    /// (page cache the kernel can reclaim) and the binary.
+    file_bytes: u64,
 }
 
 fn server_memory(pid: u32) -> Option<ServerMemory> {
@@ -245,7 +255,12 @@ fn server_memory(pid: u32) -> Option<ServerMemory> {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map(|kb| kb * 1024)
     };
-    Some(ServerMemory { rss_bytes: field("VmRSS:")?, peak_rss_bytes: field("VmHWM:")? })
+    Some(ServerMemory {
+        rss_bytes: field("VmRSS:")?,
+        peak_rss_bytes: field("VmHWM:")?,
+        anon_bytes: field("RssAnon:")?,
+        file_bytes: field("RssFile:")? + field("RssShmem:").unwrap_or(0),
+    })
 }
 
 /// Prints old → new for the headline figures of two reports.
