@@ -51,6 +51,9 @@ impl ShardMetrics {
             HistogramOpts::new(name, help).const_label("shard", &label).buckets(BUCKETS.to_vec())
         };
         let counter = |name, help| IntCounter::with_opts(opts(name, help)).expect("valid counter");
+        let gauge = |name, help| Gauge::with_opts(opts(name, help)).expect("valid gauge");
+        let int_gauge = |name, help| IntGauge::with_opts(opts(name, help)).expect("valid gauge");
+        let histogram = |name, help| Histogram::with_opts(hopts(name, help)).expect("valid histogram");
         Self {
             transfers_ok: counter("molly_transfers_created_total", "Transfers created (result ok)."),
             transfers_rejected: counter(
@@ -60,47 +63,36 @@ impl ShardMetrics {
             accounts_created: counter("molly_accounts_created_total", "Accounts created."),
             groups: counter("molly_journal_groups_total", "Journal groups made durable."),
             journal_bytes: counter("molly_journal_bytes_total", "Journal bytes written."),
-            fsync_seconds: Histogram::with_opts(hopts(
+            fsync_seconds: histogram(
                 "molly_journal_fsync_seconds",
                 "Write plus fdatasync time of one journal group.",
-            ))
-            .expect("valid histogram"),
-            batch_seconds: Histogram::with_opts(hopts(
+            ),
+            batch_seconds: histogram(
                 "molly_batch_seconds",
                 "Time from a write request leaving the inbox to its durable reply.",
-            ))
-            .expect("valid histogram"),
-            inbox_depth: IntGauge::with_opts(opts(
-                "molly_inbox_depth",
-                "Requests waiting in the shard's inbox.",
-            ))
-            .expect("valid gauge"),
-            recovery_seconds: Gauge::with_opts(opts(
+            ),
+            inbox_depth: int_gauge("molly_inbox_depth", "Requests waiting in the shard's inbox."),
+            recovery_seconds: gauge(
                 "molly_recovery_seconds",
                 "Time the shard's journal recovery took at start.",
-            ))
-            .expect("valid gauge"),
+            ),
             snapshots: counter("molly_snapshots_total", "Snapshots written."),
-            snapshot_seconds: Gauge::with_opts(opts(
+            snapshot_seconds: gauge(
                 "molly_snapshot_seconds",
                 "How long the last snapshot took to write (on a background thread).",
-            ))
-            .expect("valid gauge"),
-            snapshot_capture_seconds: Gauge::with_opts(opts(
+            ),
+            snapshot_capture_seconds: gauge(
                 "molly_snapshot_capture_seconds",
                 "How long the shard stopped to take the last snapshot's state.",
-            ))
-            .expect("valid gauge"),
-            transfer_blocks_memory: IntGauge::with_opts(opts(
+            ),
+            transfer_blocks_memory: int_gauge(
                 "molly_transfer_blocks_memory",
                 "Full 8 MiB transfer blocks held in memory.",
-            ))
-            .expect("valid gauge"),
-            transfer_blocks_cold: IntGauge::with_opts(opts(
+            ),
+            transfer_blocks_cold: int_gauge(
                 "molly_transfer_blocks_cold",
                 "Full 8 MiB transfer blocks evicted to segment files (read through a mapping).",
-            ))
-            .expect("valid gauge"),
+            ),
         }
     }
 

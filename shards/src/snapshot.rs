@@ -247,6 +247,29 @@ fn map_segment(path: &Path, blocks: usize) -> std::io::Result<Vec<Arc<dyn ColdBl
         .collect())
 }
 
+/// Writes `parts` as the file `path` in `dir`, atomically: to `*.tmp`,
+/// fsynced, renamed into place, the directory fsynced. The file either is
+/// complete or does not exist.
+fn write_atomically<'a>(
+    dir: &Path,
+    path: &Path,
+    parts: impl Iterator<Item = &'a [u8]>,
+) -> Result<(), SnapshotError> {
+    let io = |what| move |source| SnapshotError::Io { path: path.to_path_buf(), what, source };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    {
+        let mut file = File::create(&tmp).map_err(io("creating"))?;
+        for part in parts {
+            file.write_all(part).map_err(io("writing"))?;
+        }
+        file.sync_all().map_err(io("syncing"))?;
+    }
+    std::fs::rename(&tmp, path).map_err(io("renaming into place"))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io("syncing the directory"))
+}
+
 /// Writes `blocks` (the full blocks from `first_block` on) as one segment
 /// file, durably, and maps it.
 fn write_segment(
@@ -278,17 +301,9 @@ fn write_segment(
     }
     let checksum = xxh3_128(&header_bytes[16..]);
     header_bytes[..16].copy_from_slice(&checksum.to_le_bytes());
-    let tmp = path.with_extension("seg.tmp");
-    {
-        let mut file = File::create(&tmp).map_err(io("creating"))?;
-        file.write_all(&header_bytes).map_err(io("writing"))?;
-        for block in blocks {
-            file.write_all(bytemuck::cast_slice(block.records())).map_err(io("writing"))?;
-        }
-        file.sync_all().map_err(io("syncing"))?;
-    }
-    std::fs::rename(&tmp, &path).map_err(io("renaming into place"))?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io("syncing the directory"))?;
+    let parts =
+        std::iter::once(&header_bytes[..]).chain(blocks.iter().map(|b| bytemuck::cast_slice(b.records())));
+    write_atomically(dir, &path, parts)?;
     let cold = map_segment(&path, blocks.len()).map_err(io("mapping"))?;
     Ok((SegmentRef { first_block, blocks: blocks.len() as u64, checksum }, cold))
 }
@@ -353,10 +368,6 @@ pub fn write(job: SnapshotJob) -> Result<SnapshotDone, SnapshotError> {
         cold.extend(handles.into_iter().enumerate().map(|(j, handle)| (first_block + j, handle)));
         bytes_written += (SEGMENT_HEADER_SIZE + chunk.len() * BLOCK_BYTES) as u64;
     }
-    let io = |what| {
-        let path = path.clone();
-        move |source| SnapshotError::Io { path, what, source }
-    };
     let body = SnapshotBody {
         accounts: bytemuck::cast_slice(&parts.accounts).to_vec(),
         transfer_states: parts.transfer_states,
@@ -384,15 +395,7 @@ pub fn write(job: SnapshotJob) -> Result<SnapshotDone, SnapshotError> {
         reserved: 0,
     };
     header.checksum_header = header.compute_checksum();
-    let tmp = path.with_extension("molly.tmp");
-    {
-        let mut file = File::create(&tmp).map_err(io("creating"))?;
-        file.write_all(bytemuck::bytes_of(&header)).map_err(io("writing"))?;
-        file.write_all(&bytes).map_err(io("writing"))?;
-        file.sync_all().map_err(io("syncing"))?;
-    }
-    std::fs::rename(&tmp, &path).map_err(io("renaming into place"))?;
-    File::open(&dir).and_then(|d| d.sync_all()).map_err(io("syncing the directory"))?;
+    write_atomically(&dir, &path, [bytemuck::bytes_of(&header), &bytes[..]].into_iter())?;
     bytes_written += 64 + bytes.len() as u64;
     for old in list(&dir).into_iter().rev().skip(KEEP) {
         let _ = std::fs::remove_file(old);
