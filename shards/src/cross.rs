@@ -500,18 +500,21 @@ impl Cross {
             }
             start = i + 1;
         }
-        // 3. Keep a transfer slot for the settle of every intent.
-        let mut budget = self.budget(engine);
-        for kind in kinds.iter_mut().take(open_from) {
+        // 3. Keep a transfer slot for the settle of every intent. With none
+        //    open and none to open, the engine's own limit is exact (checked
+        //    last, as documented); a re-sent id creates nothing (`exists*`).
+        let settles = !self.intents.is_empty() || kinds.iter().any(|k| matches!(k, Kind::Cross(_)));
+        let mut budget = if settles { self.budget(engine) } else { usize::MAX };
+        for (i, kind) in kinds.iter_mut().enumerate().take(open_from) {
             let cost = match kind {
                 Kind::Raw => 1,
                 Kind::Cross(_) => 2,
                 Kind::Poison(_) | Kind::Chain => 0,
             };
-            if cost > budget {
-                *kind = Kind::Poison(TR::TransfersLimitReached);
-            } else {
+            if cost <= budget {
                 budget -= cost;
+            } else if self.transfer(engine, batch[i].id).is_none() {
+                *kind = Kind::Poison(TR::TransfersLimitReached);
             }
         }
         // 4. Bridges, created the first time a (peer, ledger) is needed: the
