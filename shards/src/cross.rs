@@ -687,24 +687,32 @@ impl Cross {
             let mut created = Vec::new();
             engine.create_accounts(&accounts, &mut created)?;
         }
-        // A leg or its tombstone takes one slot; legs past the budget fail
-        // (the budget never grows back, so the answer is stable).
+        // A new leg or its tombstone takes one slot; new legs past the budget
+        // fail (the budget never grows back, so the answer is stable). A
+        // copy of a leg already recorded takes none: it gets its answer.
         let budget = self.budget(engine);
         let mut results = Vec::with_capacity(legs.len());
+        let mut over = Vec::new();
         if legs.len() <= budget {
             engine.create_transfers(legs, &mut results)?;
         } else {
+            let mut room = budget;
+            for leg in legs {
+                let new = self.transfer(engine, leg.id).is_none();
+                over.push(new && room == 0);
+                room -= usize::from(new && room > 0);
+            }
             let events: Vec<Transfer> = legs
                 .iter()
-                .enumerate()
-                .map(|(i, leg)| if i < budget { *leg } else { Transfer { timestamp: 1, ..*leg } })
+                .zip(&over)
+                .map(|(leg, &over)| if over { Transfer { timestamp: 1, ..*leg } } else { *leg })
                 .collect();
             engine.create_transfers(&events, &mut results)?;
         }
         let mut tombstones = Vec::new();
         for (i, leg) in legs.iter().enumerate() {
             let result = results[i];
-            results[i] = if i >= budget {
+            results[i] = if over.get(i) == Some(&true) {
                 TR::TransfersLimitReached
             } else if result.is_ok() {
                 TR::Ok
