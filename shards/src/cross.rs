@@ -46,6 +46,7 @@ use molly_engine::{
     Transfer, TransferFlags as TF, TransferState,
 };
 
+use crate::buggify::buggify;
 use crate::durable::Outcome;
 use crate::journal::Command;
 use crate::runtime::shard_for;
@@ -458,7 +459,8 @@ impl Cross {
             is_reserved(t.id) || is_reserved(t.debit_account_id) || is_reserved(t.credit_account_id)
         };
         let simple = !batch.iter().any(|t| t.pending_id != 0 || touches_reserved(t) || self.remote(t));
-        if simple && 2 * batch.len() <= self.budget(engine) {
+        // Fault point: a simple batch takes the general path (both must answer alike).
+        if simple && 2 * batch.len() <= self.budget(engine) && !buggify!(10) {
             // Nothing for the shard layer to decide before the engine runs;
             // only an `exists*` answer may need the client's view.
             engine.create_transfers(batch, &mut results)?;

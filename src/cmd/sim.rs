@@ -48,7 +48,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let report = sim::run_with(Options { seed, steps: args.steps, shards: args.shards });
         println!(
             "seed {seed}: {} shard(s), {} steps, {} crashes, {} failed writes, {} groups acknowledged, \
-             {} transfers ok, {} results checked against the model, {} messages delivered ({:.0} steps/s)",
+             {} transfers ok, {} results checked against the model, {} messages delivered, {} faults \
+             injected inside production code{} ({:.0} steps/s)",
             report.shards,
             report.steps,
             report.crashes,
@@ -57,6 +58,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             report.transfers_ok,
             report.events_checked,
             report.messages_delivered,
+            report.faults_injected,
+            if molly_shards::buggify::COMPILED { "" } else { " (built without --features sim)" },
             report.steps as f64 / started.elapsed().as_secs_f64()
         );
         return match report.violation {
@@ -72,16 +75,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .expect("valid template")
             .progress_chars("=> "),
     );
+    if !molly_shards::buggify::COMPILED {
+        println!("(built without --features sim: no fault points inside production code)");
+    }
     let started = Instant::now();
     // Failures grouped by the check they broke: (seed, violation), in seed order.
     let mut failures: BTreeMap<&'static str, Vec<(u64, sim::Violation)>> = BTreeMap::new();
     let mut failing = 0u64;
-    let (mut steps, mut crashes, mut checked) = (0u64, 0u64, 0u64);
+    let (mut steps, mut crashes, mut checked, mut faults) = (0u64, 0u64, 0u64, 0u64);
     for seed in range.clone() {
         let report = sim::run_with(Options { seed, steps: args.steps, shards: args.shards });
         steps += report.steps;
         crashes += report.crashes;
         checked += report.events_checked;
+        faults += report.faults_injected;
         if let Some(violation) = report.violation {
             failing += 1;
             failures.entry(violation.check).or_default().push((seed, violation));
@@ -93,7 +100,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let seconds = started.elapsed().as_secs_f64();
     println!(
         "seeds {}..{}: {} clean, {failing} failing; {steps} steps, {crashes} crashes, {checked} results checked \
-         against the model in {seconds:.1} s ({:.1} seeds/s, {:.0} steps/s)",
+         against the model, {faults} faults injected in {seconds:.1} s ({:.1} seeds/s, {:.0} steps/s)",
         range.start,
         range.end,
         total - failing,

@@ -147,6 +147,9 @@ pub struct SimReport {
     pub events_checked: u64,
     /// Messages delivered between shards.
     pub messages_delivered: u64,
+    /// Times a fault point inside production code fired (`buggify!`; 0
+    /// without the `sim` feature).
+    pub faults_injected: u64,
     /// The first violated check, if any.
     pub violation: Option<Violation>,
 }
@@ -209,7 +212,24 @@ struct Node {
     model: Option<Model>,
 }
 
+/// Turns the fault points on for a run, and off when it ends (however it ends).
+struct FaultPoints;
+
+impl FaultPoints {
+    fn on(seed: u64) -> Self {
+        crate::buggify::enable(seed);
+        Self
+    }
+}
+
+impl Drop for FaultPoints {
+    fn drop(&mut self) {
+        crate::buggify::disable();
+    }
+}
+
 struct World {
+    _faults: FaultPoints,
     prng: Prng,
     config: Config,
     shards: u32,
@@ -276,6 +296,7 @@ impl World {
             .collect();
         let ring_depth = 1 + prng.below(4) as usize;
         Self {
+            _faults: FaultPoints::on(seed),
             prng,
             config,
             shards,
@@ -714,6 +735,7 @@ impl World {
             node.core.cross().check(engine).or_else(|e| fail(check::INTENTS, format!("shard {n}: {e}")))?;
             balances_from_records(engine)
                 .or_else(|e| fail(check::BALANCES_FROM_RECORDS, format!("shard {n}: {e}")))?;
+            expiry_by_the_clock(engine).or_else(|e| fail(check::EXPIRY, format!("shard {n}: {e}")))?;
             if let Some(model) = &mut node.model {
                 model.check(engine, true).or_else(|e| fail(check::MODEL_STATE, e))?;
             }
@@ -819,6 +841,7 @@ impl World {
     /// written, every message delivered, until every shard is idle; then
     /// every request must have its answer.
     fn drain(&mut self) -> Result<(), Failure> {
+        self.report.faults_injected = crate::buggify::disable();
         for _ in 0..DRAIN_STEPS_MAX {
             self.flush();
             let mut busy = false;
@@ -863,6 +886,32 @@ impl World {
         let stuck: Vec<String> = self.nodes.iter().map(|node| format!("{:?}", node.core)).collect();
         fail(check::LIVENESS, format!("not idle after {DRAIN_STEPS_MAX} drain steps: {stuck:?}"))
     }
+}
+
+/// No pending transfer with a timeout is still pending once the clock has
+/// reached its expiry, and none expired before it.
+fn expiry_by_the_clock(engine: &Engine) -> Result<(), String> {
+    for t in engine.transfers().iter().filter(|t| t.flags.contains(TF::PENDING) && t.timeout != 0) {
+        let expires_at = t.timestamp + u64::from(t.timeout) * 1_000_000_000;
+        match engine.transfer_state(t.id) {
+            Some(TransferState::Pending) if expires_at <= engine.clock_ns() => {
+                return Err(format!(
+                    "pending transfer {} is open at {}, past its expiry {expires_at}",
+                    t.id,
+                    engine.clock_ns()
+                ));
+            }
+            Some(TransferState::Expired) if expires_at > engine.clock_ns() => {
+                return Err(format!(
+                    "pending transfer {} expired before {expires_at} (clock {})",
+                    t.id,
+                    engine.clock_ns()
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Every account's four balances equal what the shard's transfer records
@@ -921,6 +970,7 @@ pub fn run_with(options: Options) -> SimReport {
         outcome = world.drain().and_then(|()| world.check_full(true));
     }
     if let Err((check, detail)) = outcome {
+        world.report.faults_injected = world.report.faults_injected.max(crate::buggify::disable());
         world.report.violation = Some(Violation { step: world.step, check, detail });
     }
     world.report
@@ -945,7 +995,7 @@ mod tests {
 
     #[test]
     fn a_sweep_of_one_shard_agrees_with_the_model() {
-        let (mut crashes, mut acknowledged, mut checked) = (0, 0, 0);
+        let (mut crashes, mut acknowledged, mut checked, mut faults) = (0, 0, 0, 0);
         for seed in 1..=30 {
             let report = one(seed, 600, 1);
             assert_eq!(
@@ -955,17 +1005,18 @@ mod tests {
             crashes += report.crashes;
             acknowledged += report.groups_acknowledged;
             checked += report.events_checked;
+            faults += report.faults_injected;
         }
         // The sweep exercised what it claims to.
         assert!(
-            crashes > 30 && acknowledged > 1000 && checked > 10_000,
-            "crashes {crashes}, groups {acknowledged}, events {checked}"
+            crashes > 30 && acknowledged > 1000 && checked > 10_000 && faults > 30,
+            "crashes {crashes}, groups {acknowledged}, events {checked}, fault points fired {faults}"
         );
     }
 
     #[test]
     fn a_sweep_of_several_shards_settles_all_or_nothing() {
-        let (mut crashes, mut delivered, mut ok) = (0, 0, 0);
+        let (mut crashes, mut delivered, mut ok, mut faults) = (0, 0, 0, 0);
         for seed in 1..=30 {
             let shards = 2 + (seed % 2) as u32;
             let report = one(seed, 600, shards);
@@ -976,10 +1027,11 @@ mod tests {
             crashes += report.crashes;
             delivered += report.messages_delivered;
             ok += report.transfers_ok;
+            faults += report.faults_injected;
         }
         assert!(
-            crashes > 30 && delivered > 1000 && ok > 1000,
-            "crashes {crashes}, messages {delivered}, ok {ok}"
+            crashes > 30 && delivered > 1000 && ok > 1000 && faults > 30,
+            "crashes {crashes}, messages {delivered}, ok {ok}, fault points fired {faults}"
         );
     }
 
