@@ -3,6 +3,7 @@
 //! and rings; see `molly_shards::sim` and docs/simulation.md).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -42,9 +43,27 @@ fn replay(seed: u64, args: &Args) -> String {
     }
 }
 
+/// The seed running now, for the panic hook.
+static SEED_RUNNING: AtomicU64 = AtomicU64::new(0);
+
+/// An assertion inside production code is a finding like any other, but the
+/// release build aborts on panic: name the seed before it does.
+fn name_the_seed_on_panic(args: &Args) {
+    let (steps, shards) = (args.steps, args.shards);
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        let seed = SEED_RUNNING.load(Ordering::Relaxed);
+        let shards = shards.map(|n| format!(" --shards {n}")).unwrap_or_default();
+        eprintln!("seed {seed} panicked; replay: molly sim --seed {seed} --steps {steps}{shards}");
+    }));
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
+    name_the_seed_on_panic(&args);
     if let Some(seed) = args.seed {
         let started = Instant::now();
+        SEED_RUNNING.store(seed, Ordering::Relaxed);
         let report = sim::run_with(Options { seed, steps: args.steps, shards: args.shards });
         println!(
             "seed {seed}: {} shard(s), {} steps, {} crashes, {} failed writes, {} groups acknowledged, \
@@ -84,6 +103,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut failing = 0u64;
     let (mut steps, mut crashes, mut checked, mut faults) = (0u64, 0u64, 0u64, 0u64);
     for seed in range.clone() {
+        SEED_RUNNING.store(seed, Ordering::Relaxed);
         let report = sim::run_with(Options { seed, steps: args.steps, shards: args.shards });
         steps += report.steps;
         crashes += report.crashes;

@@ -140,12 +140,20 @@ impl Workload {
             if prng.chance(25) {
                 let i = prng.below(batch.len() as u64) as usize;
                 let t = &mut batch[i];
-                match prng.below(5) {
-                    0 => t.amount = t.amount.wrapping_add(1),
-                    1 => t.user_data_64 ^= 1,
-                    2 => t.code = t.code.wrapping_add(1),
-                    3 => t.flags = TF(t.flags.0 ^ TF::BALANCING_DEBIT.0),
-                    _ => t.timeout = t.timeout.wrapping_add(1),
+                // Every field a retry can differ in, in the order they are compared.
+                match prng.below(11) {
+                    0 => t.flags = TF(t.flags.0 ^ TF::BALANCING_DEBIT.0),
+                    1 => t.pending_id = t.pending_id.wrapping_add(1),
+                    2 => t.timeout = t.timeout.wrapping_add(1),
+                    // Still an account of this shard: a write is routed by its debit accounts.
+                    3 => t.debit_account_id = Self::pick(prng, &self.owned[shard]),
+                    4 => t.credit_account_id = t.credit_account_id.wrapping_add(1),
+                    5 => t.amount = t.amount.wrapping_add(1),
+                    6 => t.user_data_128 ^= 1,
+                    7 => t.user_data_64 ^= 1,
+                    8 => t.user_data_32 ^= 1,
+                    9 => t.ledger ^= 1,
+                    _ => t.code = t.code.wrapping_add(1),
                 }
             }
             return batch;
