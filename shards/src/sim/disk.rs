@@ -19,11 +19,17 @@ pub struct SimDisk {
 
 impl SimDisk {
     fn apply(target: &mut Vec<u8>, offset: u64, bytes: &[u8]) {
-        let end = offset as usize + bytes.len();
+        let (offset, end) = (offset as usize, offset as usize + bytes.len());
+        if offset >= target.len() {
+            // Appending (the usual case): no zero fill to overwrite.
+            target.resize(offset, 0);
+            target.extend_from_slice(bytes);
+            return;
+        }
         if target.len() < end {
             target.resize(end, 0);
         }
-        target[offset as usize..end].copy_from_slice(bytes);
+        target[offset..end].copy_from_slice(bytes);
     }
 
     /// A write reaches the disk's cache.
