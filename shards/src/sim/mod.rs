@@ -23,7 +23,7 @@ pub mod disk;
 pub mod model;
 pub mod workload;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use molly_engine::{
@@ -94,6 +94,9 @@ pub mod check {
     /// group in flight: nothing acknowledged lost, nothing half-applied,
     /// nothing from nowhere.
     pub const RECOVERY_PREFIX: &str = "recovered = acknowledged + prefix of in-flight group";
+    /// A closed linked chain is answered all `ok` or none; in a batch of new
+    /// ids, every event answered `ok` is there and every other is not.
+    pub const ANSWERS_MATCH_STATE: &str = "answers match the state";
     /// An id was answered `ok` twice.
     pub const APPLIED_TWICE: &str = "applied at most once";
     /// A transfer answered `ok` is present (merged over its legs) on every later check.
@@ -193,6 +196,8 @@ fn fail<T>(check: &'static str, detail: impl Into<String>) -> Result<T, Failure>
 #[derive(Debug)]
 struct ClientWrite {
     commands: Vec<CommandBuf>,
+    /// Per command: a transfer batch of ids never sent before.
+    fresh: Vec<bool>,
     answer: Answer<WriteReply>,
 }
 
@@ -290,6 +295,8 @@ struct World {
     workload: Workload,
     /// Transfer ids answered `ok`, and the shard that answered.
     acked: BTreeMap<u128, usize>,
+    /// Transfer ids sent more than once (a retry may apply what an earlier answer said failed).
+    resent: BTreeSet<u128>,
     step: u64,
     report: SimReport,
 }
@@ -386,6 +393,7 @@ impl World {
             now_ns: 1_000_000_000,
             workload: Workload::new(shards),
             acked: BTreeMap::new(),
+            resent: BTreeSet::new(),
             step: 0,
             report: SimReport { seed, shards, ..SimReport::default() },
         }
@@ -411,7 +419,12 @@ impl World {
     // Client writes and their answers.
 
     fn client_write(&mut self, n: usize) -> Result<(), Failure> {
-        let (commands, misrouted) = self.workload.write(&mut self.prng, n);
+        let workload::Write { commands, fresh, misrouted } = self.workload.write(&mut self.prng, n);
+        for (command, &fresh) in commands.iter().zip(&fresh) {
+            if let (CommandBuf::CreateTransfers(batch), false) = (command, fresh) {
+                self.resent.extend(batch.iter().map(|t| t.id));
+            }
+        }
         let (reply, mut answer) = reply_channel();
         let staged = commands.clone();
         match self.nodes[n].core.offer(Request::Write { commands, reply }, self.now_ns) {
@@ -428,7 +441,7 @@ impl World {
                         format!("a write was answered before it was durable: {reply:?}"),
                     );
                 }
-                self.nodes[n].open.push(ClientWrite { commands: staged, answer });
+                self.nodes[n].open.push(ClientWrite { commands: staged, fresh, answer });
                 Ok(())
             }
             // The open group is full: write it first (the request is dropped, never acknowledged).
@@ -436,9 +449,53 @@ impl World {
         }
     }
 
-    /// Records a write's answer: every `ok` transfer at most once.
+    /// Records a write's answer: every `ok` transfer at most once; in a
+    /// batch of new ids, every event answered `ok` is there (merged over its
+    /// legs) and every other is not — so a linked chain is all or nothing,
+    /// across shards too.
     fn record(&mut self, n: usize, write: &ClientWrite, reply: &WriteReply) -> Result<(), Failure> {
         let Ok(outcomes) = reply else { return Ok(()) };
+        let mut found = Vec::new();
+        for ((command, outcome), &fresh) in write.commands.iter().zip(outcomes).zip(&write.fresh) {
+            let (CommandBuf::CreateTransfers(batch), Outcome::Transfers(results)) = (command, outcome) else {
+                continue;
+            };
+            // A closed linked chain is answered all `ok` or none.
+            let mut start = 0;
+            for (i, t) in batch.iter().enumerate() {
+                if t.flags.contains(TF::LINKED) {
+                    continue;
+                }
+                let chain = &results[start..=i];
+                if chain.iter().any(|r| r.is_ok()) && !chain.iter().all(|r| r.is_ok()) {
+                    return fail(
+                        check::ANSWERS_MATCH_STATE,
+                        format!("a linked chain answered {chain:?} by shard {n}: {:?}", &batch[start..=i]),
+                    );
+                }
+                start = i + 1;
+            }
+            for (t, result) in batch.iter().zip(results) {
+                if !fresh || t.id == 0 || cross::is_reserved(t.id) || self.resent.contains(&t.id) {
+                    continue;
+                }
+                found.clear();
+                for node in &self.nodes {
+                    node.core.engine().lookup_transfers(&[t.id], &mut found).expect("one id");
+                }
+                let present = cross::user_view(&found).is_some();
+                if present != result.is_ok() {
+                    return fail(
+                        check::ANSWERS_MATCH_STATE,
+                        format!(
+                            "transfer {} answered {result} by shard {n}, but it is {}: {found:?}",
+                            t.id,
+                            if present { "there" } else { "not there" }
+                        ),
+                    );
+                }
+            }
+        }
         if outcomes.len() != write.commands.len() {
             return fail(
                 check::MODEL_RESULTS,
@@ -1260,7 +1317,7 @@ mod tests {
                 .core
                 .offer(Request::Write { commands: commands.clone(), reply }, world.now_ns)
                 .unwrap();
-            world.nodes[0].open.push(ClientWrite { commands, answer });
+            world.nodes[0].open.push(ClientWrite { commands, fresh: vec![false], answer });
             world.write_group(0, false).unwrap();
             assert!(world.nodes[0].in_flight.is_some());
             // The write vanishes, but the client is told it is durable.

@@ -36,6 +36,17 @@ pub struct Workload {
     pendings: Vec<VecDeque<(u128, u128)>>,
 }
 
+/// One client write.
+#[derive(Debug)]
+pub struct Write {
+    /// What is sent.
+    pub commands: Vec<CommandBuf>,
+    /// Per command: a transfer batch whose ids were never sent before.
+    pub fresh: Vec<bool>,
+    /// Sent to the wrong shard on purpose: it must be refused whole.
+    pub misrouted: bool,
+}
+
 /// The account clients create with `id`: ledger, code and flags follow from
 /// the id, so a re-sent account answers `exists`.
 pub fn account(id: u128) -> Account {
@@ -79,22 +90,26 @@ impl Workload {
         }
     }
 
-    /// A write for `shard`: commands, and whether it is misrouted on purpose
-    /// (the shard must refuse it whole).
-    pub fn write(&mut self, prng: &mut Prng, shard: usize) -> (Vec<CommandBuf>, bool) {
+    /// A write for `shard`.
+    pub fn write(&mut self, prng: &mut Prng, shard: usize) -> Write {
         if self.shards > 1 && prng.chance(1) {
             // An account of another shard: refused before anything is journaled.
             let other = (shard + 1 + prng.below(u64::from(self.shards) - 1) as usize) % self.shards as usize;
             let id = self.owned[other][0];
-            return (vec![CommandBuf::CreateAccounts(vec![account(id)])], true);
+            let commands = vec![CommandBuf::CreateAccounts(vec![account(id)])];
+            return Write { commands, fresh: vec![false], misrouted: true };
         }
         if prng.chance(4) {
-            return (vec![CommandBuf::CreateAccounts(self.accounts(prng, shard))], false);
+            let commands = vec![CommandBuf::CreateAccounts(self.accounts(prng, shard))];
+            return Write { commands, fresh: vec![false], misrouted: false };
         }
-        let commands = (0..1 + prng.below(2))
-            .map(|_| CommandBuf::CreateTransfers(self.transfers(prng, shard)))
-            .collect();
-        (commands, false)
+        let (mut commands, mut fresh) = (Vec::new(), Vec::new());
+        for _ in 0..1 + prng.below(2) {
+            let (batch, new) = self.transfers(prng, shard);
+            commands.push(CommandBuf::CreateTransfers(batch));
+            fresh.push(new);
+        }
+        Write { commands, fresh, misrouted: false }
     }
 
     fn pick(prng: &mut Prng, ids: &[u128]) -> u128 {
@@ -131,9 +146,9 @@ impl Workload {
         batch
     }
 
-    /// A transfer batch for `shard`: new events of every kind, or a retry
-    /// of an earlier batch, exact or with one event changed.
-    fn transfers(&mut self, prng: &mut Prng, shard: usize) -> Vec<Transfer> {
+    /// A transfer batch for `shard`: new events of every kind (`true`), or a
+    /// retry of an earlier batch, exact or with one event changed.
+    fn transfers(&mut self, prng: &mut Prng, shard: usize) -> (Vec<Transfer>, bool) {
         let sent = &self.sent[shard];
         if !sent.is_empty() && prng.chance(12) {
             let mut batch = sent[prng.below(sent.len() as u64) as usize].clone();
@@ -156,7 +171,7 @@ impl Workload {
                     _ => t.code = t.code.wrapping_add(1),
                 }
             }
-            return batch;
+            return (batch, false);
         }
         let size = 1 + prng.below(BATCH_EVENTS_MAX);
         let batch: Vec<Transfer> = (0..size).map(|_| self.transfer(prng, shard)).collect();
@@ -164,7 +179,7 @@ impl Workload {
         if self.sent[shard].len() > SENT_KEPT {
             self.sent[shard].pop_front();
         }
-        batch
+        (batch, true)
     }
 
     fn transfer(&mut self, prng: &mut Prng, shard: usize) -> Transfer {
