@@ -113,7 +113,7 @@ fn sim_replays_a_seed_and_sweeps() {
         text.split(" (").next().unwrap().to_string()
     };
     assert_eq!(strip(&a), strip(&b));
-    assert!(strip(&a).starts_with("seed 11: 500 steps"), "{}", strip(&a));
+    assert!(strip(&a).starts_with("seed 11: 3 shard(s), 500 steps"), "{}", strip(&a));
     let sweep = molly().args(["sim", "--seeds", "1..21", "--steps", "300"]).output().unwrap();
     assert!(sweep.status.success(), "stderr: {}", String::from_utf8_lossy(&sweep.stderr));
     assert!(String::from_utf8_lossy(&sweep.stdout).contains("seeds 1..21: 20 clean, 0 failing"));

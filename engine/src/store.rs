@@ -256,6 +256,15 @@ impl TransferStore {
     }
 }
 
+impl core::ops::Index<usize> for TransferStore {
+    type Output = Transfer;
+    #[inline(always)]
+    fn index(&self, slot: usize) -> &Transfer {
+        assert!(slot < self.len(), "slot {slot} of {}", self.len());
+        self.get(slot as u32)
+    }
+}
+
 impl PartialEq for TransferStore {
     fn eq(&self, other: &Self) -> bool {
         self.len() == other.len() && self.iter().eq(other.iter())

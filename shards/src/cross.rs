@@ -46,6 +46,7 @@ use molly_engine::{
     Transfer, TransferFlags as TF, TransferState,
 };
 
+use crate::buggify::buggify;
 use crate::durable::Outcome;
 use crate::journal::Command;
 use crate::runtime::shard_for;
@@ -458,7 +459,8 @@ impl Cross {
             is_reserved(t.id) || is_reserved(t.debit_account_id) || is_reserved(t.credit_account_id)
         };
         let simple = !batch.iter().any(|t| t.pending_id != 0 || touches_reserved(t) || self.remote(t));
-        if simple && 2 * batch.len() <= self.budget(engine) {
+        // Fault point: a simple batch takes the general path (both must answer alike).
+        if simple && 2 * batch.len() <= self.budget(engine) && !buggify!(10) {
             // Nothing for the shard layer to decide before the engine runs;
             // only an `exists*` answer may need the client's view.
             engine.create_transfers(batch, &mut results)?;
@@ -500,18 +502,21 @@ impl Cross {
             }
             start = i + 1;
         }
-        // 3. Keep a transfer slot for the settle of every intent.
-        let mut budget = self.budget(engine);
-        for kind in kinds.iter_mut().take(open_from) {
+        // 3. Keep a transfer slot for the settle of every intent. With none
+        //    open and none to open, the engine's own limit is exact (checked
+        //    last, as documented); a re-sent id creates nothing (`exists*`).
+        let settles = !self.intents.is_empty() || kinds.iter().any(|k| matches!(k, Kind::Cross(_)));
+        let mut budget = if settles { self.budget(engine) } else { usize::MAX };
+        for (i, kind) in kinds.iter_mut().enumerate().take(open_from) {
             let cost = match kind {
                 Kind::Raw => 1,
                 Kind::Cross(_) => 2,
                 Kind::Poison(_) | Kind::Chain => 0,
             };
-            if cost > budget {
-                *kind = Kind::Poison(TR::TransfersLimitReached);
-            } else {
+            if cost <= budget {
                 budget -= cost;
+            } else if self.transfer(engine, batch[i].id).is_none() {
+                *kind = Kind::Poison(TR::TransfersLimitReached);
             }
         }
         // 4. Bridges, created the first time a (peer, ledger) is needed: the
@@ -684,24 +689,32 @@ impl Cross {
             let mut created = Vec::new();
             engine.create_accounts(&accounts, &mut created)?;
         }
-        // A leg or its tombstone takes one slot; legs past the budget fail
-        // (the budget never grows back, so the answer is stable).
+        // A new leg or its tombstone takes one slot; new legs past the budget
+        // fail (the budget never grows back, so the answer is stable). A
+        // copy of a leg already recorded takes none: it gets its answer.
         let budget = self.budget(engine);
         let mut results = Vec::with_capacity(legs.len());
+        let mut over = Vec::new();
         if legs.len() <= budget {
             engine.create_transfers(legs, &mut results)?;
         } else {
+            let mut room = budget;
+            for leg in legs {
+                let new = self.transfer(engine, leg.id).is_none();
+                over.push(new && room == 0);
+                room -= usize::from(new && room > 0);
+            }
             let events: Vec<Transfer> = legs
                 .iter()
-                .enumerate()
-                .map(|(i, leg)| if i < budget { *leg } else { Transfer { timestamp: 1, ..*leg } })
+                .zip(&over)
+                .map(|(leg, &over)| if over { Transfer { timestamp: 1, ..*leg } } else { *leg })
                 .collect();
             engine.create_transfers(&events, &mut results)?;
         }
         let mut tombstones = Vec::new();
         for (i, leg) in legs.iter().enumerate() {
             let result = results[i];
-            results[i] = if i >= budget {
+            results[i] = if over.get(i) == Some(&true) {
                 TR::TransfersLimitReached
             } else if result.is_ok() {
                 TR::Ok

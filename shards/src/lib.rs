@@ -38,6 +38,7 @@
 //! std::fs::remove_dir_all(&dir).unwrap();
 //! ```
 
+pub mod buggify;
 pub mod cross;
 pub mod durable;
 pub mod journal;

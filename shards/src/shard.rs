@@ -27,6 +27,7 @@ use std::time::Instant;
 
 use molly_engine::{CreateTransferResult as TR, Engine, Transfer};
 
+use crate::buggify::buggify;
 use crate::cross::{is_reserved, Cross, Effects, FixedHasher, Message};
 use crate::durable::{JournalWriter, Outcome};
 use crate::journal::{Command, CommandBuf, HEADER_SIZE};
@@ -369,7 +370,8 @@ impl ShardCore {
     /// True when `bytes` of entries fit the open group, with a tick if they open it.
     fn room(&self, bytes: usize) -> bool {
         let tick_room = if self.writer.is_empty() { HEADER_SIZE } else { 0 };
-        self.writer.has_room(bytes + tick_room)
+        // Fault point: a group cut short (sealed early, the rest waits for the next).
+        self.writer.has_room(bytes + tick_room) && (self.writer.is_empty() || !buggify!(3))
     }
 
     fn stage(&mut self, commands: Vec<CommandBuf>, source: Source, now_ns: u64) {
@@ -466,7 +468,8 @@ impl ShardCore {
             legs[intent.peer as usize].push(intent.credit_leg(shard));
         }
         for (peer, legs) in legs.into_iter().enumerate() {
-            for chunk in legs.chunks(self.message_legs_max) {
+            // Fault point: legs split one per message.
+            for chunk in legs.chunks(if buggify!(10) { 1 } else { self.message_legs_max }) {
                 self.outbox[peer].push_back(Message::Credits(chunk.to_vec()));
             }
         }

@@ -775,3 +775,82 @@ fn profile_the_protocol_without_disks() {
         );
     }
 }
+
+fn apply_transfers(cross: &mut Cross, engine: &mut Engine, batch: &[Transfer]) -> Vec<TR> {
+    let (mut expired, mut effects) = (Vec::new(), Effects::default());
+    match cross.apply(engine, &journal::Command::CreateTransfers(batch), &mut expired, &mut effects).unwrap()
+    {
+        Outcome::Transfers(results) => results,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Found by the simulator's reference model (`molly sim --seed 29 --shards
+/// 1 --steps 600` before the fix): at the transfer limit the shard layer
+/// counted every event of a batch against the room, in order, before the
+/// engine checked it, so a retry of an applied transfer got
+/// `transfers_limit_reached` instead of `exists` (a client could not learn
+/// that it applied), and an event failing another check got the limit's
+/// code. With no intent open or to open, the engine's own limit decides,
+/// checked last as documented; a re-sent id never counts.
+#[test]
+fn at_the_transfer_limit_events_keep_their_own_codes_and_retries_exist() {
+    let config = Config { transfers_max: 3, ..config() };
+    let mut engine = Engine::new(config).unwrap();
+    let mut cross = Cross::new(0, 1);
+    let accounts: Vec<Account> =
+        (1..=2).map(|id| Account { id, ledger: 1, code: 1, ..Account::default() }).collect();
+    let (mut expired, mut effects) = (Vec::new(), Effects::default());
+    cross
+        .apply(&mut engine, &journal::Command::CreateAccounts(&accounts), &mut expired, &mut effects)
+        .unwrap();
+    assert_eq!(apply_transfers(&mut cross, &mut engine, &[t(1, 1, 2, 5), t(2, 1, 2, 5)]), [TR::Ok, TR::Ok]);
+    // One slot left. A void makes the shard layer look at every event.
+    let void = Transfer { flags: TF::VOID_PENDING, pending_id: 99, ..t(10, 0, 0, 0) };
+    let batch = [void, t(1, 1, 2, 5), t(3, 1, 9, 5), t(4, 1, 2, 5), t(5, 1, 2, 5)];
+    assert_eq!(
+        apply_transfers(&mut cross, &mut engine, &batch),
+        [
+            TR::PendingTransferNotFound,
+            TR::Exists,
+            TR::CreditAccountNotFound,
+            TR::Ok,
+            TR::TransfersLimitReached
+        ]
+    );
+}
+
+/// Found by the simulator's all-or-nothing check (`molly sim --seed 242
+/// --steps 2000`, 3 shards, before the fix): a credit shard at its transfer
+/// limit answered a re-sent copy of a credit leg it had already applied with
+/// `transfers_limit_reached` (every leg past the room failed, new or not),
+/// so the debit shard voided a transfer whose credit stood: money created.
+/// A recorded leg now costs no room and gets its recorded answer.
+#[test]
+fn a_credit_shard_at_its_limit_answers_a_copy_of_an_applied_leg_ok() {
+    let ids = ids(2);
+    let (b, c) = (ids[1][0], ids[1][1]);
+    let config = Config { transfers_max: 3, ..config() };
+    let mut engine = Engine::new(config).unwrap();
+    let mut cross = Cross::new(1, SHARDS);
+    let accounts: Vec<Account> =
+        [b, c].iter().map(|&id| Account { id, ledger: 1, code: 1, ..Account::default() }).collect();
+    let (mut expired, mut effects) = (Vec::new(), Effects::default());
+    cross
+        .apply(&mut engine, &journal::Command::CreateAccounts(&accounts), &mut expired, &mut effects)
+        .unwrap();
+    let leg = |id| Transfer { debit_account_id: bridge_id(1, 0, 1), ..t(id, 0, b, 5) };
+    let mut credits = |engine: &mut Engine, legs: &[Transfer]| {
+        cross.apply(engine, &journal::Command::Credits(legs), &mut expired, &mut effects).unwrap();
+        effects.answers.take().unwrap().1
+    };
+    assert_eq!(credits(&mut engine, &[leg(7)]), [(7, TR::Ok)]);
+    // Fill the shard: no room is left.
+    let mut local = Vec::new();
+    engine.create_transfers(&[t(20, c, b, 1), t(21, c, b, 1)], &mut local).unwrap();
+    assert_eq!(local, [TR::Ok, TR::Ok]);
+    assert_eq!(engine.transfers().len(), 3);
+    // A copy of leg 7 (the debit shard restarted, or the answer was lost) stays ok; a new leg has no room.
+    assert_eq!(credits(&mut engine, &[leg(8), leg(7)]), [(8, TR::TransfersLimitReached), (7, TR::Ok)]);
+    assert_eq!(credits(&mut engine, &[leg(7), leg(8)]), [(7, TR::Ok), (8, TR::TransfersLimitReached)]);
+}

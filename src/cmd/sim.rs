@@ -1,10 +1,13 @@
-//! `molly sim`: the deterministic simulator (first version: one shard's real
-//! core, engine and journal on a simulated disk and clock; see
-//! `molly_shards::sim`).
+//! `molly sim`: the deterministic simulator (one to three shards' real
+//! cores, engine, cross-shard protocol and journal on simulated disks, clock
+//! and rings; see `molly_shards::sim` and docs/simulation.md).
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use molly_shards::sim::{self, Options};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -14,9 +17,13 @@ pub struct Args {
     /// Run a sweep of seeds, `A..B` (B excluded).
     #[arg(long)]
     seeds: Option<String>,
-    /// Steps per seed.
+    /// Steps per seed (then faults stop and everything must settle).
     #[arg(long, default_value_t = 2_000)]
     steps: u64,
+    /// Shards, 1 to 3 (default: `1 + seed % 3`; one shard also checks every
+    /// result against the reference model).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(sim::SHARDS_MAX)))]
+    shards: Option<u32>,
 }
 
 fn parse_range(text: &str) -> anyhow::Result<std::ops::Range<u64>> {
@@ -29,17 +36,49 @@ fn parse_range(text: &str) -> anyhow::Result<std::ops::Range<u64>> {
     Ok(range)
 }
 
+fn replay(seed: u64, args: &Args) -> String {
+    match args.shards {
+        Some(shards) => format!("molly sim --seed {seed} --steps {} --shards {shards}", args.steps),
+        None => format!("molly sim --seed {seed} --steps {}", args.steps),
+    }
+}
+
+/// The seed running now, for the panic hook.
+static SEED_RUNNING: AtomicU64 = AtomicU64::new(0);
+
+/// An assertion inside production code is a finding like any other, but the
+/// release build aborts on panic: name the seed before it does.
+fn name_the_seed_on_panic(args: &Args) {
+    let (steps, shards) = (args.steps, args.shards);
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        let seed = SEED_RUNNING.load(Ordering::Relaxed);
+        let shards = shards.map(|n| format!(" --shards {n}")).unwrap_or_default();
+        eprintln!("seed {seed} panicked; replay: molly sim --seed {seed} --steps {steps}{shards}");
+    }));
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
+    name_the_seed_on_panic(&args);
     if let Some(seed) = args.seed {
         let started = Instant::now();
-        let report = molly_shards::sim::run(seed, args.steps);
+        SEED_RUNNING.store(seed, Ordering::Relaxed);
+        let report = sim::run_with(Options { seed, steps: args.steps, shards: args.shards });
         println!(
-            "seed {seed}: {} steps, {} crashes, {} failed writes, {} groups acknowledged, {} transfers ok ({:.0} steps/s)",
+            "seed {seed}: {} shard(s), {} steps, {} crashes, {} failed writes, {} groups acknowledged, \
+             {} transfers ok, {} results checked against the model, {} messages delivered, {} faults \
+             injected inside production code{} ({:.0} steps/s)",
+            report.shards,
             report.steps,
             report.crashes,
             report.failed_writes,
             report.groups_acknowledged,
             report.transfers_ok,
+            report.events_checked,
+            report.messages_delivered,
+            report.faults_injected,
+            if molly_shards::buggify::COMPILED { "" } else { " (built without --features sim)" },
             report.steps as f64 / started.elapsed().as_secs_f64()
         );
         return match report.violation {
@@ -51,40 +90,55 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let total = range.end - range.start;
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("[{bar:40}] {pos}/{len} seeds ({per_sec}) {msg}")
+        indicatif::ProgressStyle::with_template("[{bar:40}] {pos}/{len} seeds ({per_sec}, {eta}) {msg}")
             .expect("valid template")
             .progress_chars("=> "),
     );
+    if !molly_shards::buggify::COMPILED {
+        println!("(built without --features sim: no fault points inside production code)");
+    }
     let started = Instant::now();
-    let mut failures: Vec<(u64, String)> = Vec::new();
-    let (mut steps, mut crashes) = (0u64, 0u64);
+    // Failures grouped by the check they broke: (seed, violation), in seed order.
+    let mut failures: BTreeMap<&'static str, Vec<(u64, sim::Violation)>> = BTreeMap::new();
+    let mut failing = 0u64;
+    let (mut steps, mut crashes, mut checked, mut faults) = (0u64, 0u64, 0u64, 0u64);
     for seed in range.clone() {
-        let report = molly_shards::sim::run(seed, args.steps);
+        SEED_RUNNING.store(seed, Ordering::Relaxed);
+        let report = sim::run_with(Options { seed, steps: args.steps, shards: args.shards });
         steps += report.steps;
         crashes += report.crashes;
+        checked += report.events_checked;
+        faults += report.faults_injected;
         if let Some(violation) = report.violation {
-            failures.push((seed, violation));
-            bar.set_message(format!("{} failing", failures.len()));
+            failing += 1;
+            failures.entry(violation.check).or_default().push((seed, violation));
+            bar.set_message(format!("{failing} failing"));
         }
         bar.inc(1);
     }
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     println!(
-        "seeds {}..{}: {} clean, {} failing; {steps} steps, {crashes} crashes in {seconds:.1} s ({:.0} seeds/s, {:.0} steps/s)",
+        "seeds {}..{}: {} clean, {failing} failing; {steps} steps, {crashes} crashes, {checked} results checked \
+         against the model, {faults} faults injected in {seconds:.1} s ({:.1} seeds/s, {:.0} steps/s)",
         range.start,
         range.end,
-        total - failures.len() as u64,
-        failures.len(),
+        total - failing,
         total as f64 / seconds,
         steps as f64 / seconds
     );
-    for (seed, violation) in &failures {
-        println!("  seed {seed}: {violation}   (replay: molly sim --seed {seed} --steps {})", args.steps);
+    for (check, list) in &failures {
+        println!("{check}: {} seeds", list.len());
+        for (seed, violation) in list.iter().take(10) {
+            println!("  seed {seed}: {violation}   (replay: {})", replay(*seed, &args));
+        }
+        if list.len() > 10 {
+            println!("  ... and {} more", list.len() - 10);
+        }
     }
-    if failures.is_empty() {
+    if failing == 0 {
         Ok(())
     } else {
-        bail!("{} of {total} seeds violated an invariant", failures.len())
+        bail!("{failing} of {total} seeds violated an invariant")
     }
 }

@@ -1,0 +1,1336 @@
+//! A deterministic simulation of the shards (`molly sim`, issue 8): one to
+//! three real [`ShardCore`]s — engine, shard layer, cross-shard protocol and
+//! journal format — on simulated disks, a simulated clock and simulated
+//! rings between them, driven by one seed.
+//!
+//! ```text
+//!  seed ─► PRNG ─► each step, on one shard: a client write (accounts, transfers of every kind,
+//!                  cross-shard transfers, retries of old batches) · a lookup · write the open
+//!                  group (+ fdatasync, or left unsynced) · deliver the next message of a ring
+//!                  · clock moves · crash (one shard, or all) · failed fdatasync
+//!  disk: synced bytes + unsynced writes; a crash loses, keeps, or tears (per 512-byte
+//!        sector) each unsynced write, then the shard recovers from what is left
+//!  rings: FIFO per ordered pair of shards, bounded; a crash drops or keeps what is in flight
+//!  end: faults stop, every ring drains, every group is written: everything must settle
+//! ```
+//!
+//! What is checked, and when, is listed in [`check`] (the names a sweep
+//! groups its failures by) and in docs/simulation.md. On a violation the
+//! report carries the seed, the step and the first violated check;
+//! `molly sim --seed N` replays the same run exactly.
+
+pub mod disk;
+pub mod model;
+pub mod workload;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use molly_engine::{
+    AccountFlags, Config, CreateTransferResult as TR, Engine, EngineState, Transfer, TransferFlags as TF,
+    TransferState,
+};
+use tokio::sync::oneshot::error::TryRecvError;
+
+use crate::cross::{self, bridge_id, bridge_of, decode, encode, Cross, Effects};
+use crate::durable::{JournalWriter, Outcome};
+use crate::journal::{self, CommandBuf, EntryHeader, HEADER_SIZE};
+use crate::metrics::ShardMetrics;
+use crate::runtime::{reply_channel, Answer, Request, ShardError, WriteReply};
+use crate::shard::ShardCore;
+use disk::SimDisk;
+use model::Model;
+use workload::Workload;
+
+/// splitmix64: a small, well-known PRNG; the whole run follows from its
+/// seed (the state, `.0`). Shared with the shards' seeded tests.
+#[derive(Clone, Debug)]
+pub struct Prng(pub u64);
+
+impl Prng {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform-ish in `0..n` (modulo bias is irrelevant at these sizes).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// True with probability `percent`/100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// The checks, by the name a violation and a sweep's summary give them.
+pub mod check {
+    /// `Engine::check_invariants` on a shard: conservation per ledger,
+    /// limits, pending sums, timestamps, indexes.
+    pub const ENGINE_INVARIANTS: &str = "engine invariants";
+    /// `Cross::check`: every open intent has its pending leg and back.
+    pub const INTENTS: &str = "cross-shard intents";
+    /// Every account's balances are exactly what its transfer records add
+    /// up to (each record counted once): nothing applied twice or half.
+    pub const BALANCES_FROM_RECORDS: &str = "balances from records";
+    /// The journal holds exactly what the clients sent, in order.
+    pub const JOURNAL_CONTENT: &str = "journal holds what clients sent";
+    /// The shard's per-event results equal the reference model's.
+    pub const MODEL_RESULTS: &str = "results agree with the model";
+    /// Accounts, transfers, pending states, clock and history equal the model's.
+    pub const MODEL_STATE: &str = "state agrees with the model";
+    /// No pending transfer is open past its expiry, none expired early.
+    pub const EXPIRY: &str = "pending transfers expire on time";
+    /// A read answers from applied state.
+    pub const READS: &str = "reads see acknowledged state";
+    /// Recovery refused a disk that only crashes touched.
+    pub const RECOVERY_REFUSED: &str = "recovery refused";
+    /// The recovered state is the acknowledged one plus a prefix of the
+    /// group in flight: nothing acknowledged lost, nothing half-applied,
+    /// nothing from nowhere.
+    pub const RECOVERY_PREFIX: &str = "recovered = acknowledged + prefix of in-flight group";
+    /// A closed linked chain is answered all `ok` or none; in a batch of new
+    /// ids, every event answered `ok` is there and every other is not.
+    pub const ANSWERS_MATCH_STATE: &str = "answers match the state";
+    /// An id was answered `ok` twice.
+    pub const APPLIED_TWICE: &str = "applied at most once";
+    /// A transfer answered `ok` is present (merged over its legs) on every later check.
+    pub const ACKNOWLEDGED_DURABLE: &str = "acknowledged transfers survive";
+    /// A cross-shard transfer is all or nothing: posted legs have their
+    /// credit leg, voided ones none, credit legs a live pending leg.
+    pub const ALL_OR_NOTHING: &str = "cross-shard all or nothing";
+    /// Per pair of shards and ledger, the bridges net to minus what is
+    /// credited but not yet settled (zero once all is settled).
+    pub const BRIDGES: &str = "conservation across shards (bridges)";
+    /// A misrouted write is refused whole; no other write is refused.
+    pub const ROUTING: &str = "misrouted writes refused";
+    /// Once faults stop, every request completes and every shard goes idle.
+    pub const LIVENESS: &str = "liveness";
+}
+
+/// The first violated check of a run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The step at which it was found.
+    pub step: u64,
+    /// Which check (one of [`check`]).
+    pub check: &'static str,
+    /// What was found.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "step {}: {}: {}", self.step, self.check, self.detail)
+    }
+}
+
+/// What one simulation run found.
+#[derive(Clone, Debug, Default)]
+pub struct SimReport {
+    /// The seed.
+    pub seed: u64,
+    /// Shards simulated.
+    pub shards: u32,
+    /// Steps run.
+    pub steps: u64,
+    /// Crashes (power losses) simulated, one shard or all.
+    pub crashes: u64,
+    /// Failed journal writes simulated (each followed by a restart).
+    pub failed_writes: u64,
+    /// Groups made durable and acknowledged.
+    pub groups_acknowledged: u64,
+    /// Transfers acknowledged `ok`.
+    pub transfers_ok: u64,
+    /// Events whose result was compared with the reference model.
+    pub events_checked: u64,
+    /// Messages delivered between shards.
+    pub messages_delivered: u64,
+    /// Times a fault point inside production code fired (`buggify!`; 0
+    /// without the `sim` feature).
+    pub faults_injected: u64,
+    /// The first violated check, if any.
+    pub violation: Option<Violation>,
+}
+
+/// What to run.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// The seed: everything follows from it.
+    pub seed: u64,
+    /// Steps before the final drain.
+    pub steps: u64,
+    /// Shards (1 to 3); `None`: from the seed ([`shards_for_seed`]).
+    pub shards: Option<u32>,
+}
+
+/// Shards simulated when not chosen: 1, 2 or 3, by `seed % 3`.
+pub fn shards_for_seed(seed: u64) -> u32 {
+    1 + (seed % 3) as u32
+}
+
+/// Most shards the simulator runs.
+pub const SHARDS_MAX: u32 = 3;
+
+const GROUP_BYTES_MAX: usize = 64 * 1024;
+/// Journal bytes between two snapshots of a shard.
+const SNAPSHOT_EVERY_BYTES: u64 = 16 * 1024;
+/// Full checks (every shard, every record) run this often, after every
+/// crash, and at the end.
+const FULL_CHECK_EVERY_STEPS: u64 = 128;
+/// Steps of the final drain, at most, before liveness is declared broken.
+const DRAIN_STEPS_MAX: u64 = 100_000;
+
+type Failure = (&'static str, String);
+
+fn fail<T>(check: &'static str, detail: impl Into<String>) -> Result<T, Failure> {
+    Err((check, detail.into()))
+}
+
+/// A client's write and where its answer comes.
+#[derive(Debug)]
+struct ClientWrite {
+    commands: Vec<CommandBuf>,
+    /// Per command: a transfer batch of ids never sent before.
+    fresh: Vec<bool>,
+    answer: Answer<WriteReply>,
+}
+
+/// A group written and not yet durable.
+#[derive(Debug)]
+struct InFlight {
+    bytes: Vec<u8>,
+    clients: Vec<ClientWrite>,
+}
+
+struct Node {
+    core: ShardCore,
+    disk: SimDisk,
+    /// Client writes staged in the open group, in order.
+    open: Vec<ClientWrite>,
+    in_flight: Option<InFlight>,
+    /// Durable writes waiting for their cross-shard transfers to settle.
+    parked: Vec<ClientWrite>,
+    /// The reference model (one shard only: it knows no cross-shard protocol).
+    model: Option<Model>,
+    /// The newest snapshot, and the journal bytes made durable since it.
+    snapshot: Option<SimSnapshot>,
+    journal_since_snapshot: u64,
+    /// Kept across restarts (creating them is most of a small restart's cost).
+    metrics: Arc<ShardMetrics>,
+}
+
+/// What a snapshot file holds — the engine's state, the open intents and
+/// the journal position they stand at — kept in memory (the simulator has
+/// no file system). Recovery starts from it and replays the journal after
+/// it, as `durable::recover_shard` does from a snapshot file.
+struct SimSnapshot {
+    engine: EngineState,
+    intents: Vec<Transfer>,
+    offset: u64,
+    next_sequence: u64,
+}
+
+impl Node {
+    /// After a durable group: a snapshot once enough journal has passed
+    /// since the last one.
+    fn snapshot_due(&mut self, group: &[u8]) {
+        self.journal_since_snapshot += group.len() as u64;
+        if self.journal_since_snapshot < SNAPSHOT_EVERY_BYTES {
+            return;
+        }
+        self.journal_since_snapshot = 0;
+        // The position after the group: its (sector-aligned) end, and the sequence after its last entry.
+        let mut next_sequence = 0;
+        let mut at = 0;
+        while at + HEADER_SIZE <= group.len() {
+            let header: EntryHeader = bytemuck::pod_read_unaligned(&group[at..at + HEADER_SIZE]);
+            if header.magic != journal::MAGIC {
+                break;
+            }
+            next_sequence = header.sequence + 1;
+            at += HEADER_SIZE + header.body_len as usize;
+        }
+        assert!(next_sequence > 0, "a durable group has entries");
+        self.snapshot = Some(SimSnapshot {
+            engine: self.core.engine().export(),
+            intents: self.core.cross().export(),
+            offset: self.disk.durable.len() as u64,
+            next_sequence,
+        });
+    }
+}
+
+/// Turns the fault points on for a run, and off when it ends (however it ends).
+struct FaultPoints;
+
+impl FaultPoints {
+    fn on(seed: u64) -> Self {
+        crate::buggify::enable(seed);
+        Self
+    }
+}
+
+impl Drop for FaultPoints {
+    fn drop(&mut self) {
+        crate::buggify::disable();
+    }
+}
+
+struct World {
+    _faults: FaultPoints,
+    prng: Prng,
+    config: Config,
+    shards: u32,
+    nodes: Vec<Node>,
+    /// rings[from][to]: messages as the runtime carries them (rkyv).
+    rings: Vec<Vec<VecDeque<rkyv::util::AlignedVec>>>,
+    ring_depth: usize,
+    now_ns: u64,
+    workload: Workload,
+    /// Transfer ids answered `ok`, and the shard that answered.
+    acked: BTreeMap<u128, usize>,
+    /// Transfer ids sent more than once (a retry may apply what an earlier answer said failed).
+    resent: BTreeSet<u128>,
+    step: u64,
+    report: SimReport,
+}
+
+/// Parses one sealed group back into its commands.
+fn group_commands(bytes: &[u8], body_len_max: u32) -> Result<Vec<CommandBuf>, String> {
+    let header: EntryHeader = bytemuck::pod_read_unaligned(&bytes[..HEADER_SIZE]);
+    let mut commands = Vec::new();
+    journal::scan("group", bytes, 0, header.sequence, body_len_max, |_, command| commands.push(command))
+        .map_err(|e| e.to_string())?;
+    Ok(commands)
+}
+
+/// Recovers a shard from its disk: from `snapshot` (if given) and the
+/// journal after it, else the whole journal.
+fn recover(
+    shard: usize,
+    shards: u32,
+    disk: &mut SimDisk,
+    config: &Config,
+    snapshot: Option<&SimSnapshot>,
+    metrics: &Arc<ShardMetrics>,
+) -> Result<ShardCore, String> {
+    let (mut engine, mut cross, start, first_sequence) = match snapshot {
+        Some(s) => {
+            let engine = Engine::import(config.clone(), s.engine.clone()).map_err(|e| e.to_string())?;
+            let cross = Cross::import(shard as u32, shards, &engine, &s.intents)?;
+            (engine, cross, s.offset, s.next_sequence)
+        }
+        None => {
+            (Engine::new(config.clone()).map_err(|e| e.to_string())?, Cross::new(shard as u32, shards), 0, 1)
+        }
+    };
+    let (mut expired, mut effects) = (Vec::new(), Effects::default());
+    let body_len_max = config.batch_events_max * journal::RECORD_SIZE as u32;
+    let scan = journal::scan("sim", &disk.durable[..], start, first_sequence, body_len_max, |_, command| {
+        cross
+            .apply(&mut engine, &command.as_command(), &mut expired, &mut effects)
+            .expect("journaled batches are within limits");
+    })
+    .map_err(|e| e.to_string())?;
+    disk.durable.truncate(scan.valid_end as usize);
+    cross.check(&engine)?;
+    let writer = JournalWriter::new(
+        scan.valid_end,
+        scan.next_sequence,
+        GROUP_BYTES_MAX,
+        config.batch_events_max as usize,
+    );
+    Ok(ShardCore::new(shard, shards, engine, writer, metrics.clone()).with_cross(cross))
+}
+
+impl World {
+    fn new(options: Options) -> Self {
+        let seed = options.seed;
+        let shards = options.shards.unwrap_or_else(|| shards_for_seed(seed));
+        assert!((1..=SHARDS_MAX).contains(&shards));
+        let mut prng = Prng(seed);
+        // Sometimes few transfers fit, so the limit is reached.
+        // Sometimes few transfers fit, so the limit is reached; else room for
+        // the whole run (a small engine is quick to create at every restart).
+        let room = (options.steps * 2).next_power_of_two().clamp(2048, 1 << 22) as u32;
+        let transfers_max = if prng.chance(10) { 200 + prng.below(2000) as u32 } else { room };
+        let config = Config { accounts_max: 64, transfers_max, ..Config::default() };
+        let nodes = (0..shards as usize)
+            .map(|shard| {
+                let mut disk = SimDisk::default();
+                let metrics = Arc::new(ShardMetrics::new(shard));
+                let core = recover(shard, shards, &mut disk, &config, None, &metrics)
+                    .expect("an empty disk recovers");
+                let model = (shards == 1).then(|| Model::new(config.clone()));
+                Node {
+                    core,
+                    disk,
+                    open: Vec::new(),
+                    in_flight: None,
+                    parked: Vec::new(),
+                    model,
+                    snapshot: None,
+                    journal_since_snapshot: 0,
+                    metrics,
+                }
+            })
+            .collect();
+        let ring_depth = 1 + prng.below(4) as usize;
+        Self {
+            _faults: FaultPoints::on(seed),
+            prng,
+            config,
+            shards,
+            nodes,
+            rings: (0..shards).map(|_| (0..shards).map(|_| VecDeque::new()).collect()).collect(),
+            ring_depth,
+            now_ns: 1_000_000_000,
+            workload: Workload::new(shards),
+            acked: BTreeMap::new(),
+            resent: BTreeSet::new(),
+            step: 0,
+            report: SimReport { seed, shards, ..SimReport::default() },
+        }
+    }
+
+    fn body_len_max(&self) -> u32 {
+        self.config.batch_events_max * journal::RECORD_SIZE as u32
+    }
+
+    /// Moves what each shard has to send into its rings, as far as they have room.
+    fn flush(&mut self) {
+        for (from, node) in self.nodes.iter_mut().enumerate() {
+            for to in 0..self.shards as usize {
+                while self.rings[from][to].len() < self.ring_depth {
+                    let Some(message) = node.core.outbox(to).pop_front() else { break };
+                    self.rings[from][to].push_back(encode(&message));
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // Client writes and their answers.
+
+    fn client_write(&mut self, n: usize) -> Result<(), Failure> {
+        let workload::Write { commands, fresh, misrouted } = self.workload.write(&mut self.prng, n);
+        for (command, &fresh) in commands.iter().zip(&fresh) {
+            if let (CommandBuf::CreateTransfers(batch), false) = (command, fresh) {
+                self.resent.extend(batch.iter().map(|t| t.id));
+            }
+        }
+        let (reply, mut answer) = reply_channel();
+        let staged = commands.clone();
+        match self.nodes[n].core.offer(Request::Write { commands, reply }, self.now_ns) {
+            Ok(()) => {
+                if misrouted {
+                    return match answer.try_recv() {
+                        Ok(Err(ShardError::Refused(_))) => Ok(()),
+                        other => fail(check::ROUTING, format!("a misrouted write got {other:?}")),
+                    };
+                }
+                if let Ok(reply) = answer.try_recv() {
+                    return fail(
+                        check::ROUTING,
+                        format!("a write was answered before it was durable: {reply:?}"),
+                    );
+                }
+                self.nodes[n].open.push(ClientWrite { commands: staged, fresh, answer });
+                Ok(())
+            }
+            // The open group is full: write it first (the request is dropped, never acknowledged).
+            Err(_) => self.write_group(n, true),
+        }
+    }
+
+    /// Records a write's answer: every `ok` transfer at most once; in a
+    /// batch of new ids, every event answered `ok` is there (merged over its
+    /// legs) and every other is not — so a linked chain is all or nothing,
+    /// across shards too.
+    fn record(&mut self, n: usize, write: &ClientWrite, reply: &WriteReply) -> Result<(), Failure> {
+        let Ok(outcomes) = reply else { return Ok(()) };
+        let mut found = Vec::new();
+        for ((command, outcome), &fresh) in write.commands.iter().zip(outcomes).zip(&write.fresh) {
+            let (CommandBuf::CreateTransfers(batch), Outcome::Transfers(results)) = (command, outcome) else {
+                continue;
+            };
+            // A closed linked chain is answered all `ok` or none.
+            let mut start = 0;
+            for (i, t) in batch.iter().enumerate() {
+                if t.flags.contains(TF::LINKED) {
+                    continue;
+                }
+                let chain = &results[start..=i];
+                if chain.iter().any(|r| r.is_ok()) && !chain.iter().all(|r| r.is_ok()) {
+                    return fail(
+                        check::ANSWERS_MATCH_STATE,
+                        format!("a linked chain answered {chain:?} by shard {n}: {:?}", &batch[start..=i]),
+                    );
+                }
+                start = i + 1;
+            }
+            for (t, result) in batch.iter().zip(results) {
+                if !fresh || t.id == 0 || cross::is_reserved(t.id) || self.resent.contains(&t.id) {
+                    continue;
+                }
+                found.clear();
+                for node in &self.nodes {
+                    node.core.engine().lookup_transfers(&[t.id], &mut found).expect("one id");
+                }
+                let present = cross::user_view(&found).is_some();
+                if present != result.is_ok() {
+                    return fail(
+                        check::ANSWERS_MATCH_STATE,
+                        format!(
+                            "transfer {} answered {result} by shard {n}, but it is {}: {found:?}",
+                            t.id,
+                            if present { "there" } else { "not there" }
+                        ),
+                    );
+                }
+            }
+        }
+        if outcomes.len() != write.commands.len() {
+            return fail(
+                check::MODEL_RESULTS,
+                format!("{} outcomes for {} commands", outcomes.len(), write.commands.len()),
+            );
+        }
+        for (command, outcome) in write.commands.iter().zip(outcomes) {
+            let (CommandBuf::CreateTransfers(batch), Outcome::Transfers(results)) = (command, outcome) else {
+                continue;
+            };
+            for (t, result) in batch.iter().zip(results) {
+                if *result == TR::Ok {
+                    self.report.transfers_ok += 1;
+                    if let Some(before) = self.acked.insert(t.id, n) {
+                        return fail(
+                            check::APPLIED_TWICE,
+                            format!(
+                                "transfer {} answered ok by shard {before}, then again by shard {n}",
+                                t.id
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers that arrived for parked writes of shard `n`.
+    fn poll_parked(&mut self, n: usize) -> Result<(), Failure> {
+        let mut still = Vec::new();
+        for mut write in std::mem::take(&mut self.nodes[n].parked) {
+            match write.answer.try_recv() {
+                Ok(reply) => self.record(n, &write, &reply)?,
+                Err(TryRecvError::Empty) => still.push(write),
+                Err(TryRecvError::Closed) => {}
+            }
+        }
+        self.nodes[n].parked = still;
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------
+    // Groups.
+
+    /// Seals the open group (or an idle expiry tick) and writes it; synced
+    /// and acknowledged when `sync`, else left in flight.
+    fn write_group(&mut self, n: usize, sync: bool) -> Result<(), Failure> {
+        let node = &mut self.nodes[n];
+        let Some((offset, bytes)) = node.core.seal(self.now_ns) else { return Ok(()) };
+        let bytes = bytes.to_vec();
+        node.disk.write(offset, &bytes);
+        node.in_flight = Some(InFlight { bytes, clients: std::mem::take(&mut node.open) });
+        if sync {
+            self.sync_and_acknowledge(n)?;
+        }
+        Ok(())
+    }
+
+    fn sync_and_acknowledge(&mut self, n: usize) -> Result<(), Failure> {
+        let body_len_max = self.body_len_max();
+        let node = &mut self.nodes[n];
+        let Some(in_flight) = node.in_flight.take() else { return Ok(()) };
+        node.disk.sync();
+        node.core.durable();
+        self.report.groups_acknowledged += 1;
+        // Only a durable group changes the engine: check what it can break, cheaply.
+        check_balances(node.core.engine())
+            .or_else(|e| fail(check::ENGINE_INVARIANTS, format!("shard {n}: {e}")))?;
+        node.snapshot_due(&in_flight.bytes);
+        if self.nodes[n].model.is_some() {
+            self.acknowledge_with_model(n, in_flight, body_len_max)?;
+        } else {
+            for mut write in in_flight.clients {
+                match write.answer.try_recv() {
+                    Ok(reply) => self.record(n, &write, &reply)?,
+                    Err(TryRecvError::Empty) => self.nodes[n].parked.push(write),
+                    Err(TryRecvError::Closed) => {
+                        return fail(check::LIVENESS, "a durable write's answer was dropped");
+                    }
+                }
+            }
+        }
+        self.poll_parked(n)?;
+        self.flush();
+        Ok(())
+    }
+
+    /// One shard with its model: the model applies exactly what the group
+    /// holds; every client command in it must be what the client sent, in
+    /// order, answered at once with the model's results.
+    fn acknowledge_with_model(
+        &mut self,
+        n: usize,
+        in_flight: InFlight,
+        body_len_max: u32,
+    ) -> Result<(), Failure> {
+        let commands = match group_commands(&in_flight.bytes, body_len_max) {
+            Ok(commands) => commands,
+            Err(e) => {
+                return fail(check::JOURNAL_CONTENT, format!("the acknowledged group does not parse: {e}"))
+            }
+        };
+        let mut sent = in_flight.clients.iter().flat_map(|w| w.commands.iter());
+        let mut predicted = Vec::with_capacity(commands.len());
+        let model = self.nodes[n].model.as_mut().expect("a model");
+        for command in &commands {
+            let outcome = model.apply(command);
+            if matches!(command, CommandBuf::Tick { .. }) {
+                continue;
+            }
+            if sent.next() != Some(command) {
+                return fail(
+                    check::JOURNAL_CONTENT,
+                    format!("journaled {command:?} is not the next command sent"),
+                );
+            }
+            predicted.push(outcome);
+        }
+        if let Some(extra) = sent.next() {
+            return fail(check::JOURNAL_CONTENT, format!("{extra:?} was sent but not journaled"));
+        }
+        let mut predicted = predicted.into_iter();
+        for mut write in in_flight.clients {
+            let reply = match write.answer.try_recv() {
+                Ok(Ok(outcomes)) => outcomes,
+                other => return fail(check::MODEL_RESULTS, format!("a durable write got {other:?}")),
+            };
+            for (command, got) in write.commands.iter().zip(&reply) {
+                let expected = predicted.next().expect("one outcome per command");
+                self.report.events_checked += match &expected {
+                    Outcome::Accounts(r) => r.len(),
+                    Outcome::Transfers(r) => r.len(),
+                    Outcome::Ticked { .. } => 0,
+                } as u64;
+                if got != &expected {
+                    return fail(
+                        check::MODEL_RESULTS,
+                        format!("{command:?}\n  shard answered {got:?}\n  model expects  {expected:?}"),
+                    );
+                }
+            }
+            self.record(n, &write, &Ok(reply))?;
+        }
+        let node = &mut self.nodes[n];
+        let model = node.model.as_mut().expect("a model");
+        model.check_conservation().or_else(|e| fail(check::MODEL_STATE, e))?;
+        model.check(node.core.engine(), false).or_else(|e| fail(check::MODEL_STATE, e))
+    }
+
+    // ------------------------------------------------------------------
+    // Messages.
+
+    fn deliver(&mut self, from: usize, to: usize) -> Result<(), Failure> {
+        if self.nodes[to].in_flight.is_some() {
+            return Ok(());
+        }
+        let Some(bytes) = self.rings[from][to].pop_front() else { return Ok(()) };
+        let message = decode(&bytes).expect("shards exchange only messages they encoded");
+        self.report.messages_delivered += 1;
+        if let Err(back) = self.nodes[to].core.deliver(from, message, self.now_ns) {
+            // The open group has no room: the message waits at the head of its ring.
+            self.rings[from][to].push_front(encode(&back));
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------
+    // Faults.
+
+    /// Power loss of shard `n` and restart; messages in flight to and from
+    /// it are kept or lost.
+    fn crash(&mut self, n: usize) -> Result<(), Failure> {
+        self.report.crashes += 1;
+        let (keep_to, keep_from) = (self.prng.chance(50), self.prng.chance(50));
+        for other in 0..self.shards as usize {
+            if !keep_from {
+                self.rings[n][other].clear();
+            }
+            if !keep_to {
+                self.rings[other][n].clear();
+            }
+        }
+        self.restart(n)
+    }
+
+    /// Every shard loses power at once (the process dies): nothing in the rings survives.
+    fn crash_all(&mut self) -> Result<(), Failure> {
+        self.report.crashes += 1;
+        for ring in self.rings.iter_mut().flatten() {
+            ring.clear();
+        }
+        for n in 0..self.shards as usize {
+            self.restart(n)?;
+        }
+        Ok(())
+    }
+
+    /// The fdatasync of shard `n`'s group fails: the group's writes fail, the shard restarts.
+    fn failed_write(&mut self, n: usize) -> Result<(), Failure> {
+        self.report.failed_writes += 1;
+        self.nodes[n].core.write_failed("simulated fdatasync failure".into());
+        if let Some(in_flight) = &mut self.nodes[n].in_flight {
+            for write in &mut in_flight.clients {
+                match write.answer.try_recv() {
+                    Ok(Err(ShardError::Failed { .. })) => {}
+                    other => {
+                        return fail(check::LIVENESS, format!("a write of a failed group got {other:?}"))
+                    }
+                }
+            }
+        }
+        self.crash(n)
+    }
+
+    /// The disk loses what was not synced, the shard recovers from what is
+    /// left, and the recovered state must be the acknowledged state (the
+    /// live engine: a group is applied only once durable) plus a prefix of
+    /// the entries of the group that was in flight.
+    fn restart(&mut self, n: usize) -> Result<(), Failure> {
+        let body_len_max = self.body_len_max();
+        let (shards, config) = (self.shards, self.config.clone());
+        let node = &mut self.nodes[n];
+        let in_flight = match node.in_flight.take() {
+            Some(in_flight) => group_commands(&in_flight.bytes, body_len_max).or_else(|e| {
+                fail(check::JOURNAL_CONTENT, format!("the group in flight does not parse: {e}"))
+            })?,
+            None => Vec::new(),
+        };
+        node.disk.crash(&mut self.prng);
+        // Mostly from the newest snapshot and the journal after it; sometimes the whole journal.
+        let snapshot = if self.prng.chance(5) { None } else { node.snapshot.as_ref() };
+        let core = recover(n, shards, &mut node.disk, &config, snapshot, &node.metrics)
+            .or_else(|e| fail(check::RECOVERY_REFUSED, e))?;
+        // A restart changes the engine: every invariant of what it recovered.
+        core.engine()
+            .check_invariants()
+            .or_else(|v| fail(check::ENGINE_INVARIANTS, format!("shard {n}: {v}")))?;
+        if let Some(model) = &mut node.model {
+            // The model stands at the acknowledged state: step it through the group in flight.
+            let mut k = 0;
+            let mut first = None;
+            loop {
+                match model.check(core.engine(), true) {
+                    Ok(()) => break,
+                    Err(e) if k < in_flight.len() => {
+                        first.get_or_insert(e);
+                        model.apply(&in_flight[k]);
+                        k += 1;
+                    }
+                    Err(e) => {
+                        return fail(
+                            check::RECOVERY_PREFIX,
+                            format!(
+                                "no prefix of the {} entries in flight matches; acknowledged state: {}; all: {e}",
+                                in_flight.len(),
+                                first.unwrap_or(e.clone())
+                            ),
+                        );
+                    }
+                }
+            }
+        } else {
+            let live = (node.core.engine().export(), node.core.cross().export());
+            let recovered = (core.engine().export(), core.cross().export());
+            // Usually nothing of the group in flight survived (or none was): the live state itself.
+            if live != recovered {
+                check_prefix(n, shards, &config, live, &recovered, &in_flight)?;
+            }
+        }
+        // The old core goes, with its open group, its parked writes and their answers.
+        node.core = core;
+        node.open.clear();
+        node.parked.clear();
+        self.flush();
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------
+    // Steps.
+
+    fn step(&mut self) -> Result<(), Failure> {
+        let n = self.prng.below(u64::from(self.shards)) as usize;
+        // While a group's fdatasync is in flight the shard waits for it:
+        // its only events are the completion, a failure, a crash, or time.
+        if self.nodes[n].in_flight.is_some() {
+            match self.prng.below(100) {
+                0..=79 => self.sync_and_acknowledge(n)?,
+                80..=89 => self.now_ns += self.prng.below(1_000_000),
+                90..=96 => self.crash(n)?,
+                _ => self.failed_write(n)?,
+            }
+        } else {
+            match self.prng.below(100) {
+                0..=39 => self.client_write(n)?,
+                40..=44 => self.lookup(n)?,
+                45..=59 if self.shards > 1 => {
+                    let from =
+                        (n + 1 + self.prng.below(u64::from(self.shards) - 1) as usize) % self.shards as usize;
+                    self.deliver(from, n)?;
+                }
+                45..=79 => {
+                    let sync = self.prng.chance(70);
+                    self.write_group(n, sync)?;
+                }
+                80..=96 => self.clock_moves(n),
+                97..=98 => self.crash(n)?,
+                _ if self.shards > 1 => self.crash_all()?,
+                _ => self.crash(n)?,
+            }
+        }
+        self.flush();
+        if self.step.is_multiple_of(FULL_CHECK_EVERY_STEPS) {
+            self.check_full(false)?;
+        }
+        Ok(())
+    }
+
+    /// Time passes: a random amount, or (one time in three) to exactly the
+    /// next expiry a shard holds, or one nanosecond short of it — the edges
+    /// where "expires exactly when the clock says" can be wrong.
+    fn clock_moves(&mut self, n: usize) {
+        let next = self.nodes[n].core.engine().next_expiry_ns().filter(|&at| at > self.now_ns);
+        match next {
+            Some(at) if self.prng.chance(33) => self.now_ns = at - self.prng.below(2),
+            _ => self.now_ns += self.prng.below(1_500_000_000),
+        }
+    }
+
+    /// A lookup is answered at once, from applied state.
+    fn lookup(&mut self, n: usize) -> Result<(), Failure> {
+        let (reply, mut answer) = reply_channel();
+        let ids = vec![1 + u128::from(self.prng.below(self.workload_ids()))];
+        self.nodes[n]
+            .core
+            .offer(Request::LookupTransfers { ids: ids.clone(), reply }, self.now_ns)
+            .or_else(|_| fail(check::READS, "a read was refused"))?;
+        let found = answer.try_recv().or_else(|_| fail(check::READS, "a read was not answered at once"))?;
+        if let Some(model) = &self.nodes[n].model {
+            let expected: Vec<Transfer> = model.transfer(ids[0]).into_iter().copied().collect();
+            if found != expected {
+                return fail(
+                    check::READS,
+                    format!("lookup of {}: shard {found:?}, model {expected:?}", ids[0]),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn workload_ids(&self) -> u64 {
+        (self.report.transfers_ok + 100).min(1 << 40)
+    }
+
+    // ------------------------------------------------------------------
+    // Full checks.
+
+    /// Every shard's invariants and intents; balances from records; the
+    /// model (one shard); all or nothing and bridges (several); every
+    /// acknowledged transfer present. `settled`: nothing may be in flight
+    /// (the end of a run), so the bridges must net to zero.
+    fn check_full(&mut self, settled: bool) -> Result<(), Failure> {
+        for (n, node) in self.nodes.iter_mut().enumerate() {
+            let engine = node.core.engine();
+            engine
+                .check_invariants()
+                .or_else(|v| fail(check::ENGINE_INVARIANTS, format!("shard {n}: {v}")))?;
+            node.core.cross().check(engine).or_else(|e| fail(check::INTENTS, format!("shard {n}: {e}")))?;
+            balances_from_records(engine)
+                .or_else(|e| fail(check::BALANCES_FROM_RECORDS, format!("shard {n}: {e}")))?;
+            expiry_by_the_clock(engine).or_else(|e| fail(check::EXPIRY, format!("shard {n}: {e}")))?;
+            if let Some(model) = &mut node.model {
+                model.check(engine, true).or_else(|e| fail(check::MODEL_STATE, e))?;
+            }
+        }
+        if self.shards > 1 {
+            self.check_cross(settled)?;
+        }
+        let mut found = Vec::new();
+        for (&id, &shard) in &self.acked {
+            found.clear();
+            for node in &self.nodes {
+                node.core.engine().lookup_transfers(&[id], &mut found).expect("one id");
+            }
+            if cross::user_view(&found).is_none() {
+                return fail(
+                    check::ACKNOWLEDGED_DURABLE,
+                    format!("transfer {id}, answered ok by shard {shard}, is gone: {found:?}"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn check_cross(&self, settled: bool) -> Result<(), Failure> {
+        let engines: Vec<&Engine> = self.nodes.iter().map(|n| n.core.engine()).collect();
+        let lookup = |shard: usize, id: u128| {
+            let mut found = Vec::new();
+            engines[shard].lookup_transfers(&[id], &mut found).expect("one id");
+            found.pop()
+        };
+        // Per (low shard, high shard, ledger): what credit legs added that no settle has posted yet.
+        let mut unsettled: BTreeMap<(u32, u32, u32), u128> = BTreeMap::new();
+        for (d, engine) in engines.iter().enumerate() {
+            for t in engine.transfers() {
+                if cross::is_debit_leg(t) {
+                    let bridge = bridge_of(t.credit_account_id).expect("a debit leg credits a bridge");
+                    let c = bridge.peer as usize;
+                    let credit = lookup(c, t.id).filter(|l| {
+                        cross::is_credit_leg(l)
+                            && l.debit_account_id == bridge_id(c as u32, d as u32, t.ledger)
+                    });
+                    match (engine.transfer_state(t.id), credit) {
+                        (Some(TransferState::Posted), Some(leg)) if leg.amount == t.amount => {}
+                        (Some(TransferState::Voided), None) | (Some(TransferState::Pending), None) => {}
+                        (Some(TransferState::Pending), Some(leg)) if leg.amount == t.amount => {
+                            let key = (d.min(c) as u32, d.max(c) as u32, t.ledger);
+                            let sum = unsettled.entry(key).or_default();
+                            *sum = sum.wrapping_add(t.amount);
+                        }
+                        (state, credit) => {
+                            return fail(
+                                check::ALL_OR_NOTHING,
+                                format!("transfer {} from shard {d}: pending leg {state:?} {t:?}, credit leg on shard {c}: {credit:?}", t.id),
+                            );
+                        }
+                    }
+                } else if cross::is_credit_leg(t) {
+                    let bridge = bridge_of(t.debit_account_id).expect("a credit leg debits a bridge");
+                    let d = bridge.peer as usize;
+                    let debit = lookup(d, t.id).filter(cross::is_debit_leg);
+                    let state = debit.and_then(|_| engines[d].transfer_state(t.id));
+                    if !matches!(state, Some(TransferState::Pending | TransferState::Posted))
+                        || debit.is_some_and(|l| l.amount != t.amount)
+                    {
+                        return fail(
+                            check::ALL_OR_NOTHING,
+                            format!("credit leg {} on shard {}: its pending leg on shard {d} is {debit:?} ({state:?})", t.id, bridge.shard),
+                        );
+                    }
+                }
+            }
+        }
+        // The bridges of a pair of shards, per ledger, net to minus the unsettled credits.
+        let mut net: BTreeMap<(u32, u32, u32), u128> = unsettled.clone();
+        for (shard, engine) in engines.iter().enumerate() {
+            for a in engine.accounts() {
+                let Some(bridge) = bridge_of(a.id) else { continue };
+                if bridge.shard as usize != shard {
+                    return fail(check::BRIDGES, format!("bridge {:?} is on shard {shard}", bridge));
+                }
+                let key = (bridge.shard.min(bridge.peer), bridge.shard.max(bridge.peer), bridge.ledger);
+                let sum = net.entry(key).or_default();
+                *sum = sum.wrapping_add(a.credits_posted.wrapping_sub(a.debits_posted));
+            }
+        }
+        if let Some((key, sum)) = net.iter().find(|(_, &sum)| sum != 0) {
+            return fail(
+                check::BRIDGES,
+                format!(
+                    "shards {} and {}, ledger {}: bridges plus unsettled credits net to {}",
+                    key.0, key.1, key.2, *sum as i128
+                ),
+            );
+        }
+        if settled {
+            let accounts: Vec<&[molly_engine::Account]> = engines.iter().map(|e| e.accounts()).collect();
+            cross::check_bridges(&accounts).or_else(|e| fail(check::BRIDGES, e))?;
+        }
+        Ok(())
+    }
+
+    /// Faults stop and no client sends anything new: every group is
+    /// written, every message delivered, until every shard is idle; then
+    /// every request must have its answer.
+    fn drain(&mut self) -> Result<(), Failure> {
+        self.report.faults_injected = crate::buggify::disable();
+        for _ in 0..DRAIN_STEPS_MAX {
+            self.flush();
+            let mut busy = false;
+            for n in 0..self.shards as usize {
+                if self.nodes[n].in_flight.is_some() {
+                    self.sync_and_acknowledge(n)?;
+                    busy = true;
+                }
+                for from in 0..self.shards as usize {
+                    while !self.rings[from][n].is_empty() && self.nodes[n].in_flight.is_none() {
+                        let before = self.rings[from][n].len();
+                        self.deliver(from, n)?;
+                        busy = true;
+                        if self.rings[from][n].len() >= before {
+                            // Its group is full: write it first.
+                            self.write_group(n, true)?;
+                        }
+                        self.flush();
+                    }
+                }
+                if self.nodes[n].core.has_group() {
+                    self.write_group(n, true)?;
+                    busy = true;
+                }
+            }
+            let quiet = !busy
+                && self.nodes.iter().all(|node| node.core.idle() && node.in_flight.is_none())
+                && self.rings.iter().flatten().all(VecDeque::is_empty);
+            if quiet {
+                for n in 0..self.shards as usize {
+                    self.poll_parked(n)?;
+                    if !self.nodes[n].parked.is_empty() {
+                        return fail(
+                            check::LIVENESS,
+                            format!("shard {n}: {} writes never answered", self.nodes[n].parked.len()),
+                        );
+                    }
+                }
+                return Ok(());
+            }
+        }
+        let stuck: Vec<String> = self.nodes.iter().map(|node| format!("{:?}", node.core)).collect();
+        fail(check::LIVENESS, format!("not idle after {DRAIN_STEPS_MAX} drain steps: {stuck:?}"))
+    }
+}
+
+/// The recovered state must be the live (acknowledged) state plus a prefix
+/// of the entries of the group in flight, applied as recovery applies them.
+fn check_prefix(
+    n: usize,
+    shards: u32,
+    config: &Config,
+    live: (EngineState, Vec<Transfer>),
+    recovered: &(EngineState, Vec<Transfer>),
+    in_flight: &[CommandBuf],
+) -> Result<(), Failure> {
+    let mut candidate = Engine::import(config.clone(), live.0)
+        .or_else(|e| fail(check::RECOVERY_PREFIX, format!("acknowledged state does not import: {e}")))?;
+    let mut cross = Cross::import(n as u32, shards, &candidate, &live.1)
+        .or_else(|e| fail(check::RECOVERY_PREFIX, format!("acknowledged intents do not import: {e}")))?;
+    let (mut expired, mut effects) = (Vec::new(), Effects::default());
+    for command in in_flight {
+        cross
+            .apply(&mut candidate, &command.as_command(), &mut expired, &mut effects)
+            .expect("journaled batches are within limits");
+        if (candidate.export(), cross.export()) == *recovered {
+            return Ok(());
+        }
+    }
+    fail(
+        check::RECOVERY_PREFIX,
+        format!(
+            "shard {n}: recovered {} accounts, {} transfers, {} intents; neither the acknowledged state nor it plus \
+             a prefix of the {} entries in flight gives that",
+            recovered.0.accounts.len(),
+            recovered.0.transfers.len(),
+            recovered.1.len(),
+            in_flight.len()
+        ),
+    )
+}
+
+/// Per ledger, debits equal credits (posted and pending), and no account
+/// crosses its flag's limit: O(accounts), after every durable group (the
+/// full `check_invariants`, O(transfers), runs at full checks and after
+/// every restart).
+fn check_balances(engine: &Engine) -> Result<(), String> {
+    for (ledger, t) in engine.ledger_totals() {
+        if t.debits_posted != t.credits_posted || t.debits_pending != t.credits_pending {
+            return Err(format!("ledger {ledger} does not balance: {t:?}"));
+        }
+    }
+    for a in engine.accounts() {
+        let debits = a.debits_pending.checked_add(a.debits_posted);
+        let credits = a.credits_pending.checked_add(a.credits_posted);
+        let over_debits = a.flags.contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS)
+            && debits.is_none_or(|d| d > a.credits_posted);
+        let over_credits = a.flags.contains(AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS)
+            && credits.is_none_or(|c| c > a.debits_posted);
+        if over_debits || over_credits {
+            return Err(format!("account {} crosses its limit: {a:?}", a.id));
+        }
+    }
+    Ok(())
+}
+
+/// No pending transfer with a timeout is still pending once the clock has
+/// reached its expiry, and none expired before it.
+fn expiry_by_the_clock(engine: &Engine) -> Result<(), String> {
+    for t in engine.transfers().iter().filter(|t| t.flags.contains(TF::PENDING) && t.timeout != 0) {
+        let expires_at = t.timestamp + u64::from(t.timeout) * 1_000_000_000;
+        match engine.transfer_state(t.id) {
+            Some(TransferState::Pending) if expires_at <= engine.clock_ns() => {
+                return Err(format!(
+                    "pending transfer {} is open at {}, past its expiry {expires_at}",
+                    t.id,
+                    engine.clock_ns()
+                ));
+            }
+            Some(TransferState::Expired) if expires_at > engine.clock_ns() => {
+                return Err(format!(
+                    "pending transfer {} expired before {expires_at} (clock {})",
+                    t.id,
+                    engine.clock_ns()
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Every account's four balances equal what the shard's transfer records
+/// add up to: a plain transfer, a credit leg and a post move posted
+/// amounts; a pending transfer still pending reserves its amount; a void, a
+/// finished pending transfer and a tombstone move nothing.
+fn balances_from_records(engine: &Engine) -> Result<(), String> {
+    let mut sums: BTreeMap<u128, [u128; 4]> = BTreeMap::new();
+    for t in engine.transfers() {
+        let (posted, pending) = if t.flags.contains(TF::PENDING) {
+            (0, if engine.transfer_state(t.id) == Some(TransferState::Pending) { t.amount } else { 0 })
+        } else if t.flags.contains(TF::VOID_PENDING) {
+            (0, 0)
+        } else {
+            (t.amount, 0)
+        };
+        let debit = sums.entry(t.debit_account_id).or_default();
+        debit[0] = debit[0].wrapping_add(pending);
+        debit[1] = debit[1].wrapping_add(posted);
+        let credit = sums.entry(t.credit_account_id).or_default();
+        credit[2] = credit[2].wrapping_add(pending);
+        credit[3] = credit[3].wrapping_add(posted);
+    }
+    for a in engine.accounts() {
+        let expected = sums.remove(&a.id).unwrap_or_default();
+        let got = [a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted];
+        if got != expected {
+            return Err(format!("account {}: balances {got:?}, records add up to {expected:?}", a.id));
+        }
+    }
+    match sums.keys().next() {
+        Some(id) => Err(format!("transfers name account {id}, which does not exist")),
+        None => Ok(()),
+    }
+}
+
+/// Runs one seed for `steps` steps (shards from the seed).
+pub fn run(seed: u64, steps: u64) -> SimReport {
+    run_with(Options { seed, steps, shards: None })
+}
+
+/// Runs one simulation: `steps` random steps, then the drain and the final checks.
+pub fn run_with(options: Options) -> SimReport {
+    let mut world = World::new(options);
+    let mut outcome = Ok(());
+    for step in 0..options.steps {
+        world.step = step;
+        world.report.steps = step + 1;
+        outcome = world.step();
+        if outcome.is_err() {
+            break;
+        }
+    }
+    if outcome.is_ok() {
+        world.step = options.steps;
+        outcome = world.drain().and_then(|()| world.check_full(true));
+    }
+    if let Err((check, detail)) = outcome {
+        world.report.faults_injected = world.report.faults_injected.max(crate::buggify::disable());
+        world.report.violation = Some(Violation { step: world.step, check, detail });
+    }
+    world.report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CI sweep, per mode (one shard with the model; two and three shards).
+    const CI_SEEDS: u64 = 100;
+    const CI_STEPS: u64 = 1000;
+
+    fn one(seed: u64, steps: u64, shards: u32) -> SimReport {
+        run_with(Options { seed, steps, shards: Some(shards) })
+    }
+
+    #[test]
+    fn the_same_seed_replays_exactly_and_seeds_differ() {
+        let a = run(7, 400);
+        let b = run(7, 400);
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        let c = run(10, 400);
+        assert_ne!((a.transfers_ok, a.crashes), (c.transfers_ok, c.crashes));
+    }
+
+    #[test]
+    fn a_sweep_of_one_shard_agrees_with_the_model() {
+        let (mut crashes, mut acknowledged, mut checked, mut faults) = (0, 0, 0, 0);
+        for seed in 1..=CI_SEEDS {
+            let report = one(seed, CI_STEPS, 1);
+            assert_eq!(
+                report.violation, None,
+                "seed {seed}: replay with `molly sim --seed {seed} --shards 1 --steps {CI_STEPS}`"
+            );
+            crashes += report.crashes;
+            acknowledged += report.groups_acknowledged;
+            checked += report.events_checked;
+            faults += report.faults_injected;
+        }
+        // The sweep exercised what it claims to.
+        assert!(
+            crashes > CI_SEEDS
+                && acknowledged > 10 * CI_SEEDS
+                && checked > 100 * CI_SEEDS
+                && faults > CI_SEEDS,
+            "crashes {crashes}, groups {acknowledged}, events {checked}, fault points fired {faults}"
+        );
+    }
+
+    #[test]
+    fn a_sweep_of_several_shards_settles_all_or_nothing() {
+        let (mut crashes, mut delivered, mut ok, mut faults) = (0, 0, 0, 0);
+        for seed in 1..=CI_SEEDS {
+            let shards = 2 + (seed % 2) as u32;
+            let report = one(seed, CI_STEPS, shards);
+            assert_eq!(
+                report.violation, None,
+                "seed {seed}: replay with `molly sim --seed {seed} --shards {shards} --steps {CI_STEPS}`"
+            );
+            crashes += report.crashes;
+            delivered += report.messages_delivered;
+            ok += report.transfers_ok;
+            faults += report.faults_injected;
+        }
+        assert!(
+            crashes > CI_SEEDS && delivered > 10 * CI_SEEDS && ok > 10 * CI_SEEDS && faults > CI_SEEDS,
+            "crashes {crashes}, messages {delivered}, ok {ok}, fault points fired {faults}"
+        );
+    }
+
+    /// The first 2,000-seed sweep (of the first simulator) failed 54 seeds:
+    /// a group torn at 512-byte granularity kept one of its later entries at
+    /// a 4 KiB boundary, and recovery took that for a newer group after a
+    /// corrupt one and refused to start. Fixed by marking group starts in the
+    /// journal (only a newer *group* proves the damage is not a torn tail).
+    /// The simulator has changed since, so its seeds no longer replay that
+    /// run; this is the same disk, built directly.
+    #[test]
+    fn regression_torn_group_is_a_tail_not_a_corrupt_middle() {
+        use crate::journal::{Command, GroupBuffer, SECTOR_SIZE};
+        let transfer = Transfer {
+            id: 1,
+            debit_account_id: 1,
+            credit_account_id: 2,
+            amount: 1,
+            ledger: 1,
+            code: 1,
+            ..Transfer::default()
+        };
+        let mut group = GroupBuffer::new(GROUP_BYTES_MAX);
+        group.push(1, 0, &Command::Tick { now_ns: 1 });
+        let mut disk = SimDisk::default();
+        disk.write(0, group.sealed());
+        disk.sync();
+        group.clear();
+        // tick (64) + 31 transfers (64 + 31 × 128) = 4096: the third entry starts a sector, not a group.
+        let batch = vec![transfer; 31];
+        group.push(2, 0, &Command::Tick { now_ns: 2 });
+        group.push(3, 0, &Command::CreateTransfers(&batch));
+        group.push(4, 0, &Command::CreateTransfers(&batch[..2]));
+        let sealed = group.sealed().to_vec();
+        assert_eq!(sealed.len(), 2 * SECTOR_SIZE);
+        // Torn: the group's first physical sector is lost, its second 4 KiB sector reached the disk.
+        disk.write(SECTOR_SIZE as u64, &sealed);
+        disk.sync();
+        disk.durable[SECTOR_SIZE..SECTOR_SIZE + disk::PHYSICAL_SECTOR].fill(0);
+        let config = Config::default();
+        let metrics = Arc::new(ShardMetrics::new(0));
+        let core =
+            recover(0, 1, &mut disk, &config, None, &metrics).expect("a torn tail is cut, not refused");
+        assert_eq!(core.engine().clock_ns(), 1);
+        assert_eq!(disk.durable.len(), HEADER_SIZE, "cut after the last whole group");
+    }
+
+    /// Seeds the simulator failed before two fixes to the shard layer at
+    /// the transfer limit (regression tests of their own are in
+    /// tests/cross_shard.rs): one shard, the model's results (a retry
+    /// answered `transfers_limit_reached` instead of `exists`); two and
+    /// three shards, all or nothing (a copy of an applied credit leg answered
+    /// `transfers_limit_reached`, and its transfer was voided).
+    #[test]
+    fn regression_seeds_at_the_transfer_limit() {
+        let report = one(29, 600, 1);
+        assert_eq!(report.violation, None, "one shard, seed 29");
+        for seed in [29, 74, 242, 244, 277] {
+            let report = run(seed, 2000);
+            assert!(report.shards > 1);
+            assert_eq!(report.violation, None, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn a_lost_acknowledged_write_is_caught() {
+        // Corrupt the world: pretend a group was acknowledged that never reached the disk.
+        for shards in [1, 2] {
+            let mut world = World::new(Options { seed: 3, steps: 0, shards: Some(shards) });
+            for step in 0..200 {
+                world.step = step;
+                world.step().unwrap();
+            }
+            for n in 0..shards as usize {
+                world.sync_and_acknowledge(n).unwrap();
+                world.write_group(n, true).unwrap();
+            }
+            // No fault point may cut the group: time moves and one write is
+            // staged, so the group starts with a tick and changes the state.
+            crate::buggify::disable();
+            world.now_ns += 5_000_000_000;
+            let (reply, answer) = reply_channel();
+            let commands = vec![CommandBuf::CreateTransfers(Vec::new())];
+            world.nodes[0]
+                .core
+                .offer(Request::Write { commands: commands.clone(), reply }, world.now_ns)
+                .unwrap();
+            world.nodes[0].open.push(ClientWrite { commands, fresh: vec![false], answer });
+            world.write_group(0, false).unwrap();
+            assert!(world.nodes[0].in_flight.is_some());
+            // The write vanishes, but the client is told it is durable.
+            world.nodes[0].disk.unsynced.clear();
+            world.sync_and_acknowledge(0).unwrap();
+            // (A snapshot taken from memory after it would hold the group:
+            // recovery from the journal alone must notice.)
+            world.nodes[0].snapshot = None;
+            // A gap where an acknowledged group should be: recovery refuses,
+            // or recovers a state without the acknowledged group. Either way, caught.
+            let r = world.crash(0);
+            let caught = r.unwrap_err();
+            assert!([check::RECOVERY_PREFIX, check::RECOVERY_REFUSED].contains(&caught.0), "{caught:?}");
+        }
+    }
+}
