@@ -1,10 +1,12 @@
-//! # molly-shards: durability and (to come) the thread-per-core runtime
+//! # molly-shards: durability and the thread-per-core runtime
 //!
 //! **Owns**: the write-ahead journal format ([`journal`]), group commit and
-//! recovery of one engine ([`durable::DurableLedger`]), snapshots, the
-//! shard's I/O-free core ([`shard::ShardCore`]), cross-shard two-phase
-//! transfers ([`cross`]) and the thread-per-core runtime ([`runtime`]:
-//! pinned io_uring executors, partitioning, per-pair rings).
+//! recovery of one engine ([`durable::DurableLedger`]), incremental snapshots
+//! and the transfer segment files that hold history beyond memory
+//! ([`snapshot`]), the shard's I/O-free core ([`shard::ShardCore`]),
+//! cross-shard two-phase transfers ([`cross`]) and the thread-per-core
+//! runtime ([`runtime`]: pinned io_uring executors, partitioning, per-pair
+//! rings).
 //!
 //! **Must not**: change engine state except by applying journaled commands,
 //! acknowledge a command before its journal entry is durable, or drop a
