@@ -865,8 +865,9 @@ impl World {
         Ok(())
     }
 
+    /// Lookups ask for ids sent so far, and a few beyond.
     fn workload_ids(&self) -> u64 {
-        (self.report.transfers_ok + 100).min(1 << 40)
+        self.workload.transfer_ids() as u64 + 10
     }
 
     // ------------------------------------------------------------------
