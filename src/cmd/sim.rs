@@ -66,13 +66,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         SEED_RUNNING.store(seed, Ordering::Relaxed);
         let report = sim::run_with(Options { seed, steps: args.steps, shards: args.shards });
         println!(
-            "seed {seed}: {} shard(s), {} steps, {} crashes, {} failed writes, {} groups acknowledged, \
+            "seed {seed}: {} shard(s), {} steps, {} crashes, {} failed writes, {} read errors, {} bits flipped, \
+             {} groups acknowledged, \
              {} transfers ok, {} results checked against the model, {} messages delivered, {} faults \
              injected inside production code{} ({:.0} steps/s)",
             report.shards,
             report.steps,
             report.crashes,
             report.failed_writes,
+            report.read_errors,
+            report.bits_flipped,
             report.groups_acknowledged,
             report.transfers_ok,
             report.events_checked,

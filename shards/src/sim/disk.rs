@@ -1,12 +1,17 @@
 //! The simulated disk of one shard: bytes made durable by a sync, and
-//! writes not yet synced, which a power loss loses, keeps, or tears.
+//! writes not yet synced, which a power loss loses, keeps, or tears (and
+//! whose surviving sectors may come back with a flipped bit); reads that
+//! fail.
 
 use super::Prng;
+use crate::journal::ReadAt;
 
 /// The unit a torn write keeps or loses: physical sectors are 512 bytes, so
 /// a 4 KiB journal write can tear inside itself.
 pub const PHYSICAL_SECTOR: usize = 512;
 const _: () = assert!(crate::journal::SECTOR_SIZE.is_multiple_of(PHYSICAL_SECTOR));
+/// What a simulated read error says.
+pub const READ_ERROR: &str = "simulated disk read error";
 
 /// Synced bytes, and the writes since the last sync.
 #[derive(Debug, Default)]
@@ -15,6 +20,8 @@ pub struct SimDisk {
     pub durable: Vec<u8>,
     /// Written, not yet synced: (offset, bytes).
     pub unsynced: Vec<(u64, Vec<u8>)>,
+    /// Bits flipped in unsynced sectors by crashes so far.
+    pub bits_flipped: u64,
 }
 
 impl SimDisk {
@@ -45,10 +52,17 @@ impl SimDisk {
     }
 
     /// Power loss: each unsynced write is lost, kept whole, or torn (a
-    /// random subset of its 512-byte physical sectors reaches the disk).
+    /// random subset of its 512-byte physical sectors reaches the disk);
+    /// now and then a sector that reaches it carries one flipped bit.
     pub fn crash(&mut self, prng: &mut Prng) {
-        for (offset, bytes) in std::mem::take(&mut self.unsynced) {
-            match prng.below(3) {
+        for (offset, mut bytes) in std::mem::take(&mut self.unsynced) {
+            let keep = prng.below(3);
+            if keep != 0 && prng.chance(5) {
+                let bit = prng.below(bytes.len() as u64 * 8);
+                bytes[(bit / 8) as usize] ^= 1 << (bit % 8);
+                self.bits_flipped += 1;
+            }
+            match keep {
                 0 => {}
                 1 => Self::apply(&mut self.durable, offset, &bytes),
                 _ => {
@@ -60,5 +74,28 @@ impl SimDisk {
                 }
             }
         }
+    }
+}
+
+/// The durable bytes as recovery reads them; a read touching `fail_at`
+/// fails (a disk read error).
+#[derive(Debug)]
+pub struct Reader<'a> {
+    /// The bytes.
+    pub bytes: &'a [u8],
+    /// The offset whose read fails, if any.
+    pub fail_at: Option<u64>,
+}
+
+impl ReadAt for Reader<'_> {
+    fn byte_len(&self) -> std::io::Result<u64> {
+        self.bytes.byte_len()
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        if self.fail_at.is_some_and(|at| (offset..offset + buf.len() as u64).contains(&at)) {
+            return Err(std::io::Error::other(READ_ERROR));
+        }
+        self.bytes.read_exact_at(buf, offset)
     }
 }

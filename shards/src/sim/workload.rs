@@ -90,6 +90,11 @@ impl Workload {
         }
     }
 
+    /// Transfer ids handed out so far (the next one is this plus one).
+    pub fn transfer_ids(&self) -> u128 {
+        self.next_id - 1
+    }
+
     /// A write for `shard`.
     pub fn write(&mut self, prng: &mut Prng, shard: usize) -> Write {
         if self.shards > 1 && prng.chance(1) {
