@@ -43,7 +43,7 @@ use std::hash::BuildHasherDefault;
 
 use molly_engine::{
     Account, AccountFlags, BatchError, CreateAccountResult as AR, CreateTransferResult as TR, Engine,
-    Transfer, TransferFlags as TF, TransferState,
+    Transfer, TransferFlags as TF,
 };
 
 use crate::buggify::buggify;
@@ -278,11 +278,12 @@ impl Cross {
     }
 
     /// Every open intent has one pending leg in the engine, and every pending
-    /// leg of this shard an open intent. O(transfers).
+    /// leg of this shard an open intent. Reads only the pending transfers'
+    /// records (recovery runs it: evicted history stays on disk).
     pub fn check(&self, engine: &Engine) -> Result<(), String> {
         let mut legs = 0usize;
-        for t in engine.transfers() {
-            if is_debit_leg(t) && engine.transfer_state(t.id) == Some(TransferState::Pending) {
+        for t in engine.pending_transfers() {
+            if is_debit_leg(t) {
                 legs += 1;
                 let Some(intent) = self.intents.get(&t.id) else {
                     return Err(format!("pending leg {} has no open intent", t.id));
