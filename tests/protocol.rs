@@ -230,6 +230,94 @@ fn cross_shard_transfers_are_atomic_idempotent_and_look_as_sent() {
     });
 }
 
+/// Hot system accounts are sharded: created on every shard by one call,
+/// looked up as the sum of their parts, their history merged; transfers
+/// between them and users never cross shards; a move between parts is a
+/// cross-shard transfer that leaves the account's balance alone.
+#[test]
+fn sharded_accounts_are_one_account_to_clients() {
+    use molly_shards::route::{part_move_shards, sharded_id};
+    let server = Server::start(&[]);
+    runtime().block_on(async {
+        let client = server.client().await;
+        let [a, b] = by_shard(40);
+        let (fees, clearing) = (sharded_id(1), sharded_id(2));
+        let mut accounts: Vec<Account> = (1..=40).map(account).collect();
+        accounts.push(Account { flags: AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS, ..account(fees) });
+        accounts.push(account(clearing));
+        assert!(client.create_accounts(&accounts).await.unwrap().iter().all(|r| *r == AR::Ok));
+        assert!(client.create_accounts(&accounts).await.unwrap().iter().all(|r| *r == AR::Exists));
+        // A different definition is refused by the parts as by any account.
+        let changed = Account { code: 2, ..account(clearing) };
+        assert_eq!(client.create_accounts(&[changed]).await.unwrap(), [AR::ExistsWithDifferentCode]);
+
+        // Deposits from the clearing account and fees from users, on both shards, one request.
+        let mut transfers = Vec::new();
+        for (i, &user) in a.iter().take(3).chain(b.iter().take(3)).enumerate() {
+            transfers.push(transfer(100 + i as u128, clearing, user, 1_000));
+            transfers.push(transfer(200 + i as u128, user, fees, 10 + i as u128));
+        }
+        let results = client.create_transfers(&transfers).await.unwrap();
+        assert!(results.iter().all(|r| *r == TR::Ok), "{results:?}");
+        let found = client.lookup_accounts(&[fees, clearing, a[0]]).await.unwrap();
+        assert_eq!(found.len(), 3);
+        assert_eq!(found[0].credits_posted, (10..16).sum::<u128>(), "the parts of both shards, summed");
+        assert_eq!(found[1].debits_posted, 6_000);
+        assert_eq!(found[2].credits_posted - found[2].debits_posted, 990);
+
+        // Its history merges both parts by timestamp.
+        let filter = AccountFilter {
+            account_id: fees,
+            limit: 100,
+            flags: AccountFilterFlags(AccountFilterFlags::DEBITS.0 | AccountFilterFlags::CREDITS.0),
+            ..AccountFilter::default()
+        };
+        let history = client.get_account_transfers(&filter).await.unwrap();
+        let mut ids: Vec<u128> = history.iter().map(|t| t.id).collect();
+        assert!(history.windows(2).all(|w| w[0].timestamp <= w[1].timestamp), "oldest first");
+        ids.sort_unstable();
+        assert_eq!(ids, (200..206).collect::<Vec<_>>());
+        let newest = AccountFilter {
+            limit: 2,
+            flags: AccountFilterFlags(filter.flags.0 | AccountFilterFlags::REVERSED.0),
+            ..filter
+        };
+        let two = client.get_account_transfers(&newest).await.unwrap();
+        assert_eq!(two.len(), 2);
+        assert_eq!(two[0].timestamp, history.iter().map(|t| t.timestamp).max().unwrap());
+        match client.get_account_balances(&filter).await {
+            Err(Error::Status { status: s, message }) => {
+                assert_eq!(s, status::INVALID_QUERY);
+                assert!(message.contains("sharded"), "{message}");
+            }
+            other => panic!("a sharded balance history answered {other:?}"),
+        }
+
+        // Move everything the part on shard 0 holds to shard 1's part.
+        let part0 = (10..13).sum::<u128>();
+        let mut moved = transfer(300, fees, fees, part0);
+        moved.user_data_32 = part_move_shards(0, 1);
+        assert_eq!(client.create_transfers(&[moved]).await.unwrap(), [TR::Ok]);
+        assert_eq!(client.create_transfers(&[moved]).await.unwrap(), [TR::Exists]);
+        let again = Transfer { id: 301, amount: 1, ..moved };
+        assert_eq!(client.create_transfers(&[again]).await.unwrap(), [TR::ExceedsCredits], "part 0 is empty");
+        let found = client.lookup_transfers(&[300]).await.unwrap();
+        assert_eq!(
+            (found[0].debit_account_id, found[0].credit_account_id, found[0].amount),
+            (fees, fees, part0)
+        );
+        let sum = client.lookup_accounts(&[fees]).await.unwrap()[0];
+        assert_eq!(
+            sum.credits_posted - sum.debits_posted,
+            (10..16).sum::<u128>(),
+            "the balance is unchanged"
+        );
+        // Paying out all the fees now works from shard 1's part alone.
+        let payout = transfer(400, fees, b[5], (10..16).sum::<u128>());
+        assert_eq!(client.create_transfers(&[payout]).await.unwrap(), [TR::Ok]);
+    });
+}
+
 #[test]
 fn concurrent_calls_share_the_connection_and_each_gets_its_own_results() {
     let server = Server::start(&[]);

@@ -14,11 +14,16 @@
 //!   backpressure to the client, the server never buffers without bound.
 //! - A frame failing any check gets an error frame after the replies before
 //!   it, then the connection closes; nothing of it was submitted.
-//! - Routing: accounts and their lookups go to `shard_for(id)`; transfers to
-//!   the shard of their debit account (post/void with `debit_account_id = 0`
-//!   to the shard holding the pending transfer); linked chains must be
-//!   routed to one shard whole, or every event of the chain answers
-//!   `linked_event_chain_cross_shard`. Transfer lookups ask every shard.
+//! - Routing ([`molly_shards::route`]): accounts and their lookups go to
+//!   `shard_for(id)`, sharded (hot system) accounts to every shard (one part
+//!   each; a create answers `ok` once every part exists, a lookup sums the
+//!   parts, a history query merges them by timestamp); transfers to the shard
+//!   of their debit account, or of their credit account when the debit
+//!   account is sharded (post/void not naming a plain debit account to the
+//!   shard holding the pending transfer); linked chains must be routed to
+//!   one shard (or, for sharded accounts, every shard) whole, or every event
+//!   of the chain answers `linked_event_chain_cross_shard`. Transfer lookups
+//!   ask every shard.
 //! - A request split over shards is not atomic as a whole (each event is);
 //!   if one shard fails its part, the reply says `shard_unavailable` and a
 //!   retry of the same request is safe (ids are idempotent).
@@ -38,11 +43,13 @@ use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel;
 use glommio::net::{TcpListener, TcpStream};
 use molly_engine::{
-    Account, AccountFilter, AccountFlags, CreateAccountResult, CreateTransferResult, Transfer, TransferFlags,
+    Account, AccountFilter, AccountFilterFlags, AccountFlags, CreateAccountResult, CreateTransferResult,
+    Transfer, TransferFlags,
 };
 use molly_shards::durable::Outcome;
 use molly_shards::journal::CommandBuf;
-use molly_shards::runtime::{reply_channel, shard_for, Answer, Backpressure, Request, Router, ShardError};
+use molly_shards::route::{account_route, is_sharded, transfer_route, AccountRoute, TransferRoute};
+use molly_shards::runtime::{reply_channel, Answer, Backpressure, Request, Router, ShardError};
 use molly_shards::runtime::{LocalTask, ShardHandle, ShardTask};
 
 use crate::frame::{self, status, FrameError, FrameHeader, Operation, ServerInfo, HEADER_SIZE};
@@ -377,7 +384,18 @@ impl Server {
                     return (status::INVALID_QUERY, 0, message.into_bytes());
                 }
                 let filter: AccountFilter = bytemuck::cast_slice::<u128, AccountFilter>(&body[..8])[0];
-                let shard = shard_of_account(filter.account_id, router.shards());
+                let shard = match account_route(filter.account_id, router.shards() as u32) {
+                    AccountRoute::Shard(shard) => shard as usize,
+                    AccountRoute::Every if operation == Operation::GetAccountTransfers => {
+                        let limit = filter.limit.min(self.config.query_results_max);
+                        return sharded_account_transfers(router, filter, limit).await;
+                    }
+                    AccountRoute::Every => {
+                        let message = "the balance history of a sharded account is kept per part (per \
+                                       shard); query its transfers, or the account for its balance";
+                        return (status::INVALID_QUERY, 0, message.as_bytes().to_vec());
+                    }
+                };
                 let filter = Box::new(filter);
                 if operation == Operation::GetAccountTransfers {
                     let (reply, answer) = reply_channel();
@@ -398,7 +416,10 @@ impl Server {
         let plan = plan(
             accounts.len(),
             |i| accounts[i].flags.contains(AccountFlags::LINKED),
-            |i| shard_of_account(accounts[i].id, shards),
+            |i| match account_route(accounts[i].id, shards as u32) {
+                AccountRoute::Shard(shard) => Target::One(shard as usize),
+                AccountRoute::Every => Target::Every,
+            },
             shards,
         );
         let codes = apply_plan(
@@ -406,6 +427,7 @@ impl Server {
             accounts,
             &plan,
             CreateAccountResult::LinkedEventChainCrossShard as u32,
+            CreateAccountResult::Exists as u32,
             CommandBuf::CreateAccounts,
             |outcome| match outcome {
                 Outcome::Accounts(results) => Some(results.iter().map(|r| *r as u32).collect()),
@@ -424,11 +446,10 @@ impl Server {
         let pending_shard = locate_pending(router, transfers).await;
         let route = |i: usize| {
             let t = &transfers[i];
-            if t.debit_account_id != 0 {
-                shard_of_account(t.debit_account_id, shards)
-            } else {
-                pending_shard.get(&t.pending_id).copied().unwrap_or(0)
-            }
+            Target::One(match transfer_route(t, shards as u32) {
+                TransferRoute::Shard(shard) => shard as usize,
+                TransferRoute::Pending => pending_shard.get(&t.pending_id).copied().unwrap_or(0),
+            })
         };
         let plan =
             plan(transfers.len(), |i| transfers[i].flags.contains(TransferFlags::LINKED), route, shards);
@@ -437,6 +458,7 @@ impl Server {
             transfers,
             &plan,
             CreateTransferResult::LinkedEventChainCrossShard as u32,
+            CreateTransferResult::Exists as u32,
             CommandBuf::CreateTransfers,
             |outcome| match outcome {
                 Outcome::Transfers(results) => Some(results.iter().map(|r| *r as u32).collect()),
@@ -453,17 +475,21 @@ impl Server {
 
 /// Writes each shard's part of a create request (all parts submitted before
 /// any is awaited) and assembles one result code per event in request order;
-/// events of refused cross-shard chains get `cross_shard_code`. `Err` is the
-/// request-level reply when a shard failed its part.
+/// events of refused cross-shard chains get `cross_shard_code`. An event
+/// applied on every shard (a sharded account's parts) answers the first
+/// failure of any part (shard order), else `ok` if any part was created, else
+/// `exists_code`. `Err` is the request-level reply when a shard failed its part.
 async fn apply_plan<T: Copy>(
     router: &Router,
     events: &[T],
     plan: &Plan,
     cross_shard_code: u32,
+    exists_code: u32,
     command: fn(Vec<T>) -> CommandBuf,
     codes_of: fn(&Outcome) -> Option<Vec<u32>>,
 ) -> Result<Vec<u32>, (u32, u32, Vec<u8>)> {
     let mut codes = vec![0u32; events.len()];
+    let mut answered = vec![false; events.len()];
     for &i in &plan.cross_shard {
         codes[i as usize] = cross_shard_code;
     }
@@ -482,8 +508,17 @@ async fn apply_plan<T: Copy>(
                 let Some(results) = outcomes.first().and_then(codes_of) else {
                     panic!("shard {shard} answered a create request with {:?}", outcomes.first());
                 };
-                for (&i, result) in plan.per_shard[shard].iter().zip(results) {
-                    codes[i as usize] = result;
+                let failed = |code: u32| code != 0 && code != exists_code;
+                for (&i, new) in plan.per_shard[shard].iter().zip(results) {
+                    let (i, old) = (i as usize, codes[i as usize]);
+                    codes[i] = if !answered[i] || (failed(new) && !failed(old)) {
+                        new
+                    } else if failed(old) {
+                        old
+                    } else {
+                        old.min(new) // ok (0) when any part was created now
+                    };
+                    answered[i] = true;
                 }
             }
             Ok(Err(error)) => return Err(shard_failed(shard, &error)),
@@ -537,16 +572,6 @@ fn shard_failed(shard: usize, error: &ShardError) -> (u32, u32, Vec<u8>) {
     }
 }
 
-/// The shard of an account id; invalid ids (0, `u128::MAX`) go to shard 0,
-/// whose engine answers them with the right result code.
-fn shard_of_account(id: u128, shards: usize) -> usize {
-    if shards == 1 {
-        0
-    } else {
-        shard_for(id, shards as u32) as usize
-    }
-}
-
 /// Reads until `buf` is full or the peer closes; the bytes read.
 async fn read_full<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
@@ -593,10 +618,19 @@ struct Plan {
     cross_shard: Vec<u32>,
 }
 
-/// Splits `n` events by `shard_of`, keeping each linked chain (events
+/// Where one event is applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    /// On this shard.
+    One(usize),
+    /// On every shard (a sharded account's parts).
+    Every,
+}
+
+/// Splits `n` events by `target`, keeping each linked chain (events
 /// with `linked` set, closed by the next event without it, or by the end of
-/// the request) whole on one shard, or refusing it.
-fn plan(n: usize, linked: impl Fn(usize) -> bool, shard_of: impl Fn(usize) -> usize, shards: usize) -> Plan {
+/// the request) whole on one shard (or whole on every shard), or refusing it.
+fn plan(n: usize, linked: impl Fn(usize) -> bool, target: impl Fn(usize) -> Target, shards: usize) -> Plan {
     let mut plan = Plan { per_shard: vec![Vec::new(); shards], cross_shard: Vec::new() };
     let mut start = 0;
     while start < n {
@@ -604,9 +638,15 @@ fn plan(n: usize, linked: impl Fn(usize) -> bool, shard_of: impl Fn(usize) -> us
         while end + 1 < n && linked(end) {
             end += 1;
         }
-        let shard = shard_of(start);
-        if (start..=end).all(|i| shard_of(i) == shard) {
-            plan.per_shard[shard].extend((start..=end).map(|i| i as u32));
+        let first = target(start);
+        if (start..=end).all(|i| target(i) == first) {
+            let shards = match first {
+                Target::One(shard) => shard..shard + 1,
+                Target::Every => 0..shards,
+            };
+            for shard in shards {
+                plan.per_shard[shard].extend((start..=end).map(|i| i as u32));
+            }
         } else {
             plan.cross_shard.extend((start..=end).map(|i| i as u32));
         }
@@ -622,12 +662,7 @@ fn plan(n: usize, linked: impl Fn(usize) -> bool, shard_of: impl Fn(usize) -> us
 async fn locate_pending(router: &Router, transfers: &[Transfer]) -> HashMap<u128, usize> {
     let shards = router.shards();
     let mut located = HashMap::new();
-    let needs = |t: &Transfer| {
-        t.debit_account_id == 0
-            && t.pending_id != 0
-            && (t.flags.contains(TransferFlags::POST_PENDING)
-                || t.flags.contains(TransferFlags::VOID_PENDING))
-    };
+    let needs = |t: &Transfer| transfer_route(t, shards as u32) == TransferRoute::Pending;
     if shards == 1 || !transfers.iter().any(needs) {
         return located;
     }
@@ -642,8 +677,8 @@ async fn locate_pending(router: &Router, transfers: &[Transfer]) -> HashMap<u128
                 None => unknown.push(t.pending_id),
             }
         }
-        if t.debit_account_id != 0 {
-            in_request.entry(t.id).or_insert(shard_of_account(t.debit_account_id, shards));
+        if let TransferRoute::Shard(shard) = transfer_route(t, shards as u32) {
+            in_request.entry(t.id).or_insert(shard as usize);
         }
     }
     unknown.retain(|id| !located.contains_key(id));
@@ -675,12 +710,16 @@ async fn lookup_transfers_per_shard(router: &Router, ids: &[u128]) -> Vec<Vec<Tr
     found
 }
 
-/// Accounts found, in request order.
+/// Accounts found, in request order. A sharded account is the sum of its
+/// parts (found when any part is; its timestamp is the oldest part's).
 async fn lookup_accounts(router: &Router, ids: &[u128]) -> Vec<Account> {
     let shards = router.shards();
     let mut per_shard: Vec<Vec<u128>> = vec![Vec::new(); shards];
     for &id in ids {
-        per_shard[shard_of_account(id, shards)].push(id);
+        match account_route(id, shards as u32) {
+            AccountRoute::Shard(shard) => per_shard[shard as usize].push(id),
+            AccountRoute::Every => per_shard.iter_mut().for_each(|ids| ids.push(id)),
+        }
     }
     let mut answers = Vec::new();
     for (shard, ids) in per_shard.into_iter().enumerate().filter(|(_, v)| !v.is_empty()) {
@@ -688,13 +727,58 @@ async fn lookup_accounts(router: &Router, ids: &[u128]) -> Vec<Account> {
         submit(router, shard, Request::LookupAccounts { ids, reply }).await;
         answers.push(answer);
     }
-    let mut found = HashMap::new();
+    let mut found: HashMap<u128, Account> = HashMap::new();
     for answer in answers {
-        for account in answer.await.unwrap_or_default() {
-            found.insert(account.id, account);
+        for part in answer.await.unwrap_or_default() {
+            found.entry(part.id).and_modify(|sum| add_part(sum, &part)).or_insert(part);
         }
     }
     ids.iter().filter_map(|id| found.get(id).copied()).collect()
+}
+
+/// Adds a sharded account's part into the sum of the others. The amounts
+/// saturate at `u128::MAX` (each part is bounded by its shard's checks; the
+/// sum of all of them reaching 2^128 base units is not a real ledger).
+fn add_part(sum: &mut Account, part: &Account) {
+    debug_assert!(is_sharded(part.id) && sum.id == part.id);
+    sum.debits_pending = sum.debits_pending.saturating_add(part.debits_pending);
+    sum.debits_posted = sum.debits_posted.saturating_add(part.debits_posted);
+    sum.credits_pending = sum.credits_pending.saturating_add(part.credits_pending);
+    sum.credits_posted = sum.credits_posted.saturating_add(part.credits_posted);
+    sum.timestamp = sum.timestamp.min(part.timestamp);
+}
+
+/// `get_account_transfers` of a sharded account: every part's answer to the
+/// same filter, merged by timestamp (newest first when reversed), cut to the
+/// limit. Each shard stamps its own transfers: two shards may use the same
+/// timestamp, so paging by `timestamp_min`/`max` can skip a transfer that
+/// shares the boundary's timestamp on another part (documented).
+async fn sharded_account_transfers(
+    router: &Router,
+    filter: AccountFilter,
+    limit: u32,
+) -> (u32, u32, Vec<u8>) {
+    let mut answers = Vec::new();
+    for shard in 0..router.shards() {
+        let (reply, answer) = reply_channel();
+        let request = Request::GetAccountTransfers { filter: Box::new(filter), reply };
+        submit(router, shard, request).await;
+        answers.push(answer);
+    }
+    let mut merged: Vec<Transfer> = Vec::new();
+    for (shard, answer) in answers.into_iter().enumerate() {
+        match answer.await {
+            Ok(Ok(found)) => merged.extend(found),
+            Ok(Err(error)) => return (status::INVALID_QUERY, 0, error.to_string().into_bytes()),
+            Err(_) => return unavailable(shard),
+        }
+    }
+    let reversed = filter.flags.contains(AccountFilterFlags::REVERSED);
+    merged.sort_by_key(|t| if reversed { u64::MAX - t.timestamp } else { t.timestamp });
+    // Each part answered its `limit` oldest (newest) matches: the merged
+    // first `limit` are among them.
+    merged.truncate(limit as usize);
+    (status::OK, merged.len() as u32, bytemuck::cast_slice(&merged).to_vec())
 }
 
 /// Transfers found on any shard, by id, as the client sent them: the legs
@@ -720,12 +804,22 @@ mod tests {
         // Events 0..6: shards [0, 1, 1, 0, 0, 1]; links 1→2 and 3→4→5.
         let shard = [0, 1, 1, 0, 0, 1];
         let linked = [false, true, false, true, true, false];
-        let got = plan(6, |i| linked[i], |i| shard[i], 2);
+        let got = plan(6, |i| linked[i], |i| Target::One(shard[i]), 2);
         assert_eq!(got, Plan { per_shard: vec![vec![0], vec![1, 2]], cross_shard: vec![3, 4, 5] });
         // An open chain at the end is kept whole too (the engine answers it
         // `linked_event_chain_open`).
-        let got = plan(3, |i| i >= 1, |i| [0, 1, 1][i], 2);
+        let got = plan(3, |i| i >= 1, |i| Target::One([0, 1, 1][i]), 2);
         assert_eq!(got, Plan { per_shard: vec![vec![0], vec![1, 2]], cross_shard: vec![] });
-        assert_eq!(plan(0, |_| false, |_| 0, 1), Plan { per_shard: vec![vec![]], cross_shard: vec![] });
+        assert_eq!(
+            plan(0, |_| false, |_| Target::One(0), 1),
+            Plan { per_shard: vec![vec![]], cross_shard: vec![] }
+        );
+        // Sharded accounts go to every shard; a chain of only those too, a
+        // chain mixing them with one shard's accounts is refused.
+        use Target::{Every, One};
+        let target = [Every, One(1), Every, Every, Every, One(0)];
+        let linked = [false, false, true, false, true, false];
+        let got = plan(6, |i| linked[i], |i| target[i], 2);
+        assert_eq!(got, Plan { per_shard: vec![vec![0, 2, 3], vec![0, 1, 2, 3]], cross_shard: vec![4, 5] });
     }
 }

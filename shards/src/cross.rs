@@ -49,7 +49,7 @@ use molly_engine::{
 use crate::buggify::buggify;
 use crate::durable::Outcome;
 use crate::journal::Command;
-use crate::runtime::shard_for;
+use crate::route::{credit_peer, owns};
 
 /// The first id reserved for the shards' own accounts and transfers.
 pub const RESERVED_ID_MIN: u128 = 0xFFFF_FFFF << 96;
@@ -245,10 +245,10 @@ impl Cross {
             let Some(leg) = cross.transfer(engine, t.id) else {
                 return Err(format!("intent {} has no pending leg", t.id));
             };
-            let peer = shard_for(t.credit_account_id, shards);
-            if !is_debit_leg(&leg) || peer == shard || cross.intents.contains_key(&t.id) {
+            let peer = credit_peer(t, shard, shards);
+            let Some(peer) = peer.filter(|_| is_debit_leg(&leg) && !cross.intents.contains_key(&t.id)) else {
                 return Err(format!("intent {} does not match its pending leg", t.id));
-            }
+            };
             cross.intents.insert(t.id, Intent { sent: *t, amount: leg.amount, peer });
         }
         cross.check(engine)?;
@@ -424,10 +424,9 @@ impl Cross {
         if is_reserved(credit) {
             return poison(self, TR::CreditAccountIdMustNotBeReserved);
         }
-        let peer = shard_for(credit, self.shards);
-        if peer == self.shard {
+        let Some(peer) = credit_peer(t, self.shard, self.shards) else {
             return Kind::Raw;
-        }
+        };
         let unsupported = TF::PENDING | TF::BALANCING_CREDIT | TF::CLOSING_DEBIT | TF::CLOSING_CREDIT;
         if t.flags.intersects(unsupported) {
             return poison(self, TR::CrossShardFlagsNotSupported);
@@ -439,14 +438,10 @@ impl Cross {
         Kind::Cross(peer)
     }
 
-    /// True when `t` names a credit account on another shard (so a linked
+    /// True when `t` credits an account on another shard (so a linked
     /// chain holding it spans shards).
     fn remote(&self, t: &Transfer) -> bool {
-        let credit = t.credit_account_id;
-        !t.flags.intersects(TF::POST_PENDING | TF::VOID_PENDING)
-            && credit != 0
-            && !is_reserved(credit)
-            && shard_for(credit, self.shards) != self.shard
+        credit_peer(t, self.shard, self.shards).is_some()
     }
 
     fn create_transfers(
@@ -670,11 +665,7 @@ impl Cross {
                 "legs of one peer, to this shard"
             );
             assert!(!is_reserved(leg.credit_account_id));
-            assert_eq!(
-                shard_for(leg.credit_account_id, self.shards),
-                self.shard,
-                "the credit account is ours"
-            );
+            assert!(owns(leg.credit_account_id, self.shard, self.shards), "the credit account is ours");
             assert!(leg.flags == TF::NONE || (leg.flags == TF::BALANCING_DEBIT && leg.amount == 0));
             ledgers.insert(leg.ledger);
         }

@@ -28,10 +28,11 @@ use std::time::Instant;
 use molly_engine::{CreateTransferResult as TR, Engine, Transfer};
 
 use crate::buggify::buggify;
-use crate::cross::{is_reserved, Cross, Effects, FixedHasher, Message};
+use crate::cross::{Cross, Effects, FixedHasher, Message};
 use crate::durable::{JournalWriter, Outcome};
 use crate::journal::{Command, CommandBuf, HEADER_SIZE};
 use crate::metrics::ShardMetrics;
+use crate::route::{credit_peer, owns};
 use crate::runtime::{shard_for, Reply, Request, ShardError, ShardStats, WriteReply};
 use crate::snapshot::{SegmentRef, SnapshotDone, SnapshotError, SnapshotJob};
 
@@ -598,28 +599,28 @@ fn cross_bound(commands: &[CommandBuf], shard: usize, shards: u32) -> usize {
     if shards == 1 {
         return 0;
     }
-    let remote = |id: u128| id != 0 && !is_reserved(id) && shard_for(id, shards) as usize != shard;
     commands
         .iter()
         .map(|command| match command {
-            CommandBuf::CreateTransfers(transfers) => {
-                transfers.iter().filter(|t| remote(t.credit_account_id) && t.pending_id == 0).count()
-            }
+            CommandBuf::CreateTransfers(transfers) => transfers
+                .iter()
+                .filter(|t| t.pending_id == 0 && credit_peer(t, shard as u32, shards).is_some())
+                .count(),
             _ => 0,
         })
         .sum()
 }
 
 /// Every account a write creates, and the debit account of every transfer,
-/// must live on this shard (`shard_for`); a misrouted request is refused
+/// must live on this shard (`shard_for`, [`crate::route::owns`]: sharded
+/// accounts have a part on every shard); a misrouted request is refused
 /// whole, before anything is journaled. A transfer's credit account may live
 /// on another shard (a cross-shard transfer, see [`crate::cross`]). Post and
 /// void name their pending transfer, which the engine finds locally (a 0
 /// debit account is routed by the caller). Reserved ids are the shard
 /// layer's to reject per event; credit and settle legs are shard-internal.
 pub(crate) fn check_ownership(commands: &[CommandBuf], shard: usize, shards: u32) -> Result<(), String> {
-    let owned =
-        |id: u128| id == 0 || is_reserved(id) || shards == 1 || shard_for(id, shards) as usize == shard;
+    let owned = |id: u128| owns(id, shard as u32, shards);
     for command in commands {
         match command {
             CommandBuf::Tick { .. } => {}

@@ -470,3 +470,85 @@ fn background_snapshots_move_history_to_segments() {
     assert_eq!(results, [CreateTransferResult::Exists, CreateTransferResult::ExistsWithDifferentAmount]);
     assert_eq!(runtime.stats(0).unwrap().invariants, Ok(()));
 }
+
+/// Hot system accounts are sharded: a part on every shard. Transfers
+/// between users and them stay on the user's shard; limits hold per part;
+/// a move between parts is all or nothing and leaves the sum alone.
+#[test]
+fn sharded_accounts_keep_user_transfers_single_shard_and_move_value_between_parts() {
+    use molly_engine::AccountFlags as AF;
+    use molly_shards::cross::check_bridges;
+    use molly_shards::route::{part_move_shards, sharded_id, transfer_route, TransferRoute};
+    use CreateTransferResult as TR;
+    let dir = TempDir::new("sharded");
+    let owned = by_shard(40, 2);
+    let (a, b) = (&owned[0], &owned[1]);
+    // A hot wallet's ledger account (may not go below zero) and a deposit
+    // clearing account (goes negative as deposits are credited).
+    let (hot, clearing) = (sharded_id(1), sharded_id(2));
+    let route = |t: &Transfer| match transfer_route(t, 2) {
+        TransferRoute::Shard(s) => s as usize,
+        TransferRoute::Pending => panic!("no posts here"),
+    };
+    let send = |runtime: &Runtime, batch: Vec<Transfer>| -> Vec<TR> {
+        let shard = route(&batch[0]);
+        assert!(batch.iter().all(|t| route(t) == shard), "one shard per batch here");
+        transfer_results(&runtime.write(shard, vec![CommandBuf::CreateTransfers(batch)]).unwrap())
+    };
+    let part = |runtime: &Runtime, shard: usize| runtime.lookup_accounts(shard, vec![hot])[0];
+    let moved = Transfer { user_data_32: part_move_shards(0, 1), ..transfer(30, hot, hot, 40) };
+    {
+        let runtime = Runtime::start(config(&dir, 2)).unwrap();
+        for (shard, ids) in owned.iter().enumerate() {
+            let mut accounts: Vec<Account> = ids.iter().map(|&id| account(id)).collect();
+            accounts.push(Account { flags: AF::DEBITS_MUST_NOT_EXCEED_CREDITS, ..account(hot) });
+            accounts.push(account(clearing));
+            let outcomes = runtime.write(shard, vec![CommandBuf::CreateAccounts(accounts)]).unwrap();
+            assert!(matches!(&outcomes[..], [Outcome::Accounts(r)] if r.iter().all(|r| r.is_ok())));
+        }
+        // Deposits credited from the clearing account, on each user's shard.
+        for (i, &user) in a.iter().chain(b).enumerate() {
+            assert_eq!(send(&runtime, vec![transfer(100 + i as u128, clearing, user, 100)]), [TR::Ok]);
+        }
+        // Users pay into the hot wallet: 50 on shard 0, 30 on shard 1.
+        assert_eq!(send(&runtime, vec![transfer(10, a[0], hot, 50)]), [TR::Ok]);
+        assert_eq!(send(&runtime, vec![transfer(11, b[0], hot, 30)]), [TR::Ok]);
+        assert_eq!(route(&transfer(11, b[0], hot, 30)), 1);
+        // None of it crossed shards: no bridge was ever needed.
+        assert!(bridges(&runtime, 2, &[1]).iter().all(Vec::is_empty));
+        // A withdrawal of 60 from the part on shard 1 (30) fails though the
+        // account holds 80: limits hold per part.
+        let withdrawal = transfer(20, hot, b[1], 60);
+        assert_eq!(route(&withdrawal), 1);
+        assert_eq!(send(&runtime, vec![withdrawal]), [TR::ExceedsCredits]);
+        // Move 40 from the part on shard 0 to the part on shard 1.
+        assert_eq!(route(&moved), 0);
+        assert_eq!(send(&runtime, vec![moved]), [TR::Ok]);
+        assert_eq!(send(&runtime, vec![moved]), [TR::Exists], "a retried move moves nothing twice");
+        // Now the part on shard 1 holds 70: the same withdrawal, retried, goes through.
+        assert_eq!(send(&runtime, vec![withdrawal]), [TR::Ok]);
+        // A move over the part's balance fails on its limit, whole; a move
+        // naming no other shard is a transfer to itself.
+        let too_much = Transfer { id: 31, amount: 11, ..moved };
+        assert_eq!(send(&runtime, vec![too_much]), [TR::ExceedsCredits]);
+        let nowhere = Transfer { id: 32, user_data_32: part_move_shards(0, 0), ..moved };
+        assert_eq!(send(&runtime, vec![nowhere]), [TR::AccountsMustBeDifferent]);
+        let (p0, p1) = (part(&runtime, 0), part(&runtime, 1));
+        assert_eq!((p0.credits_posted, p0.debits_posted), (50, 40));
+        assert_eq!((p1.credits_posted, p1.debits_posted), (30 + 40, 60));
+        assert_eq!(p0.debits_pending + p1.debits_pending, 0);
+        for shard in 0..2 {
+            let stats = runtime.stats(shard).unwrap();
+            stats.invariants.unwrap();
+            assert_eq!(stats.intents_open, 0);
+        }
+        let bridges = bridges(&runtime, 2, &[1]);
+        assert!(!bridges[0].is_empty(), "the move crossed shards");
+        check_bridges(&bridges.iter().map(Vec::as_slice).collect::<Vec<_>>()).unwrap();
+    }
+    // After a restart: the same parts, and the move is still spent.
+    let runtime = Runtime::start(config(&dir, 2)).unwrap();
+    assert_eq!(part(&runtime, 0).credits_posted - part(&runtime, 0).debits_posted, 10);
+    assert_eq!(part(&runtime, 1).credits_posted - part(&runtime, 1).debits_posted, 10);
+    assert_eq!(send(&runtime, vec![moved]), [TR::Exists]);
+}
