@@ -555,4 +555,10 @@ fn molly_bench_drives_a_server_it_starts_and_verifies_the_ledger() {
     let stdout = run(&["--compare", first.to_str().unwrap(), "--cross-shard", "0"]);
     assert!(stdout.contains("compared with") && stdout.contains("transfers_per_second"), "{stdout}");
     assert!(!dir.join("server.addr").exists(), "the server the bench started was stopped");
+    // The payment shape: half the transfers with sharded system accounts,
+    // verified through their summed parts; none of those cross shards.
+    let stdout = run(&["--hot", "0.5", "--cross-shard", "0"]);
+    assert!(stdout.contains("sharded system accounts") && stdout.contains("verified: all"), "{stdout}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["report"]["cross_shard_measured"].as_f64(), Some(0.0), "{report}");
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, ensure, Context};
 use molly_client::{Client, ClientConfig};
 use molly_engine::{Account, CreateAccountResult, CreateTransferResult, Transfer};
+use molly_shards::route::{credit_peer, sharded_id, transfer_route, TransferRoute};
 use molly_shards::runtime::shard_for;
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -52,12 +53,38 @@ pub struct NetScenario {
     pub cross_shard: Option<f64>,
     /// Zipf exponent for hot accounts (`None`: uniform).
     pub zipf: Option<f64>,
+    /// Share of transfers between a user and a system account: half
+    /// deposits (clearing account → user), half fees (user → fee account).
+    pub hot: f64,
+    /// The system accounts are plain (one shard each), not sharded.
+    pub hot_plain: bool,
     /// Batches before measuring.
     pub warmup: u64,
     /// Workload seed.
     pub seed: u64,
     /// Check afterwards that every acknowledged transfer exists and the ledger balances.
     pub verify: bool,
+}
+
+impl NetScenario {
+    /// The deposit clearing and fee accounts of the `hot` share.
+    pub fn system_accounts(&self) -> [u128; 2] {
+        if self.hot_plain {
+            let n = u128::from(self.accounts);
+            [n + 1, n + 2]
+        } else {
+            [sharded_id(1), sharded_id(2)]
+        }
+    }
+
+    /// Every account the run uses: users 1..=accounts, then the system accounts.
+    pub fn account_ids(&self) -> Vec<u128> {
+        let mut ids: Vec<u128> = (1..=u128::from(self.accounts)).collect();
+        if self.hot > 0.0 {
+            ids.extend(self.system_accounts());
+        }
+        ids
+    }
 }
 
 /// The figures of one run.
@@ -111,6 +138,7 @@ pub fn run(
     if let Some(x) = scenario.cross_shard {
         ensure!((0.0..=1.0).contains(&x), "--cross-shard is a share between 0 and 1");
     }
+    ensure!((0.0..=1.0).contains(&scenario.hot), "--hot is a share between 0 and 1");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(drive(target, scenario, Arc::new(progress)))
 }
@@ -134,9 +162,9 @@ async fn drive(
         scenario.batch,
         info.batch_events_max
     );
-    create_accounts(&clients[0], scenario.accounts, scenario.batch).await?;
+    create_accounts(&clients[0], &scenario.account_ids(), scenario.batch).await?;
     let before = if scenario.verify {
-        Some(ledger_totals(&clients[0], scenario.accounts, scenario.batch).await?)
+        Some(ledger_totals(&clients[0], &scenario.account_ids(), scenario.batch).await?)
     } else {
         None
     };
@@ -203,7 +231,7 @@ async fn drive(
     if let Some(before) = before {
         let ids = std::mem::take(&mut *shared.acked_ids.lock().expect("not poisoned"));
         report.verified_transfers =
-            Some(verify(&clients[0], &ids, scenario.accounts, before, scenario.batch).await?);
+            Some(verify(&clients[0], &ids, &scenario.account_ids(), before, scenario.batch).await?);
     }
     Ok(report)
 }
@@ -257,7 +285,27 @@ impl Worker {
             }
             batch.clear();
             let mut cross = 0u64;
+            let [clearing, fees] = self.scenario.system_accounts();
             for i in 0..u64::from(self.scenario.batch) {
+                let id = self.nonce << 64 | u128::from(index * u64::from(self.scenario.batch) + i);
+                if self.scenario.hot > 0.0 && rng.random_bool(self.scenario.hot) {
+                    let user = u128::from(source.account());
+                    let (debit, credit) = if rng.random_bool(0.5) { (clearing, user) } else { (user, fees) };
+                    let t = Transfer {
+                        id,
+                        debit_account_id: debit,
+                        credit_account_id: credit,
+                        amount: 1,
+                        ledger: LEDGER,
+                        code: 1,
+                        ..Transfer::default()
+                    };
+                    if let TransferRoute::Shard(shard) = transfer_route(&t, self.shards) {
+                        cross += u64::from(credit_peer(&t, shard, self.shards).is_some());
+                    }
+                    batch.push(t);
+                    continue;
+                }
                 let debit = source.account();
                 let want_cross = self.scenario.cross_shard.map(|x| self.shards > 1 && rng.random_bool(x));
                 let credit = loop {
@@ -272,7 +320,7 @@ impl Worker {
                 };
                 cross += u64::from(shard(credit) != shard(debit));
                 batch.push(Transfer {
-                    id: self.nonce << 64 | u128::from(index * u64::from(self.scenario.batch) + i),
+                    id,
                     debit_account_id: u128::from(debit),
                     credit_account_id: u128::from(credit),
                     amount: 1,
@@ -312,14 +360,11 @@ impl Worker {
     }
 }
 
-/// Creates accounts 1..=n (those that exist answer `exists`).
-async fn create_accounts(client: &Client, n: u32, batch: u32) -> anyhow::Result<()> {
-    let mut next = 1u32;
-    while next <= n {
-        let end = n.min(next.saturating_add(batch - 1));
-        let accounts: Vec<Account> = (next..=end)
-            .map(|id| Account { id: u128::from(id), ledger: LEDGER, code: 1, ..Account::default() })
-            .collect();
+/// Creates the accounts `ids` (those that exist answer `exists`).
+async fn create_accounts(client: &Client, ids: &[u128], batch: u32) -> anyhow::Result<()> {
+    for chunk in ids.chunks(batch as usize) {
+        let accounts: Vec<Account> =
+            chunk.iter().map(|&id| Account { id, ledger: LEDGER, code: 1, ..Account::default() }).collect();
         for (account, result) in accounts.iter().zip(client.create_accounts(&accounts).await?) {
             ensure!(
                 result == CreateAccountResult::Ok || result == CreateAccountResult::Exists,
@@ -327,15 +372,14 @@ async fn create_accounts(client: &Client, n: u32, batch: u32) -> anyhow::Result<
                 account.id
             );
         }
-        next = end + 1;
     }
     Ok(())
 }
 
-/// (sum of debits_posted, sum of credits_posted) over accounts 1..=n.
-async fn ledger_totals(client: &Client, n: u32, batch: u32) -> anyhow::Result<(u128, u128)> {
+/// (sum of debits_posted, sum of credits_posted) over the accounts `ids`
+/// (a sharded account's parts summed by the server).
+async fn ledger_totals(client: &Client, ids: &[u128], batch: u32) -> anyhow::Result<(u128, u128)> {
     let (mut debits, mut credits) = (0u128, 0u128);
-    let ids: Vec<u128> = (1..=u128::from(n)).collect();
     for chunk in ids.chunks(batch as usize) {
         let found = client.lookup_accounts(chunk).await?;
         ensure!(found.len() == chunk.len(), "{} of {} accounts found", found.len(), chunk.len());
@@ -352,7 +396,7 @@ async fn ledger_totals(client: &Client, n: u32, batch: u32) -> anyhow::Result<(u
 async fn verify(
     client: &Client,
     ids: &[u128],
-    accounts: u32,
+    accounts: &[u128],
     before: (u128, u128),
     batch: u32,
 ) -> anyhow::Result<u64> {

@@ -1,10 +1,16 @@
 //! `molly bench shards`: durable transfers through the pinned shard runtime,
 //! in process (the wire protocol comes later).
 //!
-//! Accounts are partitioned with `shard_for`; each batch goes to the shard
-//! of its debit accounts, and a `cross_shard` fraction of its transfers
-//! credit an account of another shard (the two-phase protocol of
-//! `molly_shards::cross`: the batch is answered once those are settled).
+//! Accounts are partitioned with `shard_for`; each transfer goes to the
+//! shard `molly_shards::route` names (its debit account's, or its user's
+//! when it pays from a sharded system account), and a `cross_shard` fraction
+//! of the user-to-user transfers credit an account of another shard (the
+//! two-phase protocol of `molly_shards::cross`: the batch is answered once
+//! those are settled). A `hot` fraction pays from a deposit clearing account
+//! to a user or from a user to the fee account, as a payment gateway's
+//! traffic does: sharded system accounts by default (a part on every
+//! shard), or plain ones on one shard each (`hot_plain`), to measure what
+//! sharding them is worth.
 //! Batches are generated before the timed run; a driver thread keeps
 //! `in_flight` batches queued per shard, and a batch's latency runs from its
 //! submission to its durable reply. CPU time is the whole process's (shards
@@ -18,6 +24,7 @@ use anyhow::{bail, ensure, Context};
 use molly_engine::{Account, Config, Transfer};
 use molly_shards::durable::Outcome;
 use molly_shards::journal::CommandBuf;
+use molly_shards::route::{credit_peer, sharded_id, transfer_route, TransferRoute};
 use molly_shards::runtime::{
     reply_channel, shard_for, Answer, Backpressure, Request, Runtime, RuntimeConfig, WriteReply,
 };
@@ -49,9 +56,15 @@ pub struct ShardScenario {
     /// Journal bytes between snapshots (0: none during the run). Snapshots
     /// are incremental and written on a background thread.
     pub snapshot_every_bytes: u64,
-    /// Fraction of transfers whose credit account is on another shard (0..=1;
-    /// no effect with one shard).
+    /// Fraction of the user-to-user transfers whose credit account is on
+    /// another shard (0..=1; no effect with one shard).
     pub cross_shard: f64,
+    /// Fraction of transfers between a user and a system account (half
+    /// deposits from the clearing account, half fees to the fee account).
+    pub hot: f64,
+    /// The system accounts are plain accounts (one shard each) instead of
+    /// sharded ones.
+    pub hot_plain: bool,
 }
 
 /// The figures of one run.
@@ -105,6 +118,104 @@ fn transfer_results(outcomes: &[Outcome]) -> (u64, u64) {
     (ok, rejected)
 }
 
+/// The deposit clearing and fee accounts of the `hot` share.
+struct SystemAccounts {
+    clearing: u128,
+    fees: u128,
+    plain: bool,
+}
+
+impl SystemAccounts {
+    fn new(scenario: &ShardScenario) -> Self {
+        if scenario.hot_plain {
+            let n = u128::from(scenario.accounts);
+            Self { clearing: n + 1, fees: n + 2, plain: true }
+        } else {
+            Self { clearing: sharded_id(1), fees: sharded_id(2), plain: false }
+        }
+    }
+
+    fn ids(&self) -> [u128; 2] {
+        [self.clearing, self.fees]
+    }
+
+    fn lives_on(&self, id: u128, shard: u32, shards: u32) -> bool {
+        !self.plain || shard_for(id, shards) == shard
+    }
+}
+
+/// Every batch, generated before the clock starts.
+struct Workload {
+    queues: Vec<std::collections::VecDeque<Vec<Transfer>>>,
+    cross_shard_transfers: u64,
+    /// Engine transfers each shard will hold.
+    engine_transfers: Vec<u64>,
+}
+
+/// Transfers in order, each appended to the open batch of the shard that
+/// applies it; a full batch is queued.
+fn generate(scenario: &ShardScenario, owned: &[Vec<u128>], system: &SystemAccounts) -> Workload {
+    let shards = scenario.shards;
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(scenario.seed);
+    let mut workload = Workload {
+        queues: vec![Default::default(); shards],
+        cross_shard_transfers: 0,
+        engine_transfers: vec![0; shards],
+    };
+    let mut open: Vec<Vec<Transfer>> = vec![Vec::new(); shards];
+    for n in 0..scenario.transfers {
+        // Users take turns by shard, a batch's worth at a time.
+        let home = (n / u64::from(scenario.batch)) as usize % shards;
+        let ids = &owned[home];
+        let user = ids[rng.random_range(0..ids.len())];
+        let (debit, credit) = if rng.random_bool(scenario.hot) {
+            if rng.random_bool(0.5) {
+                (system.clearing, user)
+            } else {
+                (user, system.fees)
+            }
+        } else {
+            let credits = if shards > 1 && rng.random_bool(scenario.cross_shard) {
+                &owned[(home + rng.random_range(1..shards)) % shards]
+            } else {
+                ids
+            };
+            let mut credit = credits[rng.random_range(0..credits.len())];
+            while credit == user {
+                credit = credits[rng.random_range(0..credits.len())];
+            }
+            (user, credit)
+        };
+        let t = Transfer {
+            id: u128::from(n) + 1,
+            debit_account_id: debit,
+            credit_account_id: credit,
+            amount: 1,
+            ledger: 1,
+            code: 1,
+            ..Transfer::default()
+        };
+        let TransferRoute::Shard(shard) = transfer_route(&t, shards as u32) else {
+            unreachable!("no posts or voids here")
+        };
+        let shard = shard as usize;
+        workload.engine_transfers[shard] += 1;
+        if let Some(peer) = credit_peer(&t, shard as u32, shards as u32) {
+            workload.cross_shard_transfers += 1;
+            workload.engine_transfers[shard] += 1;
+            workload.engine_transfers[peer as usize] += 1;
+        }
+        open[shard].push(t);
+        if open[shard].len() == scenario.batch as usize {
+            workload.queues[shard].push_back(std::mem::take(&mut open[shard]));
+        }
+    }
+    for (shard, batch) in open.into_iter().enumerate().filter(|(_, b)| !b.is_empty()) {
+        workload.queues[shard].push_back(batch);
+    }
+    workload
+}
+
 /// Runs one scenario on a fresh data directory (removed afterwards).
 pub fn run(scenario: &ShardScenario, mut progress: impl FnMut(u64)) -> anyhow::Result<ShardReport> {
     ensure!(
@@ -112,14 +223,24 @@ pub fn run(scenario: &ShardScenario, mut progress: impl FnMut(u64)) -> anyhow::R
         "shards, batch and in_flight must be at least 1"
     );
     ensure!((0.0..=1.0).contains(&scenario.cross_shard), "cross_shard is a fraction in 0..=1");
+    ensure!((0.0..=1.0).contains(&scenario.hot), "hot is a fraction in 0..=1");
     let dir = scenario.data_dir.join(format!("bench-shards-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    // A cross-shard transfer is three engine transfers: its pending leg and
-    // settle on the debit shard, its credit leg on the credit shard.
-    let cross = if scenario.shards > 1 { scenario.cross_shard } else { 0.0 };
-    let per_shard_transfers =
-        (scenario.transfers.div_ceil(scenario.shards as u64) as f64 * (1.0 + 2.0 * cross)).ceil() as u64
-            + 4 * u64::from(scenario.batch) * scenario.in_flight as u64;
+    let shards = scenario.shards as u32;
+    let mut owned: Vec<Vec<u128>> = vec![Vec::new(); scenario.shards];
+    for id in 1..=u128::from(scenario.accounts) {
+        owned[shard_for(id, shards) as usize].push(id);
+    }
+    for (shard, ids) in owned.iter().enumerate() {
+        ensure!(ids.len() >= 2, "shard {shard} owns fewer than 2 accounts; use more accounts");
+    }
+    let system = SystemAccounts::new(scenario);
+    let workload = generate(scenario, &owned, &system);
+    // Room for every engine transfer a shard will hold: a cross-shard
+    // transfer is three (its pending leg and settle on the debit shard, its
+    // credit leg on the credit shard).
+    let per_shard_transfers = workload.engine_transfers.iter().max().copied().unwrap_or(0)
+        + 4 * u64::from(scenario.batch) * scenario.in_flight as u64;
     let mut config = RuntimeConfig::new(dir.clone());
     config.shards = scenario.shards;
     config.pin = scenario.pin;
@@ -128,20 +249,17 @@ pub fn run(scenario: &ShardScenario, mut progress: impl FnMut(u64)) -> anyhow::R
     config.inbox_depth = scenario.in_flight.max(16);
     config.engine = Config {
         batch_events_max: scenario.batch,
-        accounts_max: scenario.accounts,
+        // The users, the two system accounts, and bridges to every peer.
+        accounts_max: scenario.accounts + 2 + 2 * shards,
         transfers_max: u32::try_from(per_shard_transfers).context("too many transfers per shard")?,
         ..Config::default()
     };
     let runtime = Runtime::start(config).context("starting the shards")?;
 
-    // Partition the accounts and create them on their shards.
-    let shards = scenario.shards as u32;
-    let mut owned: Vec<Vec<u128>> = vec![Vec::new(); scenario.shards];
-    for id in 1..=u128::from(scenario.accounts) {
-        owned[shard_for(id, shards) as usize].push(id);
-    }
+    // Create the accounts on their shards (a sharded one on every shard).
     for (shard, ids) in owned.iter().enumerate() {
-        ensure!(ids.len() >= 2, "shard {shard} owns fewer than 2 accounts; use more accounts");
+        let mut ids = ids.clone();
+        ids.extend(system.ids().into_iter().filter(|&id| system.lives_on(id, shard as u32, shards)));
         for chunk in ids.chunks(scenario.batch as usize) {
             let accounts =
                 chunk.iter().map(|&id| Account { id, ledger: 1, code: 1, ..Account::default() }).collect();
@@ -150,50 +268,7 @@ pub fn run(scenario: &ShardScenario, mut progress: impl FnMut(u64)) -> anyhow::R
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
     }
-
-    // Generate every batch before the clock starts.
-    let mut rng = Xoshiro256PlusPlus::seed_from_u64(scenario.seed);
-    let mut queues: Vec<std::collections::VecDeque<Vec<Transfer>>> =
-        vec![Default::default(); scenario.shards];
-    let mut next_id = 1u128;
-    let mut generated = 0u64;
-    let mut cross_shard_transfers = 0u64;
-    let mut shard = 0usize;
-    while generated < scenario.transfers {
-        let size = (scenario.transfers - generated).min(u64::from(scenario.batch));
-        let ids = &owned[shard];
-        let batch: Vec<Transfer> = (0..size)
-            .map(|_| {
-                let debit = ids[rng.random_range(0..ids.len())];
-                let cross = scenario.shards > 1 && rng.random_bool(scenario.cross_shard);
-                let credits = if cross {
-                    cross_shard_transfers += 1;
-                    let other = (shard + rng.random_range(1..scenario.shards)) % scenario.shards;
-                    &owned[other]
-                } else {
-                    ids
-                };
-                let mut credit = credits[rng.random_range(0..credits.len())];
-                while credit == debit {
-                    credit = credits[rng.random_range(0..credits.len())];
-                }
-                let t = Transfer {
-                    id: next_id,
-                    debit_account_id: debit,
-                    credit_account_id: credit,
-                    amount: 1,
-                    ledger: 1,
-                    code: 1,
-                    ..Transfer::default()
-                };
-                next_id += 1;
-                t
-            })
-            .collect();
-        queues[shard].push_back(batch);
-        generated += size;
-        shard = (shard + 1) % scenario.shards;
-    }
+    let Workload { mut queues, cross_shard_transfers, .. } = workload;
     let groups_before: u64 = runtime.metrics().iter().map(|m| m.groups.get()).sum();
 
     let mut histogram = latency_histogram();

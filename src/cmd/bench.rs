@@ -169,6 +169,15 @@ pub struct ShardsArgs {
     /// (two-phase between shards; no effect with one shard).
     #[arg(long, default_value_t = 0.0)]
     cross_shard: f64,
+    /// Fraction of transfers between a user and a system account (half
+    /// deposits from a clearing account, half fees to a fee account); the
+    /// system accounts are sharded (a part on every shard) unless --hot-plain.
+    #[arg(long, default_value_t = 0.0)]
+    hot: f64,
+    /// Make the system accounts of --hot plain accounts (one shard each), to
+    /// compare with sharded ones.
+    #[arg(long)]
+    hot_plain: bool,
     /// Write the figures as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -198,6 +207,8 @@ fn shards(args: ShardsArgs) -> anyhow::Result<()> {
             seed: 1,
             snapshot_every_bytes: args.snapshot_every_bytes,
             cross_shard: args.cross_shard,
+            hot: args.hot,
+            hot_plain: args.hot_plain,
         };
         let name = format!("{shards}-shard{}", if shards == 1 { "" } else { "s" });
         let bar = progress_bar(args.transfers, &name);

@@ -51,6 +51,16 @@ pub struct NetArgs {
     /// Zipf exponent for hot accounts (default: uniform pairs).
     #[arg(long)]
     zipf: Option<f64>,
+    /// Share of transfers between a user and a system account (half deposits
+    /// from a clearing account, half fees to a fee account), the payment
+    /// gateway's shape; the system accounts are sharded (a part on every
+    /// shard) unless --hot-plain.
+    #[arg(long, default_value_t = 0.0)]
+    hot: f64,
+    /// Make the system accounts of --hot plain accounts (one shard each), to
+    /// compare with sharded ones.
+    #[arg(long)]
+    hot_plain: bool,
     /// Batches sent before measuring.
     #[arg(long, default_value_t = 20)]
     warmup: u64,
@@ -113,12 +123,14 @@ pub fn run(args: NetArgs) -> anyhow::Result<()> {
         amount: args.duration.map_or(Amount::Transfers(args.transfers), Amount::Seconds),
         cross_shard: args.cross_shard,
         zipf: args.zipf,
+        hot: args.hot,
+        hot_plain: args.hot_plain,
         warmup: args.warmup,
         seed: args.seed,
         verify: args.verify,
     };
     println!(
-        "molly bench: {} at {} ({}), {} connection(s) × {} in flight, batch {}, {} accounts, {} pairs, cross-shard {}",
+        "molly bench: {} at {} ({}), {} connection(s) × {} in flight, batch {}, {} accounts, {} pairs, cross-shard {}{}",
         match scenario.amount {
             Amount::Transfers(n) => format!("{n} transfers"),
             Amount::Seconds(s) => format!("{s} s"),
@@ -131,6 +143,11 @@ pub fn run(args: NetArgs) -> anyhow::Result<()> {
         args.accounts,
         args.zipf.map_or("uniform".to_string(), |s| format!("zipf({s})")),
         args.cross_shard.map_or("natural".to_string(), |x| format!("{x}")),
+        if args.hot > 0.0 {
+            format!(", {} with {} system accounts", args.hot, if args.hot_plain { "plain" } else { "sharded" })
+        } else {
+            String::new()
+        },
     );
     let bar = match scenario.amount {
         Amount::Transfers(n) => {
