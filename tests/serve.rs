@@ -291,6 +291,7 @@ fn configuration_file_defaults_and_refusals() {
         "listen = \"127.0.0.1:3000\"",
         "connections_max = 1024",
         "transfers_max = 12582912",
+        "rebalance_interval_ms = 100",
     ] {
         assert!(text.contains(line), "{line} missing from:\n{text}");
     }

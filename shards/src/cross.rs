@@ -31,6 +31,7 @@
 //! | 1 bridge account | `shard << 64 \| peer << 32 \| ledger` | carries value in flight between `shard` and `peer`, on `shard` |
 //! | 2 sink account | `shard << 64 \| ledger` | the credit side of tombstones (zero-amount records of failed credits) |
 //! | 3 settle transfer | `shard << 64 \| timestamp of the pending leg` | the post or void of a pending leg: `user_data_128` = the credit account, `user_data_32` = the failure code of a void |
+//! | 4 move transfer | `shard << 64 \| nonce` | a move between the parts of a sharded account made by the rebalancer ([`crate::rebalance`]) from `shard`; the only reserved id a write may carry, and only on a move ([`crate::route::part_move`]) |
 //!
 //! **Invariants**: every shard balances on its own (the engine checks it);
 //! per ledger, the bridges of a pair of shards net to zero once no intent is
@@ -49,7 +50,7 @@ use molly_engine::{
 use crate::buggify::buggify;
 use crate::durable::Outcome;
 use crate::journal::Command;
-use crate::route::{credit_peer, owns};
+use crate::route::{credit_peer, is_sharded, owns, part_move};
 
 /// The first id reserved for the shards' own accounts and transfers.
 pub const RESERVED_ID_MIN: u128 = 0xFFFF_FFFF << 96;
@@ -61,6 +62,7 @@ pub const ACCOUNT_CODE_SHARD: u16 = u16::MAX;
 const KIND_BRIDGE: u128 = 1;
 const KIND_SINK: u128 = 2;
 const KIND_SETTLE: u128 = 3;
+const KIND_MOVE: u128 = 4;
 
 /// True for ids the shards reserve (clients cannot use them).
 #[inline(always)]
@@ -88,6 +90,16 @@ pub fn sink_id(shard: u32, ledger: u32) -> u128 {
 /// The id of the post or void that settles the pending leg created at `timestamp` on `shard`.
 pub fn settle_id(shard: u32, timestamp: u64) -> u128 {
     reserved(KIND_SETTLE, shard, u128::from(timestamp))
+}
+
+/// The id of the rebalancer's move between parts number `nonce`, from `shard`.
+pub fn move_id(shard: u32, nonce: u64) -> u128 {
+    reserved(KIND_MOVE, shard, u128::from(nonce))
+}
+
+/// True for a rebalancer's move id.
+pub fn is_move_id(id: u128) -> bool {
+    is_reserved(id) && (id >> 88) & 0xFF == KIND_MOVE
 }
 
 /// A bridge account's place: it lives on `shard`, faces `peer`, in `ledger`.
@@ -212,6 +224,9 @@ pub struct Cross {
     shard: u32,
     shards: u32,
     intents: HashMap<u128, Intent, FixedHasher>,
+    /// Sharded accounts with a balance limit that have a part here: what
+    /// the rebalancer watches.
+    limited_parts: BTreeSet<u128>,
     scratch_accounts: Vec<Account>,
     scratch_transfers: Vec<Transfer>,
     /// The batch as the engine runs it (kept to avoid a large allocation per batch).
@@ -229,6 +244,7 @@ impl Cross {
             shard,
             shards,
             intents: HashMap::default(),
+            limited_parts: BTreeSet::new(),
             scratch_accounts: Vec::new(),
             scratch_transfers: Vec::new(),
             scratch_events: Vec::new(),
@@ -241,6 +257,7 @@ impl Cross {
     /// and checks them against the engine.
     pub fn import(shard: u32, shards: u32, engine: &Engine, sent: &[Transfer]) -> Result<Self, String> {
         let mut cross = Self::new(shard, shards);
+        cross.limited_parts = engine.accounts().iter().filter(|a| is_limited_part(a)).map(|a| a.id).collect();
         for t in sent {
             let Some(leg) = cross.transfer(engine, t.id) else {
                 return Err(format!("intent {} has no pending leg", t.id));
@@ -270,6 +287,11 @@ impl Cross {
         let mut ids: Vec<u128> = self.intents.keys().copied().collect();
         ids.sort_unstable();
         ids
+    }
+
+    /// The sharded accounts with a balance limit that have a part here, by id.
+    pub fn limited_parts(&self) -> &BTreeSet<u128> {
+        &self.limited_parts
     }
 
     /// The open intents as the client sent them, by id (what a snapshot keeps).
@@ -361,14 +383,21 @@ impl Cross {
         };
         if !accounts.iter().any(poisoned) {
             engine.create_accounts(accounts, &mut results)?;
-            return Ok(results);
+        } else {
+            let events: Vec<Account> = accounts
+                .iter()
+                .map(|a| if poisoned(a) { Account { timestamp: 1, ..*a } } else { *a })
+                .collect();
+            engine.create_accounts(&events, &mut results)?;
+            for (result, a) in results.iter_mut().zip(accounts) {
+                if poisoned(a) && *result == AR::TimestampMustBeZero {
+                    *result = AR::IdMustNotBeReserved;
+                }
+            }
         }
-        let events: Vec<Account> =
-            accounts.iter().map(|a| if poisoned(a) { Account { timestamp: 1, ..*a } } else { *a }).collect();
-        engine.create_accounts(&events, &mut results)?;
-        for (result, a) in results.iter_mut().zip(accounts) {
-            if poisoned(a) && *result == AR::TimestampMustBeZero {
-                *result = AR::IdMustNotBeReserved;
+        for (a, result) in accounts.iter().zip(&results) {
+            if *result == AR::Ok && is_limited_part(a) {
+                self.limited_parts.insert(a.id);
             }
         }
         Ok(results)
@@ -383,7 +412,7 @@ impl Cross {
         if t.timestamp != 0 || t.flags.has_reserved() || t.id == 0 || t.id == u128::MAX {
             return Kind::Raw;
         }
-        if is_reserved(t.id) {
+        if is_reserved(t.id) && !(is_move_id(t.id) && part_move(t, self.shards).is_some()) {
             return Kind::Poison(TR::IdMustNotBeReserved);
         }
         let poison = |cross: &mut Self, code| {
@@ -786,6 +815,14 @@ impl Cross {
             ..Transfer::default()
         }
     }
+}
+
+/// A part of a sharded account with a balance limit.
+fn is_limited_part(a: &Account) -> bool {
+    is_sharded(a.id)
+        && a.flags.intersects(
+            AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS,
+        )
 }
 
 fn shard_account(id: u128, ledger: u32) -> Account {

@@ -45,6 +45,7 @@ pub mod cross;
 pub mod durable;
 pub mod journal;
 pub mod metrics;
+pub mod rebalance;
 pub mod route;
 pub mod runtime;
 pub mod shard;

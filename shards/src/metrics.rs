@@ -115,7 +115,7 @@ impl ShardMetrics {
         Ok(())
     }
 
-    /// Counts one request's outcomes.
+    /// Counts one request's outcomes (the shard's own legs and settles included).
     pub fn record(&self, outcomes: &[Outcome]) {
         for outcome in outcomes {
             match outcome {
@@ -130,5 +130,57 @@ impl ShardMetrics {
                 Outcome::Ticked { .. } => {}
             }
         }
+    }
+}
+
+/// The rebalancer's metrics ([`crate::rebalance`]).
+#[derive(Debug)]
+pub struct RebalanceMetrics {
+    /// Moves between parts applied.
+    pub moves: IntCounter,
+    /// Moves refused (a part changed between the reading and the move).
+    pub refused: IntCounter,
+    /// Sharded accounts with a limit watched in the last round.
+    pub accounts: IntGauge,
+}
+
+impl RebalanceMetrics {
+    /// Unregistered metrics.
+    pub fn new() -> Self {
+        Self {
+            moves: IntCounter::new("molly_rebalance_moves_total", "Moves between parts of sharded accounts.")
+                .expect("valid counter"),
+            refused: IntCounter::new(
+                "molly_rebalance_refused_total",
+                "Moves between parts refused (the part changed meanwhile; planned again).",
+            )
+            .expect("valid counter"),
+            accounts: IntGauge::new(
+                "molly_rebalance_accounts",
+                "Sharded accounts with a balance limit the rebalancer watches.",
+            )
+            .expect("valid gauge"),
+        }
+    }
+
+    /// Counts one round.
+    pub fn record(&self, round: &crate::rebalance::Round) {
+        self.moves.inc_by(round.moved as u64);
+        self.refused.inc_by(round.refused as u64);
+        self.accounts.set(round.accounts as i64);
+    }
+
+    /// Registers every metric with `registry`.
+    pub fn register(&self, registry: &Registry) -> prometheus::Result<()> {
+        registry.register(Box::new(self.moves.clone()))?;
+        registry.register(Box::new(self.refused.clone()))?;
+        registry.register(Box::new(self.accounts.clone()))?;
+        Ok(())
+    }
+}
+
+impl Default for RebalanceMetrics {
+    fn default() -> Self {
+        Self::new()
     }
 }

@@ -33,7 +33,8 @@ use molly_engine::{Account, AccountBalance, AccountFilter, Config, LedgerTotals,
 use crate::cross::{decode, encode, Message};
 use crate::durable::{recover_shard, DurableError, Outcome, RecoveryReport};
 use crate::journal::CommandBuf;
-use crate::metrics::ShardMetrics;
+use crate::metrics::{RebalanceMetrics, ShardMetrics};
+use crate::rebalance::RebalanceConfig;
 use crate::shard::ShardCore;
 use crate::snapshot::{SnapshotDone, SnapshotError};
 
@@ -75,6 +76,9 @@ pub struct RuntimeConfig {
     /// network edge's listeners and connections), started once the shard
     /// has recovered. It stops when the shard stops.
     pub task: Option<ShardTask>,
+    /// Keep the parts of sharded accounts with a limit from running dry
+    /// ([`crate::rebalance`]; `None`: off). Runs only with 2 shards or more.
+    pub rebalance: Option<RebalanceConfig>,
 }
 
 /// A task factory run once on each shard's executor (see [`RuntimeConfig::task`]).
@@ -152,6 +156,7 @@ impl RuntimeConfig {
             task: None,
             ring_depth: RING_DEPTH_DEFAULT,
             intents_max: crate::shard::INTENTS_MAX_DEFAULT,
+            rebalance: Some(RebalanceConfig::default()),
         }
     }
 }
@@ -199,6 +204,12 @@ pub enum Request {
         filter: Box<AccountFilter>,
         /// The points, or why the filter is invalid.
         reply: Reply<Result<Vec<AccountBalance>, QueryError>>,
+    },
+    /// This shard's parts of the sharded accounts with a balance limit
+    /// (what the rebalancer watches).
+    LimitedParts {
+        /// The parts.
+        reply: Reply<Vec<Account>>,
     },
     /// Counts and per-ledger totals, with the invariants checked.
     Stats {
@@ -252,8 +263,10 @@ pub struct Runtime {
     inboxes: Vec<Arc<ArrayQueue<Request>>>,
     router: Router,
     threads: Vec<JoinHandle<()>>,
+    rebalancer: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     metrics: Vec<Arc<ShardMetrics>>,
+    rebalance_metrics: Arc<RebalanceMetrics>,
     recoveries: Vec<RecoveryReport>,
 }
 
@@ -324,12 +337,21 @@ impl Runtime {
         let inboxes: Vec<Arc<ArrayQueue<Request>>> =
             (0..config.shards).map(|_| Arc::new(ArrayQueue::new(config.inbox_depth))).collect();
         let router = Router { inboxes: inboxes.iter().cloned().collect(), stop: stop.clone() };
+        if let Some(rebalance) = &config.rebalance {
+            if !(1..=100).contains(&rebalance.low_water_percent) || rebalance.interval.is_zero() {
+                return Err(StartError::Config(
+                    "rebalance: low_water_percent must be 1..=100 and the interval above zero".into(),
+                ));
+            }
+        }
         let mut runtime = Runtime {
             inboxes: Vec::new(),
             router: router.clone(),
             threads: Vec::new(),
+            rebalancer: None,
             stop: stop.clone(),
             metrics: Vec::new(),
+            rebalance_metrics: Arc::new(RebalanceMetrics::new()),
             recoveries: Vec::new(),
         };
         let mut started = Vec::new();
@@ -401,6 +423,17 @@ impl Runtime {
                 }
             }
         }
+        if let (Some(rebalance), true) = (config.rebalance, config.shards > 1) {
+            let metrics = runtime.rebalance_metrics.clone();
+            let on_round = move |round: &crate::rebalance::Round| metrics.record(round);
+            match crate::rebalance::spawn(router, rebalance, stop, on_round) {
+                Ok(thread) => runtime.rebalancer = Some(thread),
+                Err(error) => {
+                    runtime.shutdown();
+                    return Err(StartError::Executor { shard: 0, reason: format!("rebalancer: {error}") });
+                }
+            }
+        }
         Ok(runtime)
     }
 
@@ -422,6 +455,11 @@ impl Runtime {
     /// Per-shard metrics.
     pub fn metrics(&self) -> &[Arc<ShardMetrics>] {
         &self.metrics
+    }
+
+    /// The rebalancer's metrics.
+    pub fn rebalance_metrics(&self) -> &RebalanceMetrics {
+        &self.rebalance_metrics
     }
 
     /// Requests waiting in shard `shard`'s inbox.
@@ -483,6 +521,9 @@ impl Runtime {
     /// channel close).
     pub fn shutdown(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        if let Some(rebalancer) = self.rebalancer.take() {
+            let _ = rebalancer.join();
+        }
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }

@@ -301,6 +301,14 @@ impl ShardCore {
                 let mut out = Vec::new();
                 let _ = reply.send(self.engine.get_account_balances(&filter, &mut out).map(|()| out));
             }
+            Request::LimitedParts { reply } => {
+                let ids: Vec<u128> = self.cross.limited_parts().iter().copied().collect();
+                let mut out = Vec::with_capacity(ids.len());
+                for chunk in ids.chunks(self.engine.config().batch_events_max as usize) {
+                    let _ = self.engine.lookup_accounts(chunk, &mut out);
+                }
+                let _ = reply.send(out);
+            }
             Request::Stats { reply } => {
                 let _ = reply.send(stats(shard, &self.engine, &self.cross));
             }

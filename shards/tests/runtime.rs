@@ -497,6 +497,8 @@ fn sharded_accounts_keep_user_transfers_single_shard_and_move_value_between_part
     };
     let part = |runtime: &Runtime, shard: usize| runtime.lookup_accounts(shard, vec![hot])[0];
     let moved = Transfer { user_data_32: part_move_shards(0, 1), ..transfer(30, hot, hot, 40) };
+    // The moves here are the test's own: no rebalancer.
+    let config = |dir: &TempDir, shards| RuntimeConfig { rebalance: None, ..config(dir, shards) };
     {
         let runtime = Runtime::start(config(&dir, 2)).unwrap();
         for (shard, ids) in owned.iter().enumerate() {
@@ -551,4 +553,60 @@ fn sharded_accounts_keep_user_transfers_single_shard_and_move_value_between_part
     assert_eq!(part(&runtime, 0).credits_posted - part(&runtime, 0).debits_posted, 10);
     assert_eq!(part(&runtime, 1).credits_posted - part(&runtime, 1).debits_posted, 10);
     assert_eq!(send(&runtime, vec![moved]), [TR::Exists]);
+}
+
+/// The rebalancer tops up a part that ran dry from the rich ones, in the
+/// background, without changing the account's balance.
+#[test]
+fn the_rebalancer_refills_a_dry_part_from_a_rich_one() {
+    use molly_engine::AccountFlags as AF;
+    use molly_shards::cross::check_bridges;
+    use molly_shards::rebalance::RebalanceConfig;
+    use molly_shards::route::sharded_id;
+    use CreateTransferResult as TR;
+    let dir = TempDir::new("rebalance");
+    let owned = by_shard(40, 2);
+    let hot = sharded_id(9);
+    let rebalance = RebalanceConfig { interval: Duration::from_millis(5), low_water_percent: 50 };
+    let runtime = Runtime::start(RuntimeConfig { rebalance: Some(rebalance), ..config(&dir, 2) }).unwrap();
+    for (shard, ids) in owned.iter().enumerate() {
+        let mut accounts: Vec<Account> = ids.iter().map(|&id| account(id)).collect();
+        accounts.push(Account { flags: AF::DEBITS_MUST_NOT_EXCEED_CREDITS, ..account(hot) });
+        runtime.write(shard, vec![CommandBuf::CreateAccounts(accounts)]).unwrap();
+    }
+    // Users of shard 0 pay 1,000 into the hot wallet: all of it in part 0.
+    let pay = transfer(1, owned[0][0], hot, 1_000);
+    assert_eq!(
+        transfer_results(&runtime.write(0, vec![CommandBuf::CreateTransfers(vec![pay])]).unwrap()),
+        [TR::Ok]
+    );
+    let room = |shard: usize| {
+        let p = runtime.lookup_accounts(shard, vec![hot])[0];
+        p.credits_posted - p.debits_posted - p.debits_pending
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // (The move's count lands once its write is answered, after its credit.)
+    while room(1) < 500 || runtime.rebalance_metrics().moves.get() == 0 {
+        assert!(Instant::now() < deadline, "part 1 was never refilled (room {})", room(1));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!((room(0), room(1)), (500, 500), "topped up to the mean, no more");
+    // A withdrawal on shard 1 that its part could not have paid before.
+    let withdrawal = transfer(2, hot, owned[1][0], 400);
+    let results =
+        transfer_results(&runtime.write(1, vec![CommandBuf::CreateTransfers(vec![withdrawal])]).unwrap());
+    assert_eq!(results, [TR::Ok]);
+    // It drained part 1 below the mark again: the rebalancer splits what is left.
+    while room(1) != 300 {
+        assert!(Instant::now() < deadline, "not rebalanced after the withdrawal: {} / {}", room(0), room(1));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(room(0), 300, "the balance is the sum of the parts: 1,000 − 400");
+    for shard in 0..2 {
+        let stats = runtime.stats(shard).unwrap();
+        stats.invariants.unwrap();
+        assert_eq!(stats.intents_open, 0);
+    }
+    let bridges = bridges(&runtime, 2, &[1]);
+    check_bridges(&bridges.iter().map(Vec::as_slice).collect::<Vec<_>>()).unwrap();
 }

@@ -16,6 +16,7 @@ use anyhow::{bail, Context};
 use molly_engine::{Account, CreateTransferResult, Transfer, TransferFlags};
 use molly_shards::durable::Outcome;
 use molly_shards::journal::CommandBuf;
+use molly_shards::rebalance::RebalanceConfig;
 use molly_shards::runtime::{shard_for, Runtime, RuntimeConfig};
 use serde::{Deserialize, Serialize};
 
@@ -121,6 +122,12 @@ pub struct ServeSection {
     pub ring_depth: usize,
     /// Cross-shard transfers a shard coordinates at once (at least batch_events_max).
     pub intents_max: usize,
+    /// Milliseconds between rebalancing rounds of sharded accounts with a
+    /// balance limit (0: no rebalancer; it runs only with 2 shards or more).
+    pub rebalance_interval_ms: u64,
+    /// A part of a sharded account whose room before its limit is below this
+    /// percentage of the parts' mean is topped up to the mean (1..=100).
+    pub rebalance_low_water_percent: u32,
 }
 
 /// `[engine]`.
@@ -152,6 +159,8 @@ impl Default for ServeSection {
             transfers_in_memory: molly_shards::runtime::TRANSFERS_IN_MEMORY_DEFAULT,
             ring_depth: molly_shards::runtime::RING_DEPTH_DEFAULT,
             intents_max: molly_shards::shard::INTENTS_MAX_DEFAULT,
+            rebalance_interval_ms: molly_shards::rebalance::INTERVAL_DEFAULT.as_millis() as u64,
+            rebalance_low_water_percent: molly_shards::rebalance::LOW_WATER_PERCENT_DEFAULT,
         }
     }
 }
@@ -213,6 +222,10 @@ impl ServeConfig {
         runtime.transfers_in_memory = self.serve.transfers_in_memory;
         runtime.ring_depth = self.serve.ring_depth;
         runtime.intents_max = self.serve.intents_max;
+        runtime.rebalance = (self.serve.rebalance_interval_ms > 0).then(|| RebalanceConfig {
+            interval: Duration::from_millis(self.serve.rebalance_interval_ms),
+            low_water_percent: self.serve.rebalance_low_water_percent,
+        });
         runtime.engine = molly_engine::Config {
             batch_events_max: self.engine.batch_events_max,
             accounts_max: self.engine.accounts_max,
@@ -277,6 +290,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for metrics in runtime.metrics() {
         metrics.register(&registry).context("registering metrics")?;
     }
+    runtime.rebalance_metrics().register(&registry).context("registering metrics")?;
     let refresh = match &server {
         Some(server) => net_metrics(server.clone(), &registry)?,
         None => Box::new(|| {}),
