@@ -4,9 +4,11 @@
 //! recovery of one engine ([`durable::DurableLedger`]), incremental snapshots
 //! and the transfer segment files that hold history beyond memory
 //! ([`snapshot`]), the shard's I/O-free core ([`shard::ShardCore`]),
-//! cross-shard two-phase transfers ([`cross`]) and the thread-per-core
-//! runtime ([`runtime`]: pinned io_uring executors, partitioning, per-pair
-//! rings).
+//! cross-shard two-phase transfers ([`cross`]), where accounts and
+//! transfers live ([`route`]: partitioning, sharded hot system accounts with
+//! a part on every shard), the rebalancer of those parts ([`rebalance`]) and
+//! the thread-per-core runtime ([`runtime`]: pinned io_uring executors,
+//! per-pair rings).
 //!
 //! **Must not**: change engine state except by applying journaled commands,
 //! acknowledge a command before its journal entry is durable, or drop a
