@@ -649,6 +649,9 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
         context.metrics.fsync_seconds.observe(synced.elapsed().as_secs_f64());
         match durable {
             Ok(()) => {
+                // Answers to peers first: their callers wait on them.
+                core.durable_peers();
+                rings.send(&mut core, &context.rings_out);
                 core.durable();
                 rings.send(&mut core, &context.rings_out);
                 bytes_since_snapshot += bytes as u64;

@@ -110,6 +110,8 @@ pub struct ShardCore {
     message_legs_max: usize,
     /// A group is sealed and being written: nothing may join it.
     sealed: bool,
+    /// The written group is being applied (between `durable_peers` and `durable`).
+    applying: bool,
     /// Segment files holding the full transfer blocks written so far.
     segments: Vec<SegmentRef>,
     /// A snapshot is being written (by whoever took its job).
@@ -163,6 +165,7 @@ impl ShardCore {
             waiters: HashMap::default(),
             message_legs_max,
             sealed: false,
+            applying: false,
             segments: Vec::new(),
             snapshot_running: false,
             blocks_in_memory: BLOCKS_IN_MEMORY_DEFAULT,
@@ -248,7 +251,7 @@ impl ShardCore {
         match request {
             Request::Write { commands, reply } => {
                 // Reads may be answered while a group is written; writes wait for it.
-                assert!(!self.sealed, "nothing joins a group being written");
+                assert!(!self.sealed && !self.applying, "nothing joins a group being written");
                 if let Some(reason) = &self.failed {
                     let _ = reply.send(Err(ShardError::Failed { shard, reason: reason.clone() }));
                     return Ok(());
@@ -321,7 +324,7 @@ impl ShardCore {
     /// legs stage the post or void of each intent still open. Hands the
     /// message back when the open group has no room for it.
     pub fn deliver(&mut self, from: usize, message: Message, now_ns: u64) -> Result<(), Message> {
-        assert!(!self.sealed, "nothing joins a group being written");
+        assert!(!self.sealed && !self.applying, "nothing joins a group being written");
         assert_ne!(from, self.shard);
         assert!(message.len() <= self.message_legs_max, "a message fits one journal entry");
         if self.failed.is_some() {
@@ -418,54 +421,87 @@ impl ShardCore {
         Some(self.writer.seal())
     }
 
-    /// The sealed group is durable: apply it, answer every write in it whose
-    /// cross-shard transfers are settled, and queue the messages it makes
-    /// (credit legs for new intents, answers to credit legs).
+    /// The sealed group is durable: apply its leading peer entries (credit
+    /// legs, settles) and the ticks among them, answering the writes they
+    /// settle and queueing the answers to credit legs, so the driver can send
+    /// those to the peers before [`ShardCore::durable`] applies the callers'
+    /// writes (a cross-shard transfer's answer then does not wait for the
+    /// apply of a whole client batch). The runtime stages peer messages first
+    /// in every group. Optional: `durable` alone applies everything.
+    pub fn durable_peers(&mut self) {
+        self.commit_group();
+        let peers = self.group.iter().take_while(|p| !matches!(p.source, Source::Client { .. })).count();
+        let mut opened = Vec::new();
+        for pending in self.group.drain(..peers).collect::<Vec<_>>() {
+            self.apply_pending(pending, &mut opened);
+        }
+        self.send_credits(&opened);
+    }
+
+    /// The sealed group is durable: apply it (what [`ShardCore::durable_peers`]
+    /// has not), answer every write in it whose cross-shard transfers are
+    /// settled, and queue the messages it makes (credit legs for new intents,
+    /// answers to credit legs).
     pub fn durable(&mut self) {
+        if self.sealed {
+            self.commit_group();
+        }
+        assert!(self.applying, "a group was sealed and made durable");
+        self.applying = false;
+        let mut opened = Vec::new();
+        for pending in std::mem::take(&mut self.group) {
+            self.apply_pending(pending, &mut opened);
+        }
+        self.send_credits(&opened);
+    }
+
+    /// Moves the sealed group from written to being applied (once per group).
+    fn commit_group(&mut self) {
         assert!(self.sealed, "a group was sealed");
         self.sealed = false;
+        self.applying = true;
         let bytes = self.writer.seal().1.len() as u64;
         self.writer.committed();
         self.metrics.groups.inc();
         self.metrics.journal_bytes.inc_by(bytes);
-        let mut opened = Vec::new();
-        for pending in std::mem::take(&mut self.group) {
-            let mut outcomes = Vec::with_capacity(pending.commands.len());
-            let mut waits = Vec::new();
-            for (index, command) in pending.commands.iter().enumerate() {
-                let outcome = self
-                    .cross
-                    .apply(&mut self.engine, &command.as_command(), &mut self.expired, &mut self.effects)
-                    .expect("checked before staging");
-                outcomes.push(outcome);
-                waits.extend(
-                    self.effects.waits.iter().map(|&(event, id, original)| (index, event, id, original)),
-                );
-                opened.extend_from_slice(&self.effects.opened);
-                if let Some((peer, answers)) = self.effects.answers.take() {
-                    self.outbox[peer as usize].push_back(Message::Answers(answers));
-                }
-                for (id, code) in std::mem::take(&mut self.effects.settled) {
-                    self.settling.remove(&id);
-                    self.settle_waiters(id, code);
-                }
+    }
+
+    /// Applies one staged write of the durable group and answers it (or
+    /// parks it until its cross-shard transfers settle).
+    fn apply_pending(&mut self, pending: Pending, opened: &mut Vec<u128>) {
+        let mut outcomes = Vec::with_capacity(pending.commands.len());
+        let mut waits = Vec::new();
+        for (index, command) in pending.commands.iter().enumerate() {
+            let outcome = self
+                .cross
+                .apply(&mut self.engine, &command.as_command(), &mut self.expired, &mut self.effects)
+                .expect("checked before staging");
+            outcomes.push(outcome);
+            waits
+                .extend(self.effects.waits.iter().map(|&(event, id, original)| (index, event, id, original)));
+            opened.extend_from_slice(&self.effects.opened);
+            if let Some((peer, answers)) = self.effects.answers.take() {
+                self.outbox[peer as usize].push_back(Message::Answers(answers));
             }
-            if let Source::Client { reply, taken, bound } = pending.source {
-                self.intents_staged -= bound;
-                if waits.is_empty() {
-                    self.answer(reply, outcomes, taken);
-                } else {
-                    let parked = self.parked_next;
-                    self.parked_next += 1;
-                    for &(command, event, id, original) in &waits {
-                        let waiter = Waiter { parked, command, event: event as usize, original };
-                        self.waiters.entry(id).or_default().push(waiter);
-                    }
-                    self.parked.insert(parked, Parked { reply, outcomes, waiting: waits.len(), taken });
-                }
+            for (id, code) in std::mem::take(&mut self.effects.settled) {
+                self.settling.remove(&id);
+                self.settle_waiters(id, code);
             }
         }
-        self.send_credits(&opened);
+        if let Source::Client { reply, taken, bound } = pending.source {
+            self.intents_staged -= bound;
+            if waits.is_empty() {
+                self.answer(reply, outcomes, taken);
+            } else {
+                let parked = self.parked_next;
+                self.parked_next += 1;
+                for &(command, event, id, original) in &waits {
+                    let waiter = Waiter { parked, command, event: event as usize, original };
+                    self.waiters.entry(id).or_default().push(waiter);
+                }
+                self.parked.insert(parked, Parked { reply, outcomes, waiting: waits.len(), taken });
+            }
+        }
     }
 
     /// Queues the credit legs of intents `ids`, batched per peer.
