@@ -199,6 +199,21 @@ fn kill_9_at_random_moments_loses_no_acknowledged_transfer() {
         credits += a.credits_posted;
     }
     let crossed: usize = acks.iter().map(|a| a.cross.len()).sum();
+    // The hot wallet's part on shard 1 only pays out: what it paid came from
+    // shard 0's part through the rebalancer's moves, each all or nothing.
+    let hot = molly_shards::route::sharded_id(1);
+    let parts: Vec<molly_engine::Account> =
+        accounts.iter().map(|l| *l.iter().find(|a| a.id == hot).unwrap()).collect();
+    let moves: usize = shards
+        .iter()
+        .map(|r| r.engine.transfers().iter().filter(|t| molly_shards::cross::is_move_id(t.id)).count())
+        .sum();
+    eprintln!("hot wallet parts {parts:?}; {moves} move records");
+    assert!(parts[1].debits_posted > 0 && moves > 0, "the rebalancer never refilled the paying part");
+    assert!(
+        parts.iter().all(|p| p.debits_posted + p.debits_pending <= p.credits_posted),
+        "a part went below zero"
+    );
     eprintln!("user accounts across shards: debits {debits} = credits {credits}; {crossed} cross-shard acknowledged");
     assert_eq!(debits, credits, "user accounts across shards do not balance");
     assert!(crossed > 0, "the driver acknowledged no cross-shard transfer");

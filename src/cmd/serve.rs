@@ -483,9 +483,13 @@ fn start_metrics(
 /// Accounts the crash-test driver uses.
 const DRIVER_ACCOUNTS: u128 = 64;
 
-/// Creates accounts 1..=64 on their shards, then submits batches of transfers
-/// (plain ones, linked pairs within the shard, and one in four crediting an
-/// account of another shard: two-phase between shards) until stopped,
+/// Creates accounts 1..=64 on their shards and a sharded hot wallet account
+/// (a part on every shard, no part may go below zero), then submits batches
+/// of transfers (plain ones, linked pairs within the shard, one in four
+/// crediting an account of another shard: two-phase between shards; on
+/// shard 0 one in eight pays into the hot wallet, on the other shards one in
+/// eight pays out of it, so the server's rebalancer moves value between its
+/// parts) until stopped,
 /// printing `acked SHARD FIRST_ID LAST_ID OK_COUNT CROSS_OK_IDS` once each
 /// batch is answered (durable, cross-shard ones settled; the last field lists
 /// the cross-shard transfers answered `ok`, comma-separated, `-` for none).
@@ -496,9 +500,12 @@ fn crash_test_driver(runtime: &Runtime, cycle: u64, stop: &AtomicBool) {
     for id in 1..=DRIVER_ACCOUNTS {
         owned[shard_for(id, shards) as usize].push(id);
     }
+    let hot = molly_shards::route::sharded_id(1);
     for (shard, ids) in owned.iter().enumerate() {
-        let accounts =
+        let mut accounts: Vec<Account> =
             ids.iter().map(|&id| Account { id, ledger: 1, code: 1, ..Account::default() }).collect();
+        let flags = molly_engine::AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS;
+        accounts.push(Account { id: hot, ledger: 1, code: 1, flags, ..Account::default() });
         if runtime.write(shard, vec![CommandBuf::CreateAccounts(accounts)]).is_err() {
             return;
         }
@@ -517,11 +524,18 @@ fn crash_test_driver(runtime: &Runtime, cycle: u64, stop: &AtomicBool) {
                     let debit = ids[(counter + i) as usize % ids.len()];
                     // Events 3 and 7 of every 8 (never half of a linked pair) credit another shard.
                     let others = &owned[(shard + 1) % owned.len()];
-                    let credit = if i % 4 == 3 && shards > 1 && !others.is_empty() {
+                    let mut credit = if i % 4 == 3 && shards > 1 && !others.is_empty() {
                         others[(counter + i) as usize % others.len()]
                     } else {
                         ids[(counter + i + 1) as usize % ids.len()]
                     };
+                    // Event 5 of every 8: the hot wallet, paid into on shard 0, out of elsewhere.
+                    let mut debit = debit;
+                    if i % 8 == 5 && shard == 0 {
+                        credit = hot;
+                    } else if i % 8 == 5 {
+                        (debit, credit) = (hot, debit);
+                    }
                     // Every fourth pair is linked: both or neither must survive.
                     let flags = if i % 8 == 0 { TransferFlags::LINKED } else { TransferFlags::NONE };
                     Transfer {
@@ -550,7 +564,7 @@ fn crash_test_driver(runtime: &Runtime, cycle: u64, stop: &AtomicBool) {
                 .zip(results)
                 .filter(|(t, r)| {
                     **r == CreateTransferResult::Ok
-                        && shard_for(t.credit_account_id, shards) as usize != shard
+                        && molly_shards::route::credit_peer(t, shard as u32, shards).is_some()
                 })
                 .map(|(t, _)| t.id.to_string())
                 .collect();
