@@ -156,11 +156,23 @@ pub fn run(args: NetArgs) -> anyhow::Result<()> {
         Amount::Seconds(_) => indicatif::ProgressBar::new_spinner(),
     };
     let progress = bar.clone();
+    let cpu_before = server_pid.and_then(server_cpu_seconds);
     let report =
         molly_bench::network::run(&Target { client }, &scenario, move |done| progress.set_position(done))?;
     bar.finish_and_clear();
     let memory = server_pid.and_then(server_memory);
+    // The server's CPU over the whole run (account creation and warm-up
+    // included): a figure the machine's other load does not inflate as much
+    // as wall time.
+    let server_cpu =
+        server_pid.and_then(server_cpu_seconds).zip(cpu_before).map(|(after, before)| after - before);
     print_report(&report, memory.as_ref());
+    if let Some(cpu) = server_cpu {
+        println!(
+            "server CPU: {cpu:.2} s ({:.0} transfers per server CPU-second)",
+            report.transfers as f64 / cpu.max(1e-9)
+        );
+    }
     let json = serde_json::json!({
         "benchmark": "network",
         "transfers_per_second": report.transfers_per_second,
@@ -172,6 +184,7 @@ pub fn run(args: NetArgs) -> anyhow::Result<()> {
         "server_peak_rss_bytes": memory.as_ref().map(|m| m.peak_rss_bytes),
         "server_rss_anon_bytes": memory.as_ref().map(|m| m.anon_bytes),
         "server_rss_file_bytes": memory.as_ref().map(|m| m.file_bytes),
+        "server_cpu_seconds": server_cpu,
         "report": report,
         "machine": machine,
     });
@@ -280,6 +293,19 @@ fn server_memory(pid: u32) -> Option<ServerMemory> {
     })
 }
 
+/// A process's user + system CPU seconds so far, from /proc.
+fn server_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces, so find its ')'):
+    // state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf reads a constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (per_second > 0).then(|| ticks as f64 / per_second as f64)
+}
+
 /// Prints old → new for the headline figures of two reports.
 fn compare(old_path: &Path, new: &serde_json::Value) -> anyhow::Result<()> {
     let text =
@@ -294,6 +320,7 @@ fn compare(old_path: &Path, new: &serde_json::Value) -> anyhow::Result<()> {
         ("p999_batch_ms", false),
         ("max_batch_ms", false),
         ("server_peak_rss_bytes", false),
+        ("server_cpu_seconds", false),
     ] {
         let (Some(before), Some(after)) = (old[key].as_f64(), new[key].as_f64()) else {
             continue;
