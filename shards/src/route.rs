@@ -49,7 +49,7 @@ pub fn is_sharded(id: u128) -> bool {
 }
 
 /// The sharded account id number `n` (`n < 2^112`).
-pub fn sharded_id(n: u128) -> u128 {
+pub const fn sharded_id(n: u128) -> u128 {
     assert!(n < 1 << 112, "a sharded id has 112 bits of its own");
     SHARDED_ID_MIN | n
 }

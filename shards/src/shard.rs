@@ -32,7 +32,7 @@ use crate::cross::{Cross, Effects, FixedHasher, Message};
 use crate::durable::{JournalWriter, Outcome};
 use crate::journal::{Command, CommandBuf, HEADER_SIZE};
 use crate::metrics::ShardMetrics;
-use crate::route::{credit_peer, owns};
+use crate::route::{credit_peer, owns, part_move};
 use crate::runtime::{shard_for, Reply, Request, ShardError, ShardStats, WriteReply};
 use crate::snapshot::{SegmentRef, SnapshotDone, SnapshotError, SnapshotJob};
 
@@ -681,6 +681,18 @@ pub(crate) fn check_ownership(commands: &[CommandBuf], shard: usize, shards: u32
                 }
             }
             CommandBuf::CreateTransfers(transfers) => {
+                // A move between a sharded account's parts debits the part on its `from` shard.
+                let misrouted = transfers
+                    .iter()
+                    .filter_map(|t| part_move(t, shards).map(|m| (t, m)))
+                    .find(|(_, (from, _))| *from as usize != shard);
+                if let Some((t, (from, _))) = misrouted {
+                    return Err(format!(
+                        "transfer {} moves value from the part on shard {from}, not {shard} \
+                         (route a move to its `from` shard)",
+                        t.id
+                    ));
+                }
                 if let Some(t) = transfers.iter().find(|t| !owned(t.debit_account_id)) {
                     return Err(format!(
                         "transfer {} debits account {}, which belongs to shard {}, not {shard} \

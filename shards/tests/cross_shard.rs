@@ -21,12 +21,15 @@ use molly_shards::cross::{self, bridge_id, decode, encode, user_view, Cross, Eff
 use molly_shards::durable::{JournalWriter, Outcome};
 use molly_shards::journal;
 use molly_shards::metrics::ShardMetrics;
+use molly_shards::route::{part_move_shards, sharded_id};
 use molly_shards::runtime::{reply_channel, shard_for, Answer, Request, WriteReply};
 use molly_shards::shard::ShardCore;
 use molly_shards::sim::Prng;
 
 const GROUP_BYTES_MAX: usize = 8 << 20;
 const SHARDS: u32 = 2;
+/// The sharded (hot wallet) account of `setup`.
+const HOT: u128 = sharded_id(7);
 
 fn config() -> Config {
     Config { accounts_max: 4096, transfers_max: 1_000_000, ..Config::default() }
@@ -287,7 +290,16 @@ impl Cluster {
         let mut out = BTreeMap::new();
         for engine in self.engines() {
             for a in engine.accounts().iter().filter(|a| !cross::is_reserved(a.id)) {
-                out.insert(a.id, [a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted]);
+                // A sharded account's parts add up.
+                let sum: &mut [u128; 4] = out.entry(a.id).or_default();
+                for (total, part) in sum.iter_mut().zip([
+                    a.debits_pending,
+                    a.debits_posted,
+                    a.credits_pending,
+                    a.credits_posted,
+                ]) {
+                    *total += part;
+                }
             }
         }
         out
@@ -358,6 +370,14 @@ fn setup() -> (Cluster, Vec<Vec<u128>>) {
                 ledger: 1,
                 code: 1,
                 flags: AF::CREDITS_MUST_NOT_EXCEED_DEBITS,
+                ..Account::default()
+            },
+            // A sharded hot wallet account: a part here and on the other shard.
+            Account {
+                id: HOT,
+                ledger: 1,
+                code: 1,
+                flags: AF::DEBITS_MUST_NOT_EXCEED_CREDITS,
                 ..Account::default()
             },
         ];
@@ -584,13 +604,15 @@ fn a_crash_of_either_shard_at_every_step_recovers_all_or_nothing() {
 /// failures, retries), a random schedule, crashes of either shard with torn
 /// writes and stale messages; invariants after every settle, and at the end
 /// the exact balances of the transfers that the shards say applied.
-fn sweep_one(seed: u64) {
+/// One seeded run; returns how many moves between the hot account's parts applied.
+fn sweep_one(seed: u64) -> usize {
     let mut prng = Prng(seed);
     let (mut cluster, ids) = setup();
     let all: Vec<u128> = ids.iter().flat_map(|v| v.iter().copied()).collect();
     let mut next_id = 1_000u128;
     let mut history: Vec<(usize, Vec<Transfer>)> = Vec::new();
     let mut acked: BTreeMap<u128, TR> = BTreeMap::new();
+    let mut moves = std::collections::BTreeSet::new();
     for _round in 0..6 {
         let mut sent = Vec::new();
         for _ in 0..1 + prng.below(3) {
@@ -607,9 +629,18 @@ fn sweep_one(seed: u64) {
                             credit = all[prng.below(all.len() as u64) as usize];
                         }
                         next_id += 1;
-                        let mut transfer = t(next_id, debit, credit, 1 + u128::from(prng.below(40)));
+                        let amount = 1 + u128::from(prng.below(40));
+                        let mut transfer = t(next_id, debit, credit, amount);
                         if prng.chance(15) {
                             transfer.flags = TF::BALANCING_DEBIT;
+                        }
+                        if prng.chance(12) {
+                            // A payment into the hot wallet's part on this shard.
+                            transfer = t(next_id, debit, HOT, amount);
+                        } else if prng.chance(10) {
+                            // A move from this shard's part to the other's (cross-shard).
+                            transfer = t(next_id, HOT, HOT, amount);
+                            transfer.user_data_32 = part_move_shards(shard as u32, 1 - shard as u32);
                         }
                         transfer
                     })
@@ -647,6 +678,12 @@ fn sweep_one(seed: u64) {
             if oks == 1 {
                 assert!(acked.insert(id, TR::Ok).is_none(), "{context}: applied twice");
             }
+            if present
+                && user_view(&cluster.legs(id))
+                    .is_some_and(|v| v.debit_account_id == HOT && v.credit_account_id == HOT)
+            {
+                moves.insert(id);
+            }
         }
     }
     // Acknowledged transfers stay; balances are exactly the sum of what applied.
@@ -671,18 +708,22 @@ fn sweep_one(seed: u64) {
         expected.get_mut(&ids[1]).unwrap()[3] += 100;
     }
     assert_eq!(cluster.balances(), expected, "seed {seed}: balances are the applied transfers, once each");
+    moves.len()
 }
 
 #[test]
 fn seeded_sweep_of_schedules_crashes_torn_writes_and_stale_messages() {
     let seeds: u64 = std::env::var("MOLLY_CROSS_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
     let first: u64 = std::env::var("MOLLY_CROSS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let mut moves = 0;
     for seed in first..first + seeds {
         if std::env::var("MOLLY_CROSS_VERBOSE").is_ok() {
             eprintln!("seed {seed}");
         }
-        sweep_one(seed);
+        moves += sweep_one(seed);
     }
+    eprintln!("{seeds} seeds: {moves} moves between a sharded account's parts applied");
+    assert!(seeds < 20 || moves > 0, "the sweep never moved value between parts");
 }
 
 /// Open intents are part of a snapshot: a shard restarted from a snapshot

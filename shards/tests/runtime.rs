@@ -525,6 +525,12 @@ fn sharded_accounts_keep_user_transfers_single_shard_and_move_value_between_part
         assert_eq!(send(&runtime, vec![withdrawal]), [TR::ExceedsCredits]);
         // Move 40 from the part on shard 0 to the part on shard 1.
         assert_eq!(route(&moved), 0);
+        // Sent to the receiving shard instead, it is refused whole, like any misrouted write.
+        let misrouted = runtime.write(1, vec![CommandBuf::CreateTransfers(vec![moved])]);
+        assert!(
+            matches!(misrouted, Err(ShardError::Refused(ref why)) if why.contains("from")),
+            "{misrouted:?}"
+        );
         assert_eq!(send(&runtime, vec![moved]), [TR::Ok]);
         assert_eq!(send(&runtime, vec![moved]), [TR::Exists], "a retried move moves nothing twice");
         // Now the part on shard 1 holds 70: the same withdrawal, retried, goes through.
