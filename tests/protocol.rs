@@ -237,7 +237,12 @@ fn cross_shard_transfers_are_atomic_idempotent_and_look_as_sent() {
 #[test]
 fn sharded_accounts_are_one_account_to_clients() {
     use molly_shards::route::{part_move_shards, sharded_id};
-    let server = Server::start(&[]);
+    // The moves here are the test's own: the rebalancer is off (it would
+    // refill the part this test empties; it is tested in shards/tests/runtime.rs).
+    let temp = tempfile::Builder::new().prefix("molly-protocol-").tempdir().unwrap();
+    let config = temp.path().join("molly.toml");
+    std::fs::write(&config, "[serve]\nrebalance_interval_ms = 0\n").unwrap();
+    let server = Server::start_in(temp.path(), &["--config", config.to_str().unwrap()]);
     runtime().block_on(async {
         let client = server.client().await;
         let [a, b] = by_shard(40);
