@@ -28,7 +28,7 @@
 //!   if one shard fails its part, the reply says `shard_unavailable` and a
 //!   retry of the same request is safe (ids are idempotent).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -827,7 +827,13 @@ async fn lookup_transfers_per_shard<R: Inboxes>(router: &R, ids: &[u128]) -> Vec
 async fn lookup_accounts<R: Inboxes>(router: &R, ids: &[u128]) -> Vec<Account> {
     let shards = router.shards();
     let mut per_shard: Vec<Vec<u128>> = vec![Vec::new(); shards];
+    // Each shard is asked each id once: a part found twice would be added
+    // into its sum twice (and a plain account asked twice summed with itself).
+    let mut asked = HashSet::with_capacity(ids.len());
     for &id in ids {
+        if !asked.insert(id) {
+            continue;
+        }
         match account_route(id, shards as u32) {
             AccountRoute::Shard(shard) => per_shard[shard as usize].push(id),
             AccountRoute::Every => per_shard.iter_mut().for_each(|ids| ids.push(id)),
