@@ -27,6 +27,12 @@
 //! - A request split over shards is not atomic as a whole (each event is);
 //!   if one shard fails its part, the reply says `shard_unavailable` and a
 //!   retry of the same request is safe (ids are idempotent).
+//! - Only the accept loop and the per-connection loop use glommio sockets
+//!   and tasks. The frame intake ([`Server::check_head`],
+//!   [`Server::intake`]) is pure; the request handling ([`Server::start`])
+//!   is async code over the [`Inboxes`] trait, so the simulator
+//!   (`molly sim --net`, module `sim` with the `sim` feature) runs the
+//!   same code without sockets, on a server from [`Server::unbound`].
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;

@@ -213,7 +213,7 @@ impl Host {
 
     /// Faults stop (the fault points inside production code too).
     pub fn stop_faults(&mut self) {
-        self.world.report.faults_injected = crate::buggify::disable();
+        self.world.report.faults_injected += crate::buggify::disable();
     }
 
     /// One round of the final drain: every group in flight completes,
