@@ -50,8 +50,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use molly_engine::{
-    Account, AccountFlags as AF, CreateAccountResult as AR, CreateTransferResult as TR, Engine, Transfer,
-    TransferFlags as TF,
+    Account, AccountFilter, AccountFilterFlags, AccountFlags as AF, CreateAccountResult as AR,
+    CreateTransferResult as TR, Engine, Transfer, TransferFlags as TF,
 };
 use molly_shards::route::{account_route, part_move_shards, sharded_id, AccountRoute};
 use molly_shards::runtime::{Backpressure, Request};
@@ -246,6 +246,8 @@ struct Logical {
     transfers: Vec<Transfer>,
     accounts: Vec<Account>,
     ids: Vec<u128>,
+    /// The filter of a `get_account_transfers` request.
+    filter: Option<AccountFilter>,
     /// Frames sent with it.
     sends: u32,
     done: bool,
@@ -518,6 +520,7 @@ impl Net {
                 transfers: Vec::new(),
                 accounts: Vec::new(),
                 ids: Vec::new(),
+                filter: None,
                 sends: 0,
                 done: false,
                 verify: false,
@@ -913,6 +916,7 @@ impl Net {
             Operation::LookupAccounts | Operation::LookupTransfers => {
                 self.check_lookup(id, header.event_count, body)
             }
+            Operation::GetAccountTransfers => self.check_history(id, header.event_count, body),
             _ => Ok(()),
         }
     }
@@ -1019,6 +1023,43 @@ impl Net {
             }
         }
         self.report.events_checked += request.ids.len() as u64;
+        Ok(())
+    }
+
+    /// Final-phase history of a sharded account: the `limit` oldest (or
+    /// newest) of all its parts' matching transfers, in timestamp order,
+    /// each one of them.
+    fn check_history(&mut self, id: u64, count: u32, body: &[u8]) -> Result<(), Failure> {
+        let request = &self.requests[&id];
+        let filter = request.filter.expect("a history request has its filter");
+        if body.len() != count as usize * 128 {
+            return fail(check::REPLIES, format!("request {id}: {count} records in {} bytes", body.len()));
+        }
+        let got: Vec<Transfer> = bytemuck::pod_collect_to_vec(body);
+        let mut all = Vec::new();
+        for engine in self.host.engines() {
+            engine
+                .get_account_transfers(&filter, &mut all)
+                .or_else(|e| fail(check::LOOKUPS, format!("a part refused {filter:?}: {e}")))?;
+        }
+        let reversed = filter.flags.contains(AccountFilterFlags::REVERSED);
+        let mut expected: Vec<u64> = all.iter().map(|t| t.timestamp).collect();
+        expected.sort_unstable();
+        if reversed {
+            expected.reverse();
+        }
+        expected.truncate(filter.limit.min(self.config.query_results_max) as usize);
+        let timestamps: Vec<u64> = got.iter().map(|t| t.timestamp).collect();
+        if timestamps != expected || got.iter().any(|t| !all.contains(t)) {
+            return fail(
+                check::LOOKUPS,
+                format!(
+                    "history of {:#x} (limit {}, reversed {reversed}): server timestamps {timestamps:?}, parts {expected:?}",
+                    filter.account_id, filter.limit
+                ),
+            );
+        }
+        self.report.events_checked += got.len() as u64;
         Ok(())
     }
 
@@ -1262,8 +1303,28 @@ impl Net {
     /// After the drain: lookups of every account and of acknowledged
     /// transfers, through the server, must equal the ledger.
     fn final_lookups(&mut self) -> Result<(), Failure> {
-        let accounts: Vec<u128> = (1..=USERS).chain(SHARDED.iter().map(|&n| sharded_id(n))).collect();
+        let mut accounts: Vec<u128> = (1..=USERS).chain(SHARDED.iter().map(|&n| sharded_id(n))).collect();
+        // Ids asked twice are answered twice, each as it is (not added twice).
+        accounts.extend([sharded_id(SHARDED[0]), 1]);
         self.request_lookup(0, Operation::LookupAccounts, accounts, true);
+        for &n in &SHARDED {
+            let limit = 1 + self.prng().below(40) as u32;
+            let reversed = self.prng().chance(50);
+            let mut flags = AccountFilterFlags::DEBITS.0 | AccountFilterFlags::CREDITS.0;
+            if reversed {
+                flags |= AccountFilterFlags::REVERSED.0;
+            }
+            let filter = AccountFilter {
+                account_id: sharded_id(n),
+                limit,
+                flags: AccountFilterFlags(flags),
+                ..AccountFilter::default()
+            };
+            let id = self.new_request(0, Operation::GetAccountTransfers, bytemuck::bytes_of(&filter), 1);
+            let request = self.requests.get_mut(&id).expect("just made");
+            request.filter = Some(filter);
+            request.verify = true;
+        }
         let acked: Vec<u128> = self.acked_transfers.keys().copied().collect();
         for chunk in acked.chunks(64).take(8) {
             self.request_lookup(0, Operation::LookupTransfers, chunk.to_vec(), true);
