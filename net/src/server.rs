@@ -339,6 +339,7 @@ impl Server {
         operation: Operation,
         body: Vec<u128>,
     ) -> Result<CheckedRequest, Vec<u8>> {
+        assert!(body.len() * 16 >= header.body_len as usize, "the caller read the whole body");
         let bytes = &bytemuck::cast_slice::<u128, u8>(&body)[..header.body_len as usize];
         if let Err(error) = frame::verify(&header, bytes, |id| self.keys.get(id)) {
             return Err(self.refusal(head, error));
