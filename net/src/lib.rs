@@ -36,3 +36,5 @@ pub mod frame;
 pub mod keys;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(all(feature = "server", any(test, feature = "sim")))]
+pub mod sim;

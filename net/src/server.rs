@@ -27,8 +27,14 @@
 //! - A request split over shards is not atomic as a whole (each event is);
 //!   if one shard fails its part, the reply says `shard_unavailable` and a
 //!   retry of the same request is safe (ids are idempotent).
+//! - Only the accept loop and the per-connection loop use glommio sockets
+//!   and tasks. The frame intake ([`Server::check_head`],
+//!   [`Server::intake`]) is pure; the request handling ([`Server::start`])
+//!   is async code over the [`Inboxes`] trait, so the simulator
+//!   (`molly sim --net`, module `sim` with the `sim` feature) runs the
+//!   same code without sockets, on a server from [`Server::unbound`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -130,12 +136,7 @@ impl Server {
         config: ServerConfig,
         keys: ClientKeys,
     ) -> io::Result<Arc<Self>> {
-        if shards == 0 || config.connections_max == 0 || config.in_flight_max == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "shards, connections_max and in_flight_max must be at least 1",
-            ));
-        }
+        check_limits(shards, &config)?;
         let addr = std::net::TcpListener::bind(addr)?.local_addr()?;
         let mut listeners = Vec::with_capacity(shards);
         for _ in 0..shards {
@@ -156,6 +157,28 @@ impl Server {
             draining: AtomicBool::new(false),
             stats: ServerStats::default(),
         }))
+    }
+
+    /// A server with no listener (no socket is bound; [`Server::shard_task`]
+    /// accepts nothing): its request handling ([`Server::check_head`],
+    /// [`Server::intake`], [`Server::start`]) driven by the caller, as the
+    /// simulator does. [`Server::local_addr`] is `0.0.0.0:0`.
+    pub fn unbound(shards: usize, config: ServerConfig, keys: ClientKeys) -> io::Result<Arc<Self>> {
+        check_limits(shards, &config)?;
+        Ok(Arc::new(Self {
+            config,
+            keys,
+            listeners: Mutex::new((0..shards).map(|_| None).collect()),
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            shards,
+            draining: AtomicBool::new(false),
+            stats: ServerStats::default(),
+        }))
+    }
+
+    /// The limits it runs with.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
     }
 
     /// The address clients connect to.
@@ -266,14 +289,12 @@ impl Server {
         let mut head = [0u8; HEADER_SIZE];
         match read_full(reader, &mut head).await {
             Ok(0) | Err(_) => return None,
-            Ok(n) if n < HEADER_SIZE => {
-                return Some(self.refuse(&head, FrameError::Truncated { have: n, need: HEADER_SIZE }));
-            }
+            Ok(n) if n < HEADER_SIZE => return Some(closing(self.truncated(&head, n, HEADER_SIZE))),
             Ok(_) => {}
         }
-        let (header, operation) = match frame::check_header(&head, self.config.body_size_max) {
+        let (header, operation) = match self.check_head(&head) {
             Ok(checked) => checked,
-            Err(error) => return Some(self.refuse(&head, error)),
+            Err(reply) => return Some(closing(reply)),
         };
         let body_len = header.body_len as usize;
         // Aligned for the engine's records (16 bytes), read in place.
@@ -281,19 +302,52 @@ impl Server {
         let bytes = &mut bytemuck::cast_slice_mut::<u128, u8>(&mut body)[..body_len];
         match read_full(reader, bytes).await {
             Ok(n) if n == body_len => {}
-            Ok(n) => {
-                let error = FrameError::Truncated { have: HEADER_SIZE + n, need: HEADER_SIZE + body_len };
-                return Some(self.refuse(&head, error));
-            }
+            Ok(n) => return Some(closing(self.truncated(&head, HEADER_SIZE + n, HEADER_SIZE + body_len))),
             Err(_) => return None,
         }
+        match self.intake(&head, header, operation, body) {
+            Ok(request) => {
+                let reply = self.start(router, request);
+                Some(Box::pin(async move { (reply.await, false) }))
+            }
+            Err(reply) => Some(closing(reply)),
+        }
+    }
+
+    /// The frame intake's first half, pure: the header checks (magic,
+    /// version, operation, body limit, event count) of a frame's first
+    /// [`HEADER_SIZE`] bytes. `Err`: the error frame to send before closing.
+    pub fn check_head(&self, head: &[u8; HEADER_SIZE]) -> Result<(FrameHeader, Operation), Vec<u8>> {
+        frame::check_header(head, self.config.body_size_max).map_err(|error| self.refusal(head, error))
+    }
+
+    /// The error frame for a connection that ended inside a frame (`have`
+    /// of its `need` bytes read).
+    pub fn truncated(&self, head: &[u8; HEADER_SIZE], have: usize, need: usize) -> Vec<u8> {
+        self.refusal(head, FrameError::Truncated { have, need })
+    }
+
+    /// The frame intake's second half, pure: the whole frame (`head`
+    /// passed [`Server::check_head`]; `body` holds its `body_len` bytes)
+    /// checked (checksum, client key, MAC), then refused while draining
+    /// (`shutting_down`) or when it is an error frame. `Err`: the frame to
+    /// send before closing; nothing of the request is served.
+    pub fn intake(
+        &self,
+        head: &[u8; HEADER_SIZE],
+        header: FrameHeader,
+        operation: Operation,
+        body: Vec<u128>,
+    ) -> Result<CheckedRequest, Vec<u8>> {
+        assert!(body.len() * 16 >= header.body_len as usize, "the caller read the whole body");
+        let bytes = &bytemuck::cast_slice::<u128, u8>(&body)[..header.body_len as usize];
         if let Err(error) = frame::verify(&header, bytes, |id| self.keys.get(id)) {
-            return Some(self.refuse(&head, error));
+            return Err(self.refusal(head, error));
         }
         let key: Rc<[u8]> = self.keys.get(header.client_id).expect("verified").into();
         if self.draining.load(Ordering::SeqCst) {
             let message = b"the server is shutting down; the request was not applied";
-            let reply = frame::encode(
+            return Err(frame::encode(
                 operation,
                 header.request_id,
                 header.client_id,
@@ -301,41 +355,48 @@ impl Server {
                 0,
                 message,
                 &key,
-            );
-            return Some(Box::pin(async move { (reply, true) }));
+            ));
         }
         if operation == Operation::Error {
-            return Some(self.refuse(&head, FrameError::UnknownOperation(header.operation)));
+            return Err(self.refusal(head, FrameError::UnknownOperation(header.operation)));
         }
+        Ok(CheckedRequest { operation, header, body, key })
+    }
+
+    /// Starts serving a checked request (counted in flight from now until
+    /// answered or dropped): the future of its reply frame. It submits to
+    /// the shards' inboxes when first polled, and only waits afterwards.
+    pub fn start<R: Inboxes + 'static>(
+        self: &Arc<Self>,
+        router: &Rc<R>,
+        request: CheckedRequest,
+    ) -> impl Future<Output = Vec<u8>> + 'static {
         self.stats.in_flight.fetch_add(1, Ordering::SeqCst);
         let guard = InFlight(self.clone());
         let server = self.clone();
         let router = router.clone();
-        Some(Box::pin(async move {
-            let (status, events, body) = server.serve(&router, operation, &header, body).await;
+        async move {
+            let CheckedRequest { operation, header, body, key } = request;
+            let (status, events, body) = server.serve(&*router, operation, &header, body).await;
             drop(guard);
             server.stats.requests.fetch_add(1, Ordering::Relaxed);
-            (
-                frame::encode(operation, header.request_id, header.client_id, status, events, &body, &key),
-                false,
-            )
-        }))
+            frame::encode(operation, header.request_id, header.client_id, status, events, &body, &key)
+        }
     }
 
     /// An error frame for a refused frame (signed with the client's key when
-    /// the client is known), then close.
-    fn refuse(&self, head: &[u8; HEADER_SIZE], error: FrameError) -> PendingReply {
+    /// the client is known).
+    fn refusal(&self, head: &[u8; HEADER_SIZE], error: FrameError) -> Vec<u8> {
         self.stats.frame_errors.fetch_add(1, Ordering::Relaxed);
         let header: FrameHeader = bytemuck::pod_read_unaligned(head);
         let key = self.keys.get(header.client_id).unwrap_or(&[]);
-        let reply = error_frame(header.request_id, header.client_id, &error, key);
-        Box::pin(async move { (reply, true) })
+        error_frame(header.request_id, header.client_id, &error, key)
     }
 
     /// Serves one verified request: (status, event count, body) of the reply.
-    async fn serve(
+    async fn serve<R: Inboxes>(
         &self,
-        router: &Router,
+        router: &R,
         operation: Operation,
         header: &FrameHeader,
         body: Vec<u128>,
@@ -411,7 +472,7 @@ impl Server {
         }
     }
 
-    async fn create_accounts(&self, router: &Router, accounts: &[Account]) -> (u32, u32, Vec<u8>) {
+    async fn create_accounts<R: Inboxes>(&self, router: &R, accounts: &[Account]) -> (u32, u32, Vec<u8>) {
         let shards = router.shards();
         let plan = plan(
             accounts.len(),
@@ -441,7 +502,7 @@ impl Server {
         )
     }
 
-    async fn create_transfers(&self, router: &Router, transfers: &[Transfer]) -> (u32, u32, Vec<u8>) {
+    async fn create_transfers<R: Inboxes>(&self, router: &R, transfers: &[Transfer]) -> (u32, u32, Vec<u8>) {
         let shards = router.shards();
         let pending_shard = locate_pending(router, transfers).await;
         let route = |i: usize| {
@@ -479,8 +540,8 @@ impl Server {
 /// applied on every shard (a sharded account's parts) answers the first
 /// failure of any part (shard order), else `ok` if any part was created, else
 /// `exists_code`. `Err` is the request-level reply when a shard failed its part.
-async fn apply_plan<T: Copy>(
-    router: &Router,
+async fn apply_plan<T: Copy, R: Inboxes>(
+    router: &R,
     events: &[T],
     plan: &Plan,
     cross_shard_code: u32,
@@ -526,6 +587,64 @@ async fn apply_plan<T: Copy>(
         }
     }
     Ok(codes)
+}
+
+/// The shards' inboxes as the server's request handling sees them: the
+/// runtime's [`Router`] in production; the simulator's inboxes in `molly
+/// sim` (feature `sim`), which runs the same handling on its own
+/// single-threaded executor.
+pub trait Inboxes {
+    /// Number of shards.
+    fn shards(&self) -> usize;
+    /// Queues a request on `shard`; a full inbox hands it back.
+    fn submit(&self, shard: usize, request: Request) -> Result<(), Backpressure>;
+    /// Waits a little before a full inbox is tried again.
+    fn backoff(&self) -> impl Future<Output = ()>;
+}
+
+impl Inboxes for Router {
+    #[inline]
+    fn shards(&self) -> usize {
+        Router::shards(self)
+    }
+
+    #[inline]
+    fn submit(&self, shard: usize, request: Request) -> Result<(), Backpressure> {
+        Router::submit(self, shard, request)
+    }
+
+    async fn backoff(&self) {
+        glommio::timer::sleep(BACKPRESSURE_RETRY).await;
+    }
+}
+
+/// A frame that passed every check ([`Server::intake`]), ready to serve
+/// ([`Server::start`]).
+#[derive(Debug)]
+pub struct CheckedRequest {
+    /// What it asks.
+    pub operation: Operation,
+    /// Its header.
+    pub header: FrameHeader,
+    /// Its body (`header.body_len` bytes), aligned for the engine's records.
+    pub body: Vec<u128>,
+    /// The client's key, which signs the reply.
+    key: Rc<[u8]>,
+}
+
+fn check_limits(shards: usize, config: &ServerConfig) -> io::Result<()> {
+    if shards == 0 || config.connections_max == 0 || config.in_flight_max == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "shards, connections_max and in_flight_max must be at least 1",
+        ));
+    }
+    Ok(())
+}
+
+/// A frame to send, after which the connection closes.
+fn closing(reply: Vec<u8>) -> PendingReply {
+    Box::pin(async move { (reply, true) })
 }
 
 /// A reply being prepared: its bytes, and whether the connection closes after it.
@@ -587,21 +706,21 @@ async fn read_full<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut [u8]) -> io::
 }
 
 /// Queues `request` on `shard`, waiting politely while its inbox is full.
-async fn submit(router: &Router, shard: usize, mut request: Request) {
+async fn submit<R: Inboxes>(router: &R, shard: usize, mut request: Request) {
     loop {
         match router.submit(shard, request) {
             Ok(()) => return,
             Err(Backpressure(back)) => {
                 request = back;
-                glommio::timer::sleep(BACKPRESSURE_RETRY).await;
+                router.backoff().await;
             }
         }
     }
 }
 
 /// Submits one write; the answer comes when it is durable.
-async fn write(
-    router: &Router,
+async fn write<R: Inboxes>(
+    router: &R,
     shard: usize,
     command: CommandBuf,
 ) -> Answer<molly_shards::runtime::WriteReply> {
@@ -659,7 +778,7 @@ fn plan(n: usize, linked: impl Fn(usize) -> bool, target: impl Fn(usize) -> Targ
 /// their pending transfer, from earlier events of the same request or by
 /// asking every shard. Unknown pending ids are absent (routed to shard 0,
 /// whose engine answers `pending_transfer_not_found`).
-async fn locate_pending(router: &Router, transfers: &[Transfer]) -> HashMap<u128, usize> {
+async fn locate_pending<R: Inboxes>(router: &R, transfers: &[Transfer]) -> HashMap<u128, usize> {
     let shards = router.shards();
     let mut located = HashMap::new();
     let needs = |t: &Transfer| transfer_route(t, shards as u32) == TransferRoute::Pending;
@@ -696,7 +815,7 @@ async fn locate_pending(router: &Router, transfers: &[Transfer]) -> HashMap<u128
 }
 
 /// What every shard holds of `ids` (all asked before any answer is awaited), by shard.
-async fn lookup_transfers_per_shard(router: &Router, ids: &[u128]) -> Vec<Vec<Transfer>> {
+async fn lookup_transfers_per_shard<R: Inboxes>(router: &R, ids: &[u128]) -> Vec<Vec<Transfer>> {
     let mut answers = Vec::new();
     for shard in 0..router.shards() {
         let (reply, answer) = reply_channel();
@@ -712,10 +831,16 @@ async fn lookup_transfers_per_shard(router: &Router, ids: &[u128]) -> Vec<Vec<Tr
 
 /// Accounts found, in request order. A sharded account is the sum of its
 /// parts (found when any part is; its timestamp is the oldest part's).
-async fn lookup_accounts(router: &Router, ids: &[u128]) -> Vec<Account> {
+async fn lookup_accounts<R: Inboxes>(router: &R, ids: &[u128]) -> Vec<Account> {
     let shards = router.shards();
     let mut per_shard: Vec<Vec<u128>> = vec![Vec::new(); shards];
+    // Each shard is asked each id once: a part found twice would be added
+    // into its sum twice (and a plain account asked twice summed with itself).
+    let mut asked = HashSet::with_capacity(ids.len());
     for &id in ids {
+        if !asked.insert(id) {
+            continue;
+        }
         match account_route(id, shards as u32) {
             AccountRoute::Shard(shard) => per_shard[shard as usize].push(id),
             AccountRoute::Every => per_shard.iter_mut().for_each(|ids| ids.push(id)),
@@ -753,8 +878,8 @@ fn add_part(sum: &mut Account, part: &Account) {
 /// limit. Each shard stamps its own transfers: two shards may use the same
 /// timestamp, so paging by `timestamp_min`/`max` can skip a transfer that
 /// shares the boundary's timestamp on another part (documented).
-async fn sharded_account_transfers(
-    router: &Router,
+async fn sharded_account_transfers<R: Inboxes>(
+    router: &R,
     filter: AccountFilter,
     limit: u32,
 ) -> (u32, u32, Vec<u8>) {
@@ -785,7 +910,7 @@ async fn sharded_account_transfers(
 /// of a cross-shard transfer (one on each shard) merged by
 /// `molly_shards::cross::user_view`; a transfer whose cross-shard legs have
 /// not both settled (or failed) is not found.
-async fn lookup_transfers(router: &Router, ids: &[u128]) -> HashMap<u128, Transfer> {
+async fn lookup_transfers<R: Inboxes>(router: &R, ids: &[u128]) -> HashMap<u128, Transfer> {
     let mut legs: HashMap<u128, Vec<Transfer>> = HashMap::new();
     for transfer in lookup_transfers_per_shard(router, ids).await.into_iter().flatten() {
         legs.entry(transfer.id).or_default().push(transfer);

@@ -24,6 +24,22 @@ pub struct Args {
     /// result against the reference model).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(sim::SHARDS_MAX)))]
     shards: Option<u32>,
+    /// Through the network: simulated clients send protocol frames over
+    /// simulated connections (delays, cuts, retries, bad frames) to the
+    /// server's request handling in front of the shards (`molly_net::sim`).
+    #[arg(long)]
+    net: bool,
+}
+
+/// One seed, in the mode chosen: (report of the shard world, network figures if through the network).
+fn run_one(seed: u64, args: &Args) -> (sim::SimReport, Option<molly_net::sim::NetReport>) {
+    let options = Options { seed, steps: args.steps, shards: args.shards };
+    if args.net {
+        let mut net = molly_net::sim::run(options);
+        (std::mem::take(&mut net.world), Some(net))
+    } else {
+        (sim::run_with(options), None)
+    }
 }
 
 fn parse_range(text: &str) -> anyhow::Result<std::ops::Range<u64>> {
@@ -37,9 +53,10 @@ fn parse_range(text: &str) -> anyhow::Result<std::ops::Range<u64>> {
 }
 
 fn replay(seed: u64, args: &Args) -> String {
+    let net = if args.net { " --net" } else { "" };
     match args.shards {
-        Some(shards) => format!("molly sim --seed {seed} --steps {} --shards {shards}", args.steps),
-        None => format!("molly sim --seed {seed} --steps {}", args.steps),
+        Some(shards) => format!("molly sim{net} --seed {seed} --steps {} --shards {shards}", args.steps),
+        None => format!("molly sim{net} --seed {seed} --steps {}", args.steps),
     }
 }
 
@@ -49,13 +66,14 @@ static SEED_RUNNING: AtomicU64 = AtomicU64::new(0);
 /// An assertion inside production code is a finding like any other, but the
 /// release build aborts on panic: name the seed before it does.
 fn name_the_seed_on_panic(args: &Args) {
-    let (steps, shards) = (args.steps, args.shards);
+    let (steps, shards, net) = (args.steps, args.shards, args.net);
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         default(info);
         let seed = SEED_RUNNING.load(Ordering::Relaxed);
         let shards = shards.map(|n| format!(" --shards {n}")).unwrap_or_default();
-        eprintln!("seed {seed} panicked; replay: molly sim --seed {seed} --steps {steps}{shards}");
+        let net = if net { " --net" } else { "" };
+        eprintln!("seed {seed} panicked; replay: molly sim{net} --seed {seed} --steps {steps}{shards}");
     }));
 }
 
@@ -64,7 +82,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(seed) = args.seed {
         let started = Instant::now();
         SEED_RUNNING.store(seed, Ordering::Relaxed);
-        let report = sim::run_with(Options { seed, steps: args.steps, shards: args.shards });
+        let (report, net) = run_one(seed, &args);
         println!(
             "seed {seed}: {} shard(s), {} steps, {} crashes, {} failed writes, {} read errors, {} bits flipped, \
              {} groups acknowledged, \
@@ -84,6 +102,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             if molly_shards::buggify::COMPILED { "" } else { " (built without --features sim)" },
             report.steps as f64 / started.elapsed().as_secs_f64()
         );
+        if let Some(net) = net {
+            println!(
+                "  network: {} requests, {} frames sent ({} re-sent), {} replies ({} shard_unavailable), {} \
+                 connections ({} cut, {} timed out), {} bad frames ({} error frames checked), {} events \
+                 checked against the ledger, {} full inboxes met",
+                net.requests,
+                net.frames_sent,
+                net.resent,
+                net.replies,
+                net.unavailable,
+                net.connections,
+                net.cuts,
+                net.timeouts,
+                net.bad_frames,
+                net.error_frames_checked,
+                net.events_checked,
+                net.backpressure
+            );
+        }
         return match report.violation {
             None => Ok(()),
             Some(violation) => bail!("seed {seed}: {violation}"),
@@ -105,9 +142,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut failures: BTreeMap<&'static str, Vec<(u64, sim::Violation)>> = BTreeMap::new();
     let mut failing = 0u64;
     let (mut steps, mut crashes, mut checked, mut faults) = (0u64, 0u64, 0u64, 0u64);
+    let (mut requests, mut resent, mut cuts, mut bad_frames) = (0u64, 0u64, 0u64, 0u64);
     for seed in range.clone() {
         SEED_RUNNING.store(seed, Ordering::Relaxed);
-        let report = sim::run_with(Options { seed, steps: args.steps, shards: args.shards });
+        let (report, net) = run_one(seed, &args);
+        if let Some(net) = net {
+            requests += net.requests;
+            resent += net.resent;
+            cuts += net.cuts;
+            bad_frames += net.error_frames_checked;
+        }
         steps += report.steps;
         crashes += report.crashes;
         checked += report.events_checked;
@@ -130,6 +174,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         total as f64 / seconds,
         steps as f64 / seconds
     );
+    if args.net {
+        println!(
+            "  network: {requests} requests (each answered), {resent} frames re-sent, {cuts} connections cut, \
+             {bad_frames} bad frames answered with their error frame"
+        );
+    }
     for (check, list) in &failures {
         println!("{check}: {} seeds", list.len());
         for (seed, violation) in list.iter().take(10) {

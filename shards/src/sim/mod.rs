@@ -20,6 +20,7 @@
 //! `molly sim --seed N` replays the same run exactly.
 
 pub mod disk;
+pub mod host;
 pub mod model;
 pub mod workload;
 
@@ -203,6 +204,9 @@ struct ClientWrite {
     /// Per command: a transfer batch of ids never sent before.
     fresh: Vec<bool>,
     answer: Answer<WriteReply>,
+    /// Where the answer goes on once recorded (a write from the network
+    /// simulation, see [`host`]).
+    relay: std::cell::RefCell<Option<crate::runtime::Reply<WriteReply>>>,
 }
 
 /// A group written and not yet durable.
@@ -447,7 +451,12 @@ impl World {
                         format!("a write was answered before it was durable: {reply:?}"),
                     );
                 }
-                self.nodes[n].open.push(ClientWrite { commands: staged, fresh, answer });
+                self.nodes[n].open.push(ClientWrite {
+                    commands: staged,
+                    fresh,
+                    answer,
+                    relay: Default::default(),
+                });
                 Ok(())
             }
             // The open group is full: write it first (the request is dropped, never acknowledged).
@@ -460,6 +469,9 @@ impl World {
     /// legs) and every other is not — so a linked chain is all or nothing,
     /// across shards too.
     fn record(&mut self, n: usize, write: &ClientWrite, reply: &WriteReply) -> Result<(), Failure> {
+        if let Some(relay) = write.relay.take() {
+            let _ = relay.send(reply.clone());
+        }
         let Ok(outcomes) = reply else { return Ok(()) };
         let mut found = Vec::new();
         for ((command, outcome), &fresh) in write.commands.iter().zip(outcomes).zip(&write.fresh) {
@@ -1348,7 +1360,12 @@ mod tests {
                 .core
                 .offer(Request::Write { commands: commands.clone(), reply }, world.now_ns)
                 .unwrap();
-            world.nodes[0].open.push(ClientWrite { commands, fresh: vec![false], answer });
+            world.nodes[0].open.push(ClientWrite {
+                commands,
+                fresh: vec![false],
+                answer,
+                relay: Default::default(),
+            });
             world.write_group(0, false).unwrap();
             assert!(world.nodes[0].in_flight.is_some());
             // The write vanishes, but the client is told it is durable.
