@@ -21,7 +21,7 @@
 //!   of their debit account, or of their credit account when the debit
 //!   account is sharded (post/void not naming a plain debit account to the
 //!   shard holding the pending transfer); linked chains must be routed to
-//!   one shard (or, for sharded accounts, every shard) whole, or every event
+//!   one shard whole (a sharded account create stands alone), or every event
 //!   of the chain answers `linked_event_chain_cross_shard`. Transfer lookups
 //!   ask every shard.
 //! - A request split over shards is not atomic as a whole (each event is);
@@ -748,7 +748,8 @@ enum Target {
 
 /// Splits `n` events by `target`, keeping each linked chain (events
 /// with `linked` set, closed by the next event without it, or by the end of
-/// the request) whole on one shard (or whole on every shard), or refusing it.
+/// the request) whole on one shard, or refusing it (a chain of events for
+/// every shard too: it could not be atomic across them).
 fn plan(n: usize, linked: impl Fn(usize) -> bool, target: impl Fn(usize) -> Target, shards: usize) -> Plan {
     let mut plan = Plan { per_shard: vec![Vec::new(); shards], cross_shard: Vec::new() };
     let mut start = 0;
@@ -758,7 +759,10 @@ fn plan(n: usize, linked: impl Fn(usize) -> bool, target: impl Fn(usize) -> Targ
             end += 1;
         }
         let first = target(start);
-        if (start..=end).all(|i| target(i) == first) {
+        // A chain applied on every shard would not be atomic across them:
+        // a sharded account is created by an event of its own.
+        let whole = (start..=end).all(|i| target(i) == first) && !(first == Target::Every && end > start);
+        if whole {
             let shards = match first {
                 Target::One(shard) => shard..shard + 1,
                 Target::Every => 0..shards,
@@ -939,12 +943,13 @@ mod tests {
             plan(0, |_| false, |_| Target::One(0), 1),
             Plan { per_shard: vec![vec![]], cross_shard: vec![] }
         );
-        // Sharded accounts go to every shard; a chain of only those too, a
-        // chain mixing them with one shard's accounts is refused.
+        // Sharded accounts go to every shard, one event at a time: a chain
+        // of them, or mixing them with one shard's accounts, is refused
+        // (applied on every shard, it would not be atomic across them).
         use Target::{Every, One};
         let target = [Every, One(1), Every, Every, Every, One(0)];
         let linked = [false, false, true, false, true, false];
         let got = plan(6, |i| linked[i], |i| target[i], 2);
-        assert_eq!(got, Plan { per_shard: vec![vec![0, 2, 3], vec![0, 1, 2, 3]], cross_shard: vec![4, 5] });
+        assert_eq!(got, Plan { per_shard: vec![vec![0], vec![0, 1]], cross_shard: vec![2, 3, 4, 5] });
     }
 }

@@ -299,8 +299,8 @@ struct Net {
     timeout_steps: u64,
     step: u64,
     faults: bool,
-    /// Create the sharded accounts as one linked chain (see the test
-    /// `known_bug_a_retried_sharded_chain_is_answered_part_ok`).
+    /// Create the sharded accounts as one linked chain, which the server
+    /// refuses (see the test `a_linked_chain_of_sharded_creates_is_refused_whole`).
     linked_sharded_creates: bool,
     report: NetReport,
 }
@@ -395,9 +395,9 @@ impl Net {
         }
         let mut accounts: Vec<Account> = ids.into_iter().map(account).collect();
         if all && self.linked_sharded_creates {
-            // The two sharded accounts as one linked chain (applied on every
-            // shard, whole). Off by default: see the test
-            // `known_bug_a_retried_sharded_chain_is_answered_part_ok`.
+            // The two sharded accounts as one linked chain: refused whole.
+            // Off by default (nothing would be created): see the test
+            // `a_linked_chain_of_sharded_creates_is_refused_whole`.
             let at = accounts.len() - 2;
             accounts[at].flags |= AF::LINKED;
         }
@@ -1443,29 +1443,22 @@ mod tests {
         assert_eq!(format!("{a:?}"), format!("{b:?}"));
     }
 
-    /// Found by the first sweep of this simulation, not fixed (a decision
-    /// for the server's owner): a linked chain of sharded account creates
-    /// that one shard applied while another could not (a crash: the reply
-    /// says `shard_unavailable`) is answered, when re-sent, `ok` for its
-    /// first event and `linked_event_failed` for the rest. The shard that
-    /// had applied it answers `exists` for the first event, which fails the
-    /// chain there (`exists` inside a chain fails the chain, as in
-    /// TigerBeetle), so its other events get `linked_event_failed`; the
-    /// shard that had not answers `ok` for all; `apply_plan` takes the first
-    /// failure of any part per event. Both accounts exist on every shard
-    /// afterwards, but the client is told the chain half failed. The
-    /// workload leaves such chains out by default; this test keeps the
-    /// finding reproducible (it fails once the server answers such a
-    /// re-sent chain whole).
+    /// Found by the first sweep of this simulation: a linked chain of
+    /// sharded account creates that one shard applied while another could
+    /// not (a crash: the reply says `shard_unavailable`) was answered, when
+    /// re-sent, `ok` for its first event and `linked_event_failed` for the
+    /// rest (the shard that had applied it answers `exists` for the first
+    /// event, which fails the chain there). Fixed in the server: a sharded
+    /// account is created by an event of its own; a chain holding one is
+    /// refused whole (`linked_event_chain_cross_shard`: applied on every
+    /// shard it could not be atomic). The sweep that found it, with the
+    /// workload sending such chains, is clean.
     #[test]
-    fn known_bug_a_retried_sharded_chain_is_answered_part_ok() {
-        let found = (1..=60).find_map(|seed| {
-            let violation = run_net(Options { seed, steps: 600, shards: None }, true).world.violation?;
-            (violation.check == check::REPLIES_MATCH_LEDGER && violation.detail.contains("linked chain"))
-                .then_some((seed, violation))
-        });
-        let (seed, violation) = found.expect("the sweep finds the re-sent sharded chain answered part ok");
-        assert!(violation.detail.contains("[0, 1]"), "seed {seed}: {violation}");
+    fn a_linked_chain_of_sharded_creates_is_refused_whole() {
+        for seed in 1..=60 {
+            let report = run_net(Options { seed, steps: 600, shards: None }, true);
+            assert_eq!(report.world.violation, None, "seed {seed}");
+        }
     }
 
     /// The CI sweep of the network mode.
