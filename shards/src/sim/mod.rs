@@ -373,7 +373,7 @@ impl World {
                 let metrics = Arc::new(ShardMetrics::new(shard));
                 let core = recover(shard, shards, &mut disk, &config, None, &metrics, None)
                     .expect("an empty disk recovers");
-                let model = (shards == 1).then(|| Model::new(config.clone()));
+                let model = (shards == 1).then(|| model::new(config.clone()));
                 Node {
                     core,
                     disk,
@@ -609,7 +609,7 @@ impl World {
         let mut predicted = Vec::with_capacity(commands.len());
         let model = self.nodes[n].model.as_mut().expect("a model");
         for command in &commands {
-            let outcome = model.apply(command);
+            let outcome = model::apply(model, command);
             if matches!(command, CommandBuf::Tick { .. }) {
                 continue;
             }
@@ -762,7 +762,7 @@ impl World {
                     Ok(()) => break,
                     Err(e) if k < in_flight.len() => {
                         first.get_or_insert(e);
-                        model.apply(&in_flight[k]);
+                        model::apply(model, &in_flight[k]);
                         k += 1;
                     }
                     Err(e) => {
