@@ -69,7 +69,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "seed {seed}: {} shard(s), {} steps, {} crashes, {} failed writes, {} read errors, {} bits flipped, \
              {} groups acknowledged, \
              {} snapshot files written ({} cut or failed, {} loaded at restarts, {} skipped as damaged, \
-             {} blocks evicted to segments), \
+             {} blocks evicted to segments), {} bits flipped at rest in the journal ({} refused), \
              {} transfers ok, {} results checked against the model, {} messages delivered, {} faults \
              injected inside production code{} ({:.0} steps/s)",
             report.shards,
@@ -84,6 +84,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             report.snapshots_loaded,
             report.snapshots_skipped,
             report.blocks_evicted,
+            report.journal_flips,
+            report.journal_flips_refused,
             report.transfers_ok,
             report.events_checked,
             report.messages_delivered,
