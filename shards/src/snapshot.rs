@@ -22,7 +22,7 @@
 //! Taking a snapshot ([`ShardCore::snapshot_start`](crate::shard::ShardCore))
 //! happens between groups and copies only the small, mutable part (accounts,
 //! states, the block being filled); the full transfer blocks are shared with
-//! the writer (`Arc`, never mutated). [`write`] then runs anywhere — the
+//! the writer (`Arc`, never mutated). [`write()`] then runs anywhere — the
 //! runtime runs it on a background thread while the shard goes on — and
 //! writes the blocks not yet in a segment as one new segment file, then the
 //! snapshot file. Every file is written to `*.tmp`, fsynced, renamed, and the
@@ -417,7 +417,7 @@ fn write_segment<S: Storage>(
 }
 
 /// A snapshot to write: taken on the shard between groups, written by
-/// [`write`] wherever the caller likes (it shares no mutable state).
+/// [`write()`] wherever the caller likes (it shares no mutable state).
 #[derive(Debug)]
 pub struct SnapshotJob {
     /// The shard's directory.
@@ -468,7 +468,7 @@ pub fn write(job: SnapshotJob) -> Result<SnapshotDone, SnapshotError> {
     write_to(&Disk, job)
 }
 
-/// [`write`] on `storage`.
+/// [`write()`] on `storage`.
 pub fn write_to<S: Storage>(storage: &S, job: SnapshotJob) -> Result<SnapshotDone, SnapshotError> {
     let SnapshotJob { dir, position, parts, intents, mut segments } = job;
     assert_eq!(segment_blocks(&segments), parts.first_block, "the segments hold the blocks before the job's");

@@ -10,6 +10,9 @@
 //!                  · clock moves · crash (one shard, or all) · failed fdatasync
 //!  disk: synced bytes + unsynced writes; a crash loses, keeps, or tears (per 512-byte
 //!        sector) each unsynced write, then the shard recovers from what is left
+//!  files: snapshot files and segments (the real `snapshot::write_to` / `load_newest_from`) on a
+//!        simulated file system: unsynced data and unsynced renames lost or kept at a power
+//!        loss, power lost in the middle of a snapshot, failed writes, read errors, bit rot
 //!  rings: FIFO per ordered pair of shards, bounded; a crash drops or keeps what is in flight
 //!  end: faults stop, every ring drains, every group is written: everything must settle
 //! ```
