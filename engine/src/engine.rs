@@ -952,12 +952,18 @@ impl Engine {
                 break;
             }
             self.expiries.pop();
-            // Entries of transfers since posted or voided (or undone) are stale.
+            // Entries of transfers since posted or voided (or undone) are
+            // stale. An undone transfer's slot may hold a later transfer:
+            // it expires here only if it has a timeout that ends exactly
+            // now (then this is its own expiry time); one without a timeout
+            // never expires (a failed chain's entry once expired a pending
+            // transfer without timeout that took its slot at that very
+            // nanosecond: found by `molly sim --net --seed 168`).
             let live = (slot as usize) < self.transfers.len()
                 && self.transfer_states[slot as usize] == TransferState::Pending
                 && {
                     let p = self.transfers.get(slot);
-                    p.timestamp + u64::from(p.timeout) * NS_PER_S == expires_at
+                    p.timeout != 0 && p.timestamp + u64::from(p.timeout) * NS_PER_S == expires_at
                 };
             if live {
                 self.expire(slot);

@@ -68,6 +68,8 @@ pub mod config;
 mod engine;
 mod index;
 mod lists;
+#[cfg(feature = "model")]
+pub mod model;
 mod prefault;
 pub mod result;
 pub mod store;

@@ -26,9 +26,16 @@ use std::sync::Arc;
 
 use crate::types::Transfer;
 
-/// Records per block: 65,536 × 128 bytes = 8 MiB.
+/// Records per block: 65,536 × 128 bytes = 8 MiB (64 with the
+/// `small-blocks` feature, which only the simulator enables: so that blocks
+/// fill, go to segment files and leave memory in a run of a few thousand
+/// transfers; a segment records its block size and is refused by a build
+/// with the other).
 pub const BLOCK_TRANSFERS: usize = 1 << BLOCK_SHIFT;
+#[cfg(not(feature = "small-blocks"))]
 const BLOCK_SHIFT: u32 = 16;
+#[cfg(feature = "small-blocks")]
+const BLOCK_SHIFT: u32 = 6;
 const BLOCK_MASK: usize = BLOCK_TRANSFERS - 1;
 /// Buffers of evicted blocks kept for reuse, so a new tail rarely allocates
 /// (or page-faults) in the middle of a batch.

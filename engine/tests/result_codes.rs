@@ -260,6 +260,34 @@ fn exists_codes_make_retries_safe() {
     assert_eq!(balances(&engine, 2), [0, 0, 0, 60]);
 }
 
+/// A pending transfer with a timeout created in a linked chain that fails
+/// leaves its expiry time behind; a pending transfer without a timeout that
+/// later takes the same slot at exactly that nanosecond must not expire.
+/// (Found by `molly sim --net --seed 168`: the simulator's clock lands on
+/// expiry times.)
+#[test]
+fn a_failed_chains_expiry_never_expires_a_later_transfer() {
+    let mut engine = engine_with_accounts(&[account(1, ETH, AF::NONE), account(2, ETH, AF::NONE)]);
+    let mut expired = Vec::new();
+    engine.tick(1_000_000_000, &mut expired);
+    let held = Transfer { flags: TF(TF::PENDING.0 | TF::LINKED.0), ..pending(1, 1, 2, 5, 1) };
+    let mut results = Vec::new();
+    engine.create_transfers(&[held, transfer(2, 1, 9, 5)], &mut results).unwrap();
+    assert_eq!(results, [TR::LinkedEventFailed, TR::CreditAccountNotFound]);
+    // The failed chain's pending transfer would have had timestamp T and
+    // expired at T + 1 s; the next transfer takes its slot at T + 1 s.
+    let expiry = engine.next_expiry_ns().expect("the undone transfer's entry is still queued");
+    engine.tick(expiry - 1, &mut expired);
+    run_transfers(&mut engine, &[(pending(3, 1, 2, 7, 0), TR::Ok)]);
+    let hold = engine.transfers().iter().find(|t| t.id == 3).unwrap();
+    assert_eq!(hold.timestamp, expiry, "the hold was stamped at the stale entry's time");
+    engine.tick(expiry, &mut expired);
+    engine.tick(expiry + 10_000_000_000, &mut expired);
+    assert!(expired.is_empty(), "{expired:?}");
+    assert_eq!(engine.transfer_state(3), Some(TransferState::Pending), "no timeout: it never expires");
+    assert_eq!(balances(&engine, 1), [7, 0, 0, 0]);
+}
+
 #[test]
 fn two_phase_codes() {
     let mut engine = engine_with_accounts(&[

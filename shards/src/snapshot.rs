@@ -22,7 +22,7 @@
 //! Taking a snapshot ([`ShardCore::snapshot_start`](crate::shard::ShardCore))
 //! happens between groups and copies only the small, mutable part (accounts,
 //! states, the block being filled); the full transfer blocks are shared with
-//! the writer (`Arc`, never mutated). [`write`] then runs anywhere — the
+//! the writer (`Arc`, never mutated). [`write()`] then runs anywhere — the
 //! runtime runs it on a background thread while the shard goes on — and
 //! writes the blocks not yet in a segment as one new segment file, then the
 //! snapshot file. Every file is written to `*.tmp`, fsynced, renamed, and the
@@ -41,7 +41,6 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -50,6 +49,8 @@ use molly_engine::{
     AccountBalance, Block, ColdBlock, Config, Engine, EngineState, SnapshotParts, Transfer, BLOCK_TRANSFERS,
 };
 use xxhash_rust::xxh3::xxh3_128;
+
+use crate::journal::ReadAt;
 
 /// `b"MOLS"` little-endian.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"MOLS");
@@ -210,6 +211,115 @@ fn segment_name(first_block: u64) -> String {
     format!("{SEGMENT_PREFIX}{first_block:010}{SEGMENT_SUFFIX}")
 }
 
+/// The file operations snapshots need, so the same code runs on the real
+/// file system ([`Disk`], what Molly uses) and on the simulator's
+/// (`sim::files`), which loses, keeps or tears what was not synced when
+/// power fails, forgets a rename until its directory is synced, flips bits
+/// and fails reads. Only snapshot writing and loading go through it: the
+/// shard's hot path (groups, and reads of cold blocks through
+/// [`ColdBlock::records`]) does not.
+pub trait Storage {
+    /// A file being written.
+    type Writer;
+    /// A file open for reading.
+    type Reader: ReadAt;
+    /// Creates (or truncates) `path` for writing.
+    fn create(&self, path: &Path) -> std::io::Result<Self::Writer>;
+    /// Appends `bytes`.
+    fn write_all(&self, file: &mut Self::Writer, bytes: &[u8]) -> std::io::Result<()>;
+    /// Makes what was written durable (fsync).
+    fn sync(&self, file: &mut Self::Writer) -> std::io::Result<()>;
+    /// Renames `from` to `to`, replacing `to` (durable once `to`'s directory is synced).
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()>;
+    /// Makes the directory's entries durable (fsync of the directory).
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()>;
+    /// Opens `path` for reading.
+    fn open(&self, path: &Path) -> std::io::Result<Self::Reader>;
+    /// The paths of the files in `dir`, in no particular order.
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>>;
+    /// Removes `path`.
+    fn remove(&self, path: &Path) -> std::io::Result<()>;
+    /// One cold handle per block for the `blocks` blocks of `block_bytes`
+    /// that start at `offset` of the file `path`, open as `file`. The file
+    /// must never change again (segments are written once, then renamed
+    /// into place).
+    fn map_blocks(
+        &self,
+        path: &Path,
+        file: &Self::Reader,
+        offset: usize,
+        blocks: usize,
+        block_bytes: usize,
+    ) -> std::io::Result<Vec<Arc<dyn ColdBlock>>>;
+}
+
+/// The real file system: `std::fs`, `pread`, and read-only `memmap2`
+/// mappings of segment blocks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Disk;
+
+impl Storage for Disk {
+    type Writer = File;
+    type Reader = File;
+
+    fn create(&self, path: &Path) -> std::io::Result<File> {
+        File::create(path)
+    }
+
+    fn write_all(&self, file: &mut File, bytes: &[u8]) -> std::io::Result<()> {
+        file.write_all(bytes)
+    }
+
+    fn sync(&self, file: &mut File) -> std::io::Result<()> {
+        file.sync_all()
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        File::open(dir).and_then(|d| d.sync_all())
+    }
+
+    fn open(&self, path: &Path) -> std::io::Result<File> {
+        File::open(path)
+    }
+
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+        // An entry that cannot be read is left out, as if absent.
+        Ok(std::fs::read_dir(dir)?.flatten().map(|entry| entry.path()).collect())
+    }
+
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn map_blocks(
+        &self,
+        _path: &Path,
+        file: &File,
+        offset: usize,
+        blocks: usize,
+        block_bytes: usize,
+    ) -> std::io::Result<Vec<Arc<dyn ColdBlock>>> {
+        assert_eq!(block_bytes, BLOCK_BYTES, "mapped blocks are engine blocks");
+        // SAFETY: segment files are immutable once renamed into place (see
+        // `MappedBlock`): nothing in Molly opens them for writing, so the mapped
+        // bytes cannot change under the shared references handed out.
+        let map = Arc::new(unsafe { memmap2::Mmap::map(file)? });
+        if map.len() < offset + blocks * block_bytes {
+            return Err(std::io::Error::other("shorter than its blocks"));
+        }
+        Ok((0..blocks)
+            .map(|i| {
+                Arc::new(MappedBlock { map: map.clone(), offset: offset + i * block_bytes })
+                    as Arc<dyn ColdBlock>
+            })
+            .collect())
+    }
+}
+
 /// A full block read back through a read-only mapping of its segment file.
 ///
 /// Segment files are written once (to `*.tmp`, then renamed) and never
@@ -228,29 +338,26 @@ impl ColdBlock for MappedBlock {
     }
 }
 
-/// Maps `path` read-only and returns one cold handle per block.
-fn map_segment(path: &Path, blocks: usize) -> std::io::Result<Vec<Arc<dyn ColdBlock>>> {
-    let file = File::open(path)?;
+/// Maps the blocks of segment `path` read-only and returns one cold handle
+/// per block, after checking the file's length.
+fn map_segment<S: Storage>(
+    storage: &S,
+    path: &Path,
+    blocks: usize,
+) -> std::io::Result<Vec<Arc<dyn ColdBlock>>> {
+    let file = storage.open(path)?;
     let expected = (SEGMENT_HEADER_SIZE + blocks * BLOCK_BYTES) as u64;
-    if file.metadata()?.len() != expected {
+    if file.byte_len()? != expected {
         return Err(std::io::Error::other(format!("is not {expected} bytes long")));
     }
-    // SAFETY: segment files are immutable once renamed into place (see
-    // `MappedBlock`): nothing in Molly opens them for writing, so the mapped
-    // bytes cannot change under the shared references handed out.
-    let map = Arc::new(unsafe { memmap2::Mmap::map(&file)? });
-    Ok((0..blocks)
-        .map(|i| {
-            Arc::new(MappedBlock { map: map.clone(), offset: SEGMENT_HEADER_SIZE + i * BLOCK_BYTES })
-                as Arc<dyn ColdBlock>
-        })
-        .collect())
+    storage.map_blocks(path, &file, SEGMENT_HEADER_SIZE, blocks, BLOCK_BYTES)
 }
 
 /// Writes `parts` as the file `path` in `dir`, atomically: to `*.tmp`,
 /// fsynced, renamed into place, the directory fsynced. The file either is
 /// complete or does not exist.
-fn write_atomically<'a>(
+fn write_atomically<'a, S: Storage>(
+    storage: &S,
     dir: &Path,
     path: &Path,
     parts: impl Iterator<Item = &'a [u8]>,
@@ -260,19 +367,20 @@ fn write_atomically<'a>(
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     {
-        let mut file = File::create(&tmp).map_err(io("creating"))?;
+        let mut file = storage.create(&tmp).map_err(io("creating"))?;
         for part in parts {
-            file.write_all(part).map_err(io("writing"))?;
+            storage.write_all(&mut file, part).map_err(io("writing"))?;
         }
-        file.sync_all().map_err(io("syncing"))?;
+        storage.sync(&mut file).map_err(io("syncing"))?;
     }
-    std::fs::rename(&tmp, path).map_err(io("renaming into place"))?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io("syncing the directory"))
+    storage.rename(&tmp, path).map_err(io("renaming into place"))?;
+    storage.sync_dir(dir).map_err(io("syncing the directory"))
 }
 
 /// Writes `blocks` (the full blocks from `first_block` on) as one segment
 /// file, durably, and maps it.
-fn write_segment(
+fn write_segment<S: Storage>(
+    storage: &S,
     dir: &Path,
     first_block: u64,
     blocks: &[Block],
@@ -303,13 +411,13 @@ fn write_segment(
     header_bytes[..16].copy_from_slice(&checksum.to_le_bytes());
     let parts =
         std::iter::once(&header_bytes[..]).chain(blocks.iter().map(|b| bytemuck::cast_slice(b.records())));
-    write_atomically(dir, &path, parts)?;
-    let cold = map_segment(&path, blocks.len()).map_err(io("mapping"))?;
+    write_atomically(storage, dir, &path, parts)?;
+    let cold = map_segment(storage, &path, blocks.len()).map_err(io("mapping"))?;
     Ok((SegmentRef { first_block, blocks: blocks.len() as u64, checksum }, cold))
 }
 
 /// A snapshot to write: taken on the shard between groups, written by
-/// [`write`] wherever the caller likes (it shares no mutable state).
+/// [`write()`] wherever the caller likes (it shares no mutable state).
 #[derive(Debug)]
 pub struct SnapshotJob {
     /// The shard's directory.
@@ -354,8 +462,14 @@ pub fn segment_blocks(segments: &[SegmentRef]) -> usize {
 }
 
 /// Writes the job's new full blocks as segment files, then the snapshot
-/// file, each atomically, then removes all but the newest [`KEEP`] snapshots.
+/// file, each atomically, then removes all but the newest [`KEEP`] snapshots
+/// (on the real file system: [`write_to`] with [`Disk`]).
 pub fn write(job: SnapshotJob) -> Result<SnapshotDone, SnapshotError> {
+    write_to(&Disk, job)
+}
+
+/// [`write()`] on `storage`.
+pub fn write_to<S: Storage>(storage: &S, job: SnapshotJob) -> Result<SnapshotDone, SnapshotError> {
     let SnapshotJob { dir, position, parts, intents, mut segments } = job;
     assert_eq!(segment_blocks(&segments), parts.first_block, "the segments hold the blocks before the job's");
     let path = dir.join(file_name(position.next_sequence));
@@ -363,7 +477,7 @@ pub fn write(job: SnapshotJob) -> Result<SnapshotDone, SnapshotError> {
     let mut bytes_written = 0u64;
     for (i, chunk) in parts.blocks.chunks(SEGMENT_BLOCKS_MAX).enumerate() {
         let first_block = parts.first_block + i * SEGMENT_BLOCKS_MAX;
-        let (segment, handles) = write_segment(&dir, first_block as u64, chunk)?;
+        let (segment, handles) = write_segment(storage, &dir, first_block as u64, chunk)?;
         segments.push(segment);
         cold.extend(handles.into_iter().enumerate().map(|(j, handle)| (first_block + j, handle)));
         bytes_written += (SEGMENT_HEADER_SIZE + chunk.len() * BLOCK_BYTES) as u64;
@@ -395,21 +509,25 @@ pub fn write(job: SnapshotJob) -> Result<SnapshotDone, SnapshotError> {
         reserved: 0,
     };
     header.checksum_header = header.compute_checksum();
-    write_atomically(&dir, &path, [bytemuck::bytes_of(&header), &bytes[..]].into_iter())?;
+    write_atomically(storage, &dir, &path, [bytemuck::bytes_of(&header), &bytes[..]].into_iter())?;
     bytes_written += 64 + bytes.len() as u64;
-    for old in list(&dir).into_iter().rev().skip(KEEP) {
-        let _ = std::fs::remove_file(old);
+    for old in list_in(storage, &dir).into_iter().rev().skip(KEEP) {
+        let _ = storage.remove(&old);
     }
     Ok(SnapshotDone { path, segments, cold, bytes: bytes_written })
 }
 
 /// Snapshot files in `dir`, oldest first.
 pub fn list(dir: &Path) -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+    list_in(&Disk, dir)
+}
+
+/// [`list`] on `storage`.
+pub fn list_in<S: Storage>(storage: &S, dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = storage
+        .list(dir)
         .into_iter()
         .flatten()
-        .flatten()
-        .map(|e| e.path())
         .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
@@ -453,7 +571,21 @@ fn balance_runs(runs: &[BalanceRun]) -> Result<Vec<(u32, Vec<AccountBalance>)>, 
 /// Loads one snapshot file (and the segments it names) into an engine, or
 /// says why it cannot be used.
 pub fn load(path: &Path, config: Config) -> Result<LoadedSnapshot, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("reading: {e}"))?;
+    load_from(&Disk, path, config)
+}
+
+/// Reads the whole file `path`.
+fn read_all<S: Storage>(storage: &S, path: &Path) -> std::io::Result<Vec<u8>> {
+    let file = storage.open(path)?;
+    let len = usize::try_from(file.byte_len()?).map_err(std::io::Error::other)?;
+    let mut bytes = vec![0u8; len];
+    file.read_exact_at(&mut bytes, 0)?;
+    Ok(bytes)
+}
+
+/// [`load`] on `storage`.
+pub fn load_from<S: Storage>(storage: &S, path: &Path, config: Config) -> Result<LoadedSnapshot, String> {
+    let bytes = read_all(storage, path).map_err(|e| format!("reading: {e}"))?;
     if bytes.len() < 64 {
         return Err("shorter than its header".into());
     }
@@ -523,7 +655,7 @@ pub fn load(path: &Path, config: Config) -> Result<LoadedSnapshot, String> {
             return Err(format!("segment list is not contiguous at block {next_block}"));
         }
         next_block += segment.blocks;
-        load_segment(dir, segment, &mut buffer, &mut importer)?;
+        load_segment(storage, dir, segment, &mut buffer, &mut importer)?;
     }
     importer.tail(&bytemuck::pod_collect_to_vec::<u8, Transfer>(&body.tail)).map_err(|e| e.to_string())?;
     let engine = importer
@@ -539,7 +671,8 @@ pub fn load(path: &Path, config: Config) -> Result<LoadedSnapshot, String> {
 
 /// Checks one segment against `segment` and its block checksums, and hands
 /// its blocks (cold, mapped) to the importer.
-fn load_segment(
+fn load_segment<S: Storage>(
+    storage: &S,
     dir: &Path,
     segment: &SegmentRef,
     buffer: &mut [Transfer],
@@ -548,7 +681,7 @@ fn load_segment(
     let name = segment_name(segment.first_block);
     let path = dir.join(&name);
     let fail = |what: &str| format!("segment {name}: {what}");
-    let file = File::open(&path).map_err(|e| fail(&format!("opening: {e}")))?;
+    let file = storage.open(&path).map_err(|e| fail(&format!("opening: {e}")))?;
     let mut header_bytes = vec![0u8; SEGMENT_HEADER_SIZE];
     file.read_exact_at(&mut header_bytes, 0).map_err(|e| fail(&format!("reading its header: {e}")))?;
     let header: SegmentHeader = bytemuck::pod_read_unaligned(&header_bytes[..64]);
@@ -562,7 +695,8 @@ fn load_segment(
     {
         return Err(fail("header fails its checksum or does not match the snapshot"));
     }
-    let cold = map_segment(&path, segment.blocks as usize).map_err(|e| fail(&format!("mapping: {e}")))?;
+    let cold =
+        map_segment(storage, &path, segment.blocks as usize).map_err(|e| fail(&format!("mapping: {e}")))?;
     for (i, handle) in cold.into_iter().enumerate() {
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(buffer);
         file.read_exact_at(bytes, (SEGMENT_HEADER_SIZE + i * BLOCK_BYTES) as u64)
@@ -588,9 +722,14 @@ pub struct Loaded {
 
 /// Loads the newest usable snapshot in `dir`, skipping broken ones.
 pub fn load_newest(dir: &Path, config: &Config) -> Loaded {
+    load_newest_from(&Disk, dir, config)
+}
+
+/// [`load_newest`] on `storage`.
+pub fn load_newest_from<S: Storage>(storage: &S, dir: &Path, config: &Config) -> Loaded {
     let mut loaded = Loaded::default();
-    for path in list(dir).into_iter().rev() {
-        match load(&path, config.clone()) {
+    for path in list_in(storage, dir).into_iter().rev() {
+        match load_from(storage, &path, config.clone()) {
             Ok(snapshot) => {
                 loaded.used = Some((snapshot, path));
                 break;

@@ -177,6 +177,10 @@ impl Cluster {
                 let node = &mut self.nodes[shard];
                 let (offset, bytes) = node.in_flight.take().expect("a group in flight");
                 write_at(&mut node.durable, offset, &bytes);
+                // Every other group the runtime's way: peers' entries first.
+                if self.steps.is_multiple_of(2) {
+                    node.core.durable_peers();
+                }
                 node.core.durable();
             }
             Step::Deliver(from, to) => {

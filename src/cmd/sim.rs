@@ -86,6 +86,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!(
             "seed {seed}: {} shard(s), {} steps, {} crashes, {} failed writes, {} read errors, {} bits flipped, \
              {} groups acknowledged, \
+             {} snapshot files written ({} cut or failed, {} loaded at restarts, {} skipped as damaged, \
+             {} blocks evicted to segments), {} bits flipped at rest in the journal ({} refused), \
              {} transfers ok, {} results checked against the model, {} messages delivered, {} faults \
              injected inside production code{} ({:.0} steps/s)",
             report.shards,
@@ -95,6 +97,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             report.read_errors,
             report.bits_flipped,
             report.groups_acknowledged,
+            report.snapshots_written,
+            report.snapshots_failed,
+            report.snapshots_loaded,
+            report.snapshots_skipped,
+            report.blocks_evicted,
+            report.journal_flips,
+            report.journal_flips_refused,
             report.transfers_ok,
             report.events_checked,
             report.messages_delivered,
@@ -143,6 +152,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut failing = 0u64;
     let (mut steps, mut crashes, mut checked, mut faults) = (0u64, 0u64, 0u64, 0u64);
     let (mut requests, mut resent, mut cuts, mut bad_frames) = (0u64, 0u64, 0u64, 0u64);
+    let (mut snapshots_written, mut snapshots_loaded, mut snapshots_skipped, mut evicted) =
+        (0u64, 0u64, 0u64, 0u64);
     for seed in range.clone() {
         SEED_RUNNING.store(seed, Ordering::Relaxed);
         let (report, net) = run_one(seed, &args);
@@ -156,6 +167,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         crashes += report.crashes;
         checked += report.events_checked;
         faults += report.faults_injected;
+        snapshots_written += report.snapshots_written;
+        snapshots_loaded += report.snapshots_loaded;
+        snapshots_skipped += report.snapshots_skipped;
+        evicted += report.blocks_evicted;
         if let Some(violation) = report.violation {
             failing += 1;
             failures.entry(violation.check).or_default().push((seed, violation));
@@ -167,7 +182,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let seconds = started.elapsed().as_secs_f64();
     println!(
         "seeds {}..{}: {} clean, {failing} failing; {steps} steps, {crashes} crashes, {checked} results checked \
-         against the model, {faults} faults injected in {seconds:.1} s ({:.1} seeds/s, {:.0} steps/s)",
+         against the model, {faults} faults injected, {snapshots_written} snapshot files written, \
+         {snapshots_loaded} loaded at restarts, {snapshots_skipped} skipped as damaged, {evicted} blocks evicted \
+         in {seconds:.1} s ({:.1} seeds/s, {:.0} steps/s)",
         range.start,
         range.end,
         total - failing,

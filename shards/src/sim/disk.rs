@@ -44,6 +44,15 @@ impl SimDisk {
         self.unsynced.push((offset, bytes.to_vec()));
     }
 
+    /// What a read sees now: the synced bytes with the unsynced writes over them.
+    pub fn current(&self) -> Vec<u8> {
+        let mut bytes = self.durable.clone();
+        for (offset, written) in &self.unsynced {
+            Self::apply(&mut bytes, *offset, written);
+        }
+        bytes
+    }
+
     /// fdatasync: every write so far is durable.
     pub fn sync(&mut self) {
         for (offset, bytes) in std::mem::take(&mut self.unsynced) {

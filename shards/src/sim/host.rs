@@ -169,6 +169,10 @@ impl Host {
                     Stepped::Restarted(n)
                 }
             }
+        } else if world.nodes[n].job.is_some() && world.prng.chance(25) {
+            // The background write of the snapshot taken earlier finishes.
+            world.finish_snapshot(n, true)?;
+            Stepped::Quiet
         } else {
             match world.prng.below(100) {
                 0..=29 if shards > 1 => {
@@ -245,6 +249,10 @@ impl Host {
                 world.write_group(n, true)?;
                 busy = true;
             }
+            if world.nodes[n].job.is_some() && world.nodes[n].in_flight.is_none() {
+                world.finish_snapshot(n, false)?;
+                busy = true;
+            }
         }
         for n in 0..shards {
             world.poll_parked(n)?;
@@ -258,7 +266,11 @@ impl Host {
     pub fn quiet(&self) -> bool {
         let world = &self.world;
         world.nodes.iter().all(|node| {
-            node.core.idle() && node.in_flight.is_none() && node.open.is_empty() && node.parked.is_empty()
+            node.core.idle()
+                && node.in_flight.is_none()
+                && node.job.is_none()
+                && node.open.is_empty()
+                && node.parked.is_empty()
         }) && world.rings.iter().flatten().all(std::collections::VecDeque::is_empty)
     }
 
@@ -272,7 +284,8 @@ impl Host {
     /// Ends the run: the report, with `failure` as its violation.
     pub fn finish(mut self, step: u64, failure: Option<Failure>) -> SimReport {
         let world = &mut self.world;
-        world.report.bits_flipped = world.nodes.iter().map(|node| node.disk.bits_flipped).sum();
+        world.report.bits_flipped =
+            world.nodes.iter().map(|node| node.disk.bits_flipped + node.files.bits_flipped()).sum();
         if let Some((check, detail)) = failure {
             world.report.faults_injected = world.report.faults_injected.max(crate::buggify::disable());
             world.report.violation = Some(super::Violation { step, check, detail });
