@@ -263,10 +263,23 @@ fn bridges(runtime: &Runtime, shards: u32, ledgers: &[u32]) -> Vec<Vec<Account>>
         .collect()
 }
 
+/// Both shards of `runtime` settled: invariants hold, no intent is open,
+/// the bridges (ledger 1) net to zero. Returns the bridges found per shard.
+fn assert_settled(runtime: &Runtime) -> Vec<Vec<Account>> {
+    for shard in 0..2 {
+        let stats = runtime.stats(shard).unwrap();
+        stats.invariants.unwrap();
+        assert_eq!(stats.intents_open, 0);
+    }
+    let bridges = bridges(runtime, 2, &[1]);
+    molly_shards::cross::check_bridges(&bridges.iter().map(Vec::as_slice).collect::<Vec<_>>()).unwrap();
+    bridges
+}
+
 #[test]
 fn cross_shard_transfers_are_atomic_idempotent_and_survive_a_restart() {
     use molly_engine::AccountFlags as AF;
-    use molly_shards::cross::{check_bridges, user_view};
+    use molly_shards::cross::user_view;
     use CreateTransferResult as TR;
     let dir = TempDir::new("cross");
     let owned = by_shard(40, 2);
@@ -330,13 +343,7 @@ fn cross_shard_transfers_are_atomic_idempotent_and_survive_a_restart() {
         assert_eq!(balance(0, a[1]).debits_pending, 0);
         assert_eq!(balance(1, b[1]).credits_posted, 110);
         assert_eq!(balance(1, b[2]).credits_posted, 0);
-        for shard in 0..2 {
-            let stats = runtime.stats(shard).unwrap();
-            stats.invariants.unwrap();
-            assert_eq!(stats.intents_open, 0);
-        }
-        let bridges = bridges(&runtime, 2, &[1]);
-        check_bridges(&bridges.iter().map(Vec::as_slice).collect::<Vec<_>>()).unwrap();
+        assert_settled(&runtime);
     }
     // After a restart (recovery from the clean stop's snapshot), the same answers.
     let runtime = Runtime::start(config(&dir, 2)).unwrap();
@@ -348,7 +355,6 @@ fn cross_shard_transfers_are_atomic_idempotent_and_survive_a_restart() {
 /// applies, the bridges net to zero, each shard balances.
 #[test]
 fn cross_shard_transfers_both_ways_under_load() {
-    use molly_shards::cross::check_bridges;
     let dir = TempDir::new("cross-load");
     let mut cfg = config(&dir, 2);
     cfg.ring_depth = 2;
@@ -395,16 +401,9 @@ fn cross_shard_transfers_both_ways_under_load() {
         ok += results.len();
     }
     assert!(ok > 3_000);
-    let mut posted = 0u128;
-    for shard in 0..2 {
-        let stats = runtime.stats(shard).unwrap();
-        stats.invariants.unwrap();
-        assert_eq!(stats.intents_open, 0);
-        posted += stats.totals[&1].debits_posted;
-    }
+    assert_settled(&runtime);
+    let posted: u128 = (0..2).map(|shard| runtime.stats(shard).unwrap().totals[&1].debits_posted).sum();
     assert!(posted > 0);
-    let bridges = bridges(&runtime, 2, &[1]);
-    check_bridges(&bridges.iter().map(Vec::as_slice).collect::<Vec<_>>()).unwrap();
 }
 
 /// Snapshots run in the background while writes go on: full transfer
@@ -477,7 +476,6 @@ fn background_snapshots_move_history_to_segments() {
 #[test]
 fn sharded_accounts_keep_user_transfers_single_shard_and_move_value_between_parts() {
     use molly_engine::AccountFlags as AF;
-    use molly_shards::cross::check_bridges;
     use molly_shards::route::{part_move_shards, sharded_id, transfer_route, TransferRoute};
     use CreateTransferResult as TR;
     let dir = TempDir::new("sharded");
@@ -545,14 +543,8 @@ fn sharded_accounts_keep_user_transfers_single_shard_and_move_value_between_part
         assert_eq!((p0.credits_posted, p0.debits_posted), (50, 40));
         assert_eq!((p1.credits_posted, p1.debits_posted), (30 + 40, 60));
         assert_eq!(p0.debits_pending + p1.debits_pending, 0);
-        for shard in 0..2 {
-            let stats = runtime.stats(shard).unwrap();
-            stats.invariants.unwrap();
-            assert_eq!(stats.intents_open, 0);
-        }
-        let bridges = bridges(&runtime, 2, &[1]);
+        let bridges = assert_settled(&runtime);
         assert!(!bridges[0].is_empty(), "the move crossed shards");
-        check_bridges(&bridges.iter().map(Vec::as_slice).collect::<Vec<_>>()).unwrap();
     }
     // After a restart: the same parts, and the move is still spent.
     let runtime = Runtime::start(config(&dir, 2)).unwrap();
@@ -566,7 +558,6 @@ fn sharded_accounts_keep_user_transfers_single_shard_and_move_value_between_part
 #[test]
 fn the_rebalancer_refills_a_dry_part_from_a_rich_one() {
     use molly_engine::AccountFlags as AF;
-    use molly_shards::cross::check_bridges;
     use molly_shards::rebalance::RebalanceConfig;
     use molly_shards::route::sharded_id;
     use CreateTransferResult as TR;
@@ -608,11 +599,5 @@ fn the_rebalancer_refills_a_dry_part_from_a_rich_one() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(room(0), 300, "the balance is the sum of the parts: 1,000 − 400");
-    for shard in 0..2 {
-        let stats = runtime.stats(shard).unwrap();
-        stats.invariants.unwrap();
-        assert_eq!(stats.intents_open, 0);
-    }
-    let bridges = bridges(&runtime, 2, &[1]);
-    check_bridges(&bridges.iter().map(Vec::as_slice).collect::<Vec<_>>()).unwrap();
+    assert_settled(&runtime);
 }

@@ -224,38 +224,9 @@ impl Host {
     /// every ring is delivered, every open group is written and synced.
     /// True when anything happened.
     pub fn drain_round(&mut self) -> Result<bool, Failure> {
-        let world = &mut self.world;
-        let shards = world.shards as usize;
-        world.flush();
-        let mut busy = false;
-        for n in 0..shards {
-            if world.nodes[n].in_flight.is_some() {
-                world.sync_and_acknowledge(n)?;
-                busy = true;
-            }
-            for from in 0..shards {
-                while !world.rings[from][n].is_empty() && world.nodes[n].in_flight.is_none() {
-                    let before = world.rings[from][n].len();
-                    world.deliver(from, n)?;
-                    busy = true;
-                    if world.rings[from][n].len() >= before {
-                        // Its group is full: write it first.
-                        world.write_group(n, true)?;
-                    }
-                    world.flush();
-                }
-            }
-            if world.nodes[n].core.has_group() {
-                world.write_group(n, true)?;
-                busy = true;
-            }
-            if world.nodes[n].job.is_some() && world.nodes[n].in_flight.is_none() {
-                world.finish_snapshot(n, false)?;
-                busy = true;
-            }
-        }
-        for n in 0..shards {
-            world.poll_parked(n)?;
+        let busy = self.world.drain_round()?;
+        for n in 0..self.world.shards as usize {
+            self.world.poll_parked(n)?;
         }
         Ok(busy)
     }

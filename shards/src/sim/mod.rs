@@ -1278,37 +1278,45 @@ impl World {
     /// Faults stop and no client sends anything new: every group is
     /// written, every message delivered, until every shard is idle; then
     /// every request must have its answer.
+    /// One round of the drain: every group in flight completes, every
+    /// ring is delivered, every open group is written and synced, every
+    /// snapshot job finishes. True when anything happened.
+    pub(crate) fn drain_round(&mut self) -> Result<bool, Failure> {
+        self.flush();
+        let mut busy = false;
+        for n in 0..self.shards as usize {
+            if self.nodes[n].in_flight.is_some() {
+                self.sync_and_acknowledge(n)?;
+                busy = true;
+            }
+            for from in 0..self.shards as usize {
+                while !self.rings[from][n].is_empty() && self.nodes[n].in_flight.is_none() {
+                    let before = self.rings[from][n].len();
+                    self.deliver(from, n)?;
+                    busy = true;
+                    if self.rings[from][n].len() >= before {
+                        // Its group is full: write it first.
+                        self.write_group(n, true)?;
+                    }
+                    self.flush();
+                }
+            }
+            if self.nodes[n].core.has_group() {
+                self.write_group(n, true)?;
+                busy = true;
+            }
+            if self.nodes[n].job.is_some() && self.nodes[n].in_flight.is_none() {
+                self.finish_snapshot(n, false)?;
+                busy = true;
+            }
+        }
+        Ok(busy)
+    }
+
     fn drain(&mut self) -> Result<(), Failure> {
         self.report.faults_injected = crate::buggify::disable();
         for _ in 0..DRAIN_STEPS_MAX {
-            self.flush();
-            let mut busy = false;
-            for n in 0..self.shards as usize {
-                if self.nodes[n].in_flight.is_some() {
-                    self.sync_and_acknowledge(n)?;
-                    busy = true;
-                }
-                for from in 0..self.shards as usize {
-                    while !self.rings[from][n].is_empty() && self.nodes[n].in_flight.is_none() {
-                        let before = self.rings[from][n].len();
-                        self.deliver(from, n)?;
-                        busy = true;
-                        if self.rings[from][n].len() >= before {
-                            // Its group is full: write it first.
-                            self.write_group(n, true)?;
-                        }
-                        self.flush();
-                    }
-                }
-                if self.nodes[n].core.has_group() {
-                    self.write_group(n, true)?;
-                    busy = true;
-                }
-                if self.nodes[n].job.is_some() && self.nodes[n].in_flight.is_none() {
-                    self.finish_snapshot(n, false)?;
-                    busy = true;
-                }
-            }
+            let busy = self.drain_round()?;
             let quiet = !busy
                 && self.nodes.iter().all(|node| node.core.idle() && node.in_flight.is_none())
                 && self.rings.iter().flatten().all(VecDeque::is_empty);
