@@ -150,10 +150,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // Failures grouped by the check they broke: (seed, violation), in seed order.
     let mut failures: BTreeMap<&'static str, Vec<(u64, sim::Violation)>> = BTreeMap::new();
     let mut failing = 0u64;
-    let (mut steps, mut crashes, mut checked, mut faults) = (0u64, 0u64, 0u64, 0u64);
+    let mut totals = sim::SimReport::default();
     let (mut requests, mut resent, mut cuts, mut bad_frames) = (0u64, 0u64, 0u64, 0u64);
-    let (mut snapshots_written, mut snapshots_loaded, mut snapshots_skipped, mut evicted) =
-        (0u64, 0u64, 0u64, 0u64);
     for seed in range.clone() {
         SEED_RUNNING.store(seed, Ordering::Relaxed);
         let (report, net) = run_one(seed, &args);
@@ -163,14 +161,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             cuts += net.cuts;
             bad_frames += net.error_frames_checked;
         }
-        steps += report.steps;
-        crashes += report.crashes;
-        checked += report.events_checked;
-        faults += report.faults_injected;
-        snapshots_written += report.snapshots_written;
-        snapshots_loaded += report.snapshots_loaded;
-        snapshots_skipped += report.snapshots_skipped;
-        evicted += report.blocks_evicted;
+        totals.add(&report);
         if let Some(violation) = report.violation {
             failing += 1;
             failures.entry(violation.check).or_default().push((seed, violation));
@@ -180,6 +171,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
+    let sim::SimReport {
+        steps,
+        crashes,
+        events_checked: checked,
+        faults_injected: faults,
+        snapshots_written,
+        snapshots_loaded,
+        snapshots_skipped,
+        blocks_evicted: evicted,
+        ..
+    } = totals;
     println!(
         "seeds {}..{}: {} clean, {failing} failing; {steps} steps, {crashes} crashes, {checked} results checked \
          against the model, {faults} faults injected, {snapshots_written} snapshot files written, \

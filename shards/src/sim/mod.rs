@@ -199,6 +199,30 @@ pub struct SimReport {
     pub violation: Option<Violation>,
 }
 
+impl SimReport {
+    /// Adds `other`'s counters to this one's (a sweep's totals); the seed,
+    /// shard count and violation are per run and stay as they are.
+    pub fn add(&mut self, other: &SimReport) {
+        self.steps += other.steps;
+        self.crashes += other.crashes;
+        self.failed_writes += other.failed_writes;
+        self.read_errors += other.read_errors;
+        self.bits_flipped += other.bits_flipped;
+        self.journal_flips += other.journal_flips;
+        self.journal_flips_refused += other.journal_flips_refused;
+        self.snapshots_written += other.snapshots_written;
+        self.snapshots_failed += other.snapshots_failed;
+        self.snapshots_loaded += other.snapshots_loaded;
+        self.snapshots_skipped += other.snapshots_skipped;
+        self.blocks_evicted += other.blocks_evicted;
+        self.groups_acknowledged += other.groups_acknowledged;
+        self.transfers_ok += other.transfers_ok;
+        self.events_checked += other.events_checked;
+        self.messages_delivered += other.messages_delivered;
+        self.faults_injected += other.faults_injected;
+    }
+}
+
 /// What to run.
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
@@ -1511,18 +1535,17 @@ mod tests {
 
     #[test]
     fn a_sweep_of_one_shard_agrees_with_the_model() {
-        let (mut crashes, mut acknowledged, mut checked, mut faults) = (0, 0, 0, 0);
+        let mut totals = SimReport::default();
         for seed in 1..=CI_SEEDS {
             let report = one(seed, CI_STEPS, 1);
             assert_eq!(
                 report.violation, None,
                 "seed {seed}: replay with `molly sim --seed {seed} --shards 1 --steps {CI_STEPS}`"
             );
-            crashes += report.crashes;
-            acknowledged += report.groups_acknowledged;
-            checked += report.events_checked;
-            faults += report.faults_injected;
+            totals.add(&report);
         }
+        let (crashes, acknowledged, checked, faults) =
+            (totals.crashes, totals.groups_acknowledged, totals.events_checked, totals.faults_injected);
         // The sweep exercised what it claims to.
         assert!(
             crashes > CI_SEEDS
@@ -1535,8 +1558,7 @@ mod tests {
 
     #[test]
     fn a_sweep_of_several_shards_settles_all_or_nothing() {
-        let (mut crashes, mut delivered, mut ok, mut faults) = (0, 0, 0, 0);
-        let (mut read_errors, mut bits_flipped) = (0, 0);
+        let mut totals = SimReport::default();
         for seed in 1..=CI_SEEDS {
             let shards = 2 + (seed % 2) as u32;
             let report = one(seed, CI_STEPS, shards);
@@ -1544,13 +1566,16 @@ mod tests {
                 report.violation, None,
                 "seed {seed}: replay with `molly sim --seed {seed} --shards {shards} --steps {CI_STEPS}`"
             );
-            crashes += report.crashes;
-            delivered += report.messages_delivered;
-            ok += report.transfers_ok;
-            faults += report.faults_injected;
-            read_errors += report.read_errors;
-            bits_flipped += report.bits_flipped;
+            totals.add(&report);
         }
+        let SimReport {
+            crashes,
+            messages_delivered: delivered,
+            transfers_ok: ok,
+            faults_injected: faults,
+            ..
+        } = totals;
+        let (read_errors, bits_flipped) = (totals.read_errors, totals.bits_flipped);
         assert!(
             crashes > CI_SEEDS
                 && delivered > 10 * CI_SEEDS
