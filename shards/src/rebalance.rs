@@ -220,19 +220,8 @@ pub fn round(router: &Router, config: &RebalanceConfig, nonce: &mut u64) -> Opti
     Some(round)
 }
 
-fn submit(router: &Router, shard: usize, mut request: Request) -> Option<()> {
-    loop {
-        if router.stopping() {
-            return None;
-        }
-        match router.submit(shard, request) {
-            Ok(()) => return Some(()),
-            Err(back) => {
-                request = back.0;
-                std::thread::sleep(Duration::from_micros(200));
-            }
-        }
-    }
+fn submit(router: &Router, shard: usize, request: Request) -> Option<()> {
+    router.submit_blocking(shard, request).ok()
 }
 
 /// Runs rounds every `config.interval` on a thread of its own until `stop`

@@ -125,6 +125,24 @@ impl Router {
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
+
+    /// Queues a request on `shard` from a thread that may block, pausing
+    /// while its inbox is full; hands it back once the runtime is stopping
+    /// (a shard that has exited would never take it).
+    pub fn submit_blocking(&self, shard: usize, mut request: Request) -> Result<(), Request> {
+        loop {
+            if self.stopping() {
+                return Err(request);
+            }
+            match self.submit(shard, request) {
+                Ok(()) => return Ok(()),
+                Err(Backpressure(back)) => {
+                    request = back;
+                    std::thread::sleep(Duration::from_micros(20));
+                }
+            }
+        }
+    }
 }
 
 /// Default messages per ring: 64 (each up to a full batch of legs).
@@ -503,16 +521,10 @@ impl Runtime {
         answer.blocking_recv().ok()
     }
 
-    fn submit_blocking(&self, shard: usize, mut request: Request) {
-        loop {
-            match self.submit(shard, request) {
-                Ok(()) => return,
-                Err(Backpressure(back)) => {
-                    request = back;
-                    std::thread::sleep(Duration::from_micros(20));
-                }
-            }
-        }
+    /// Queues `request` on `shard`, pausing while its inbox is full. Once
+    /// the runtime is stopping it is dropped: its caller's answer fails.
+    fn submit_blocking(&self, shard: usize, request: Request) {
+        let _ = self.router.submit_blocking(shard, request);
     }
 
     /// Stops the shards: each answers everything already queued in its
