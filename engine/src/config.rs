@@ -37,6 +37,14 @@ pub struct Config {
     pub query_results_max: u32,
     /// The assets accounts may be opened in.
     pub assets: AssetRegistry,
+    /// Timestamps this engine gives are `timestamp_offset` modulo
+    /// `timestamp_stride` (default 1 and 0: every nanosecond). Engines that
+    /// share a ledger — the shards — each take their own residue, so no two
+    /// of them ever give the same timestamp and their histories merge into
+    /// one order.
+    pub timestamp_stride: u32,
+    /// This engine's residue modulo `timestamp_stride`.
+    pub timestamp_offset: u32,
 }
 
 impl Default for Config {
@@ -47,6 +55,8 @@ impl Default for Config {
             transfers_max: TRANSFERS_MAX_DEFAULT,
             query_results_max: QUERY_RESULTS_MAX_DEFAULT,
             assets: AssetRegistry::builtin(),
+            timestamp_stride: 1,
+            timestamp_offset: 0,
         }
     }
 }
@@ -68,6 +78,14 @@ pub enum ConfigError {
         /// The maximum.
         max: u32,
     },
+    /// `timestamp_offset` is not below `timestamp_stride`.
+    #[error("timestamp_offset = {offset} must be below timestamp_stride = {stride}")]
+    TimestampOffset {
+        /// The offset.
+        offset: u32,
+        /// The stride.
+        stride: u32,
+    },
 }
 
 impl Config {
@@ -87,6 +105,24 @@ impl Config {
                 return Err(ConfigError::TooLarge { name, value, max: SLOTS_MAX });
             }
         }
+        if self.timestamp_stride == 0 {
+            return Err(ConfigError::Zero("timestamp_stride"));
+        }
+        if self.timestamp_offset >= self.timestamp_stride {
+            return Err(ConfigError::TimestampOffset {
+                offset: self.timestamp_offset,
+                stride: self.timestamp_stride,
+            });
+        }
         Ok(())
+    }
+
+    /// The first timestamp after `after` this engine may give: the smallest
+    /// `t > after` with `t mod timestamp_stride = timestamp_offset`.
+    #[inline]
+    pub fn timestamp_after(&self, after: u64) -> u64 {
+        let stride = u64::from(self.timestamp_stride);
+        let next = after + 1;
+        next + (u64::from(self.timestamp_offset) + stride - next % stride) % stride
     }
 }

@@ -338,7 +338,7 @@ impl Engine {
     }
 
     fn next_timestamp(&mut self) -> u64 {
-        let timestamp = self.clock_ns.max(self.timestamp_last) + 1;
+        let timestamp = self.config.timestamp_after(self.clock_ns.max(self.timestamp_last));
         assert!(timestamp > self.timestamp_last);
         self.timestamp_last = timestamp;
         timestamp
@@ -724,7 +724,7 @@ impl Engine {
             return R::OverflowsCredits;
         };
         // The timestamp this transfer will get if it applies.
-        let timestamp = self.clock_ns.max(self.timestamp_last) + 1;
+        let timestamp = self.config.timestamp_after(self.clock_ns.max(self.timestamp_last));
         if pending && t.timeout != 0 && timestamp.checked_add(u64::from(t.timeout) * NS_PER_S).is_none() {
             return R::OverflowsTimeout;
         }

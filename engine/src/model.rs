@@ -177,8 +177,20 @@ impl Model {
     }
 
     fn next_timestamp(&mut self) -> u64 {
-        self.timestamp_last = self.timestamp_last.max(self.clock_ns) + 1;
+        self.timestamp_last = self.timestamp_candidate();
         self.timestamp_last
+    }
+
+    /// The next timestamp: the first nanosecond after the clock and the
+    /// last timestamp that is this engine's residue modulo the stride
+    /// (counted one by one: a second reading of the rule, not the engine's).
+    fn timestamp_candidate(&self) -> u64 {
+        let stride = u64::from(self.config.timestamp_stride);
+        let mut t = self.timestamp_last.max(self.clock_ns) + 1;
+        while t % stride != u64::from(self.config.timestamp_offset) {
+            t += 1;
+        }
+        t
     }
 
     // ------------------------------------------------------------------
@@ -490,7 +502,7 @@ impl Model {
         else {
             return TR::OverflowsCredits;
         };
-        let timestamp = self.timestamp_last.max(self.clock_ns) + 1;
+        let timestamp = self.timestamp_candidate();
         let expires_at = if pending && t.timeout != 0 {
             let Some(at) = timestamp.checked_add(u64::from(t.timeout) * NS_PER_S) else {
                 return TR::OverflowsTimeout;

@@ -183,8 +183,13 @@ proptest! {
     /// Every result, balance, record, state and query agrees with the model;
     /// debits equal credits per ledger after any batch.
     #[test]
-    fn engine_agrees_with_reference_model(commands in prop::collection::vec(command_strategy(), 1..40)) {
-        let config = config();
+    fn engine_agrees_with_reference_model(
+        commands in prop::collection::vec(command_strategy(), 1..40),
+        stride in 1u32..4,
+        offset in 0u32..4,
+    ) {
+        // One shard's engine of `stride` (its timestamps are its residue).
+        let config = Config { timestamp_stride: stride, timestamp_offset: offset % stride, ..config() };
         let mut engine = Engine::new(config.clone()).unwrap();
         let mut model = Model::new(config.clone());
         for command in &commands {

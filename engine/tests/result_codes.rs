@@ -632,3 +632,45 @@ fn shard_layer_codes_have_rows_in_the_shards_tests() {
         assert!(shards_tests.contains(name), "{code} has no row in the shards tests");
     }
 }
+
+/// Engines that share a ledger (the shards) never give the same timestamp:
+/// each gives only its residue modulo the stride, and a bad residue is a
+/// configuration error.
+#[test]
+fn strided_engines_give_disjoint_increasing_timestamps() {
+    let mut seen = std::collections::HashSet::new();
+    for offset in 0..3 {
+        let config = Config { timestamp_stride: 3, timestamp_offset: offset, ..Config::default() };
+        let mut engine = Engine::new(config).unwrap();
+        let mut results = Vec::new();
+        engine
+            .create_accounts(&[account(1, ETH, AF::NONE), account(2, ETH, AF::NONE)], &mut results)
+            .unwrap();
+        assert!(results.iter().all(|r| *r == AR::Ok), "{results:?}");
+        engine.tick(1_000 + u64::from(offset), &mut Vec::new());
+        let transfers: Vec<Transfer> = (10..20).map(|id| transfer(id, 1, 2, 5)).collect();
+        let mut results = Vec::new();
+        engine.create_transfers(&transfers, &mut results).unwrap();
+        assert!(results.iter().all(|r| *r == TR::Ok), "{results:?}");
+        let mut accounts = Vec::new();
+        engine.lookup_accounts(&[1, 2], &mut accounts).unwrap();
+        let mut found = Vec::new();
+        engine.lookup_transfers(&(10..20).collect::<Vec<u128>>(), &mut found).unwrap();
+        let mut stamps: Vec<u64> = accounts.iter().map(|a| a.timestamp).collect();
+        stamps.extend(found.iter().map(|t| t.timestamp));
+        assert_eq!(stamps.len(), 12);
+        assert!(stamps.windows(2).all(|w| w[0] < w[1]), "increasing: {stamps:?}");
+        assert!(stamps[2] > 1_000, "after the clock: {stamps:?}");
+        for stamp in stamps {
+            assert_eq!(stamp % 3, u64::from(offset));
+            assert!(seen.insert(stamp), "timestamp {stamp} given twice");
+        }
+    }
+    let bad = Config { timestamp_stride: 2, timestamp_offset: 2, ..Config::default() };
+    assert_eq!(
+        Engine::new(bad).unwrap_err(),
+        molly_engine::ConfigError::TimestampOffset { offset: 2, stride: 2 }
+    );
+    let zero = Config { timestamp_stride: 0, ..Config::default() };
+    assert_eq!(Engine::new(zero).unwrap_err(), molly_engine::ConfigError::Zero("timestamp_stride"));
+}

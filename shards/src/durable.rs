@@ -241,6 +241,7 @@ pub fn recover_shard(
     shards: u32,
 ) -> Result<Recovered, DurableError> {
     let started = Instant::now();
+    let config = crate::route::engine_config(&config, shard, shards);
     std::fs::create_dir_all(dir).map_err(io_error(dir, "creating the data directory"))?;
     let path = dir.join(JOURNAL_FILE);
     let file = OpenOptions::new()

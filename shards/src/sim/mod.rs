@@ -399,6 +399,7 @@ fn start_from(
     files: Option<(&SimFiles, &Path)>,
     config: &Config,
 ) -> Result<Start, String> {
+    let config = &crate::route::engine_config(config, shard as u32, shards);
     let loaded = match files {
         Some((files, dir)) => snapshot::load_newest_from(files, dir, config),
         None => snapshot::Loaded::default(),
@@ -873,7 +874,8 @@ impl World {
             blocks_before.saturating_sub(node.core.engine().transfers().blocks_in_memory()) as u64;
         // What was written loads back as exactly what was captured.
         let Some((engine, intents)) = pending.captured else { return Ok(()) };
-        let loaded = snapshot::load_from(&node.files, &path, self.config.clone())
+        let config = crate::route::engine_config(&self.config, n as u32, self.shards);
+        let loaded = snapshot::load_from(&node.files, &path, config)
             .or_else(|e| fail(check::SNAPSHOT_FILE, format!("shard {n}: {}: {e}", path.display())))?;
         if loaded.position != position || loaded.intents != intents || loaded.engine.export() != engine {
             return fail(
@@ -1372,7 +1374,7 @@ fn check_prefix(
     recovered: &(EngineState, Vec<Transfer>),
     in_flight: &[CommandBuf],
 ) -> Result<(), Failure> {
-    let mut candidate = Engine::import(config.clone(), live.0)
+    let mut candidate = Engine::import(crate::route::engine_config(config, n as u32, shards), live.0)
         .or_else(|e| fail(check::RECOVERY_PREFIX, format!("acknowledged state does not import: {e}")))?;
     let mut cross = Cross::import(n as u32, shards, &candidate, &live.1)
         .or_else(|e| fail(check::RECOVERY_PREFIX, format!("acknowledged intents do not import: {e}")))?;
