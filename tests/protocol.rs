@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use molly_client::{Client, ClientConfig, Error};
 use molly_engine::{
-    Account, AccountFilter, AccountFilterFlags, AccountFlags, CreateAccountResult as AR,
+    Account, AccountBalance, AccountFilter, AccountFilterFlags, AccountFlags, CreateAccountResult as AR,
     CreateTransferResult as TR, Transfer, TransferFlags,
 };
 use molly_net::frame::{self, status, Operation, HEADER_SIZE};
@@ -248,7 +248,8 @@ fn sharded_accounts_are_one_account_to_clients() {
         let [a, b] = by_shard(40);
         let (fees, clearing) = (sharded_id(1), sharded_id(2));
         let mut accounts: Vec<Account> = (1..=40).map(account).collect();
-        accounts.push(Account { flags: AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS, ..account(fees) });
+        let flags = AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags::HISTORY;
+        accounts.push(Account { flags, ..account(fees) });
         accounts.push(account(clearing));
         assert!(client.create_accounts(&accounts).await.unwrap().iter().all(|r| *r == AR::Ok));
         assert!(client.create_accounts(&accounts).await.unwrap().iter().all(|r| *r == AR::Exists));
@@ -290,13 +291,16 @@ fn sharded_accounts_are_one_account_to_clients() {
         let two = client.get_account_transfers(&newest).await.unwrap();
         assert_eq!(two.len(), 2);
         assert_eq!(two[0].timestamp, history.iter().map(|t| t.timestamp).max().unwrap());
-        match client.get_account_balances(&filter).await {
-            Err(Error::Status { status: s, message }) => {
-                assert_eq!(s, status::INVALID_QUERY);
-                assert!(message.contains("sharded"), "{message}");
-            }
-            other => panic!("a sharded balance history answered {other:?}"),
+        // Its balance history: the sum of the parts after each change to any part.
+        let balances = client.get_account_balances(&filter).await.unwrap();
+        let stamps: Vec<u64> = history.iter().map(|t| t.timestamp).collect();
+        assert_eq!(balances.iter().map(|b| b.timestamp).collect::<Vec<_>>(), stamps);
+        let mut running = 0;
+        for (point, t) in balances.iter().zip(&history) {
+            running += t.amount;
+            assert_eq!((point.credits_posted, point.debits_posted), (running, 0), "after {}", t.id);
         }
+        assert_balance_history_pages(&client, filter, &balances).await;
 
         // Move everything the part on shard 0 holds to shard 1's part.
         let part0 = (10..13).sum::<u128>();
@@ -320,7 +324,45 @@ fn sharded_accounts_are_one_account_to_clients() {
         // Paying out all the fees now works from shard 1's part alone.
         let payout = transfer(400, fees, b[5], (10..16).sum::<u128>());
         assert_eq!(client.create_transfers(&[payout]).await.unwrap(), [TR::Ok]);
+
+        // The history through the move (a pending debit on one part, a
+        // credit on the other, the post) ends at the account's balance.
+        let balances = client.get_account_balances(&filter).await.unwrap();
+        let last = *balances.last().unwrap();
+        let sum = client.lookup_accounts(&[fees]).await.unwrap()[0];
+        assert_eq!(
+            (last.debits_pending, last.debits_posted, last.credits_pending, last.credits_posted),
+            (sum.debits_pending, sum.debits_posted, sum.credits_pending, sum.credits_posted)
+        );
+        let fees_total = (10..16).sum::<u128>();
+        assert_eq!((last.credits_posted, last.debits_posted), (fees_total + part0, part0 + fees_total));
+        assert!(balances.windows(2).all(|w| w[0].timestamp < w[1].timestamp));
+        assert_balance_history_pages(&client, filter, &balances).await;
     });
+}
+
+/// Paging through `all` one point at a time, oldest first and newest first,
+/// finds every point once, the same as the whole answer.
+async fn assert_balance_history_pages(client: &Client, filter: AccountFilter, all: &[AccountBalance]) {
+    let mut paged = Vec::new();
+    let mut page = AccountFilter { limit: 1, ..filter };
+    while let Some(&point) = client.get_account_balances(&page).await.unwrap().first() {
+        paged.push(point);
+        page.timestamp_min = point.timestamp + 1;
+    }
+    assert_eq!(paged, all, "oldest first");
+    let mut paged = Vec::new();
+    let mut page = AccountFilter {
+        limit: 1,
+        flags: AccountFilterFlags(filter.flags.0 | AccountFilterFlags::REVERSED.0),
+        ..filter
+    };
+    while let Some(&point) = client.get_account_balances(&page).await.unwrap().first() {
+        paged.push(point);
+        page.timestamp_max = point.timestamp - 1;
+    }
+    paged.reverse();
+    assert_eq!(paged, all, "newest first");
 }
 
 #[test]

@@ -49,8 +49,8 @@ use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel;
 use glommio::net::{TcpListener, TcpStream};
 use molly_engine::{
-    Account, AccountFilter, AccountFilterFlags, AccountFlags, CreateAccountResult, CreateTransferResult,
-    Transfer, TransferFlags,
+    Account, AccountBalance, AccountFilter, AccountFilterFlags, AccountFlags, CreateAccountResult,
+    CreateTransferResult, Transfer, TransferFlags,
 };
 use molly_shards::durable::Outcome;
 use molly_shards::journal::CommandBuf;
@@ -447,14 +447,13 @@ impl Server {
                 let filter: AccountFilter = bytemuck::cast_slice::<u128, AccountFilter>(&body[..8])[0];
                 let shard = match account_route(filter.account_id, router.shards() as u32) {
                     AccountRoute::Shard(shard) => shard as usize,
-                    AccountRoute::Every if operation == Operation::GetAccountTransfers => {
-                        let limit = filter.limit.min(self.config.query_results_max);
-                        return sharded_account_transfers(router, filter, limit).await;
-                    }
                     AccountRoute::Every => {
-                        let message = "the balance history of a sharded account is kept per part (per \
-                                       shard); query its transfers, or the account for its balance";
-                        return (status::INVALID_QUERY, 0, message.as_bytes().to_vec());
+                        let limit = filter.limit.min(self.config.query_results_max);
+                        return if operation == Operation::GetAccountTransfers {
+                            sharded_account_transfers(router, filter, limit).await
+                        } else {
+                            sharded_account_balances(router, filter, limit).await
+                        };
                     }
                 };
                 let filter = Box::new(filter);
@@ -879,9 +878,8 @@ fn add_part(sum: &mut Account, part: &Account) {
 
 /// `get_account_transfers` of a sharded account: every part's answer to the
 /// same filter, merged by timestamp (newest first when reversed), cut to the
-/// limit. Each shard stamps its own transfers: two shards may use the same
-/// timestamp, so paging by `timestamp_min`/`max` can skip a transfer that
-/// shares the boundary's timestamp on another part (documented).
+/// limit. Timestamps are unique across shards (`route::engine_config`), so
+/// the merge is one order and paging by `timestamp_min`/`max` skips nothing.
 async fn sharded_account_transfers<R: Inboxes>(
     router: &R,
     filter: AccountFilter,
@@ -908,6 +906,109 @@ async fn sharded_account_transfers<R: Inboxes>(
     // first `limit` are among them.
     merged.truncate(limit as usize);
     (status::OK, merged.len() as u32, bytemuck::cast_slice(&merged).to_vec())
+}
+
+/// `get_account_balances` of a sharded account: the account's balance (the
+/// sum of its parts) after each change to any part.
+///
+/// Every part answers the filter (its own points, at most `limit`); merged
+/// by timestamp and cut to the limit they are the changes to report, `L`.
+/// The other parts' balances at each of those moments are their latest
+/// point at or before it: within `L`'s span every part's points are in `L`
+/// (it is the merge of all of them), so only the balance each part had just
+/// before `L` begins is asked for (its newest point before `L`'s first
+/// timestamp; none: zero, as history starts when the account is created).
+async fn sharded_account_balances<R: Inboxes>(
+    router: &R,
+    filter: AccountFilter,
+    limit: u32,
+) -> (u32, u32, Vec<u8>) {
+    let parts = match balances_per_part(router, filter).await {
+        Ok(parts) => parts,
+        Err(answer) => return answer,
+    };
+    let mut points: Vec<(u64, usize)> = Vec::new();
+    for (part, found) in parts.iter().enumerate() {
+        points.extend(found.iter().map(|b| (b.timestamp, part)));
+    }
+    let reversed = filter.flags.contains(AccountFilterFlags::REVERSED);
+    points.sort_unstable_by_key(|&(timestamp, _)| if reversed { u64::MAX - timestamp } else { timestamp });
+    points.truncate(limit as usize);
+    points.sort_unstable();
+    let Some(&(first, _)) = points.first() else {
+        return (status::OK, 0, Vec::new());
+    };
+    // Each part's balance just before `first`.
+    let mut current = vec![bytemuck::Zeroable::zeroed(); parts.len()];
+    if first > 1 {
+        let before = AccountFilter {
+            timestamp_min: 0,
+            timestamp_max: first - 1,
+            limit: 1,
+            flags: AccountFilterFlags(filter.flags.0 | AccountFilterFlags::REVERSED.0),
+            ..filter
+        };
+        match balances_per_part(router, before).await {
+            Ok(latest) => {
+                for (part, found) in latest.into_iter().enumerate() {
+                    if let Some(point) = found.first() {
+                        current[part] = *point;
+                    }
+                }
+            }
+            Err(answer) => return answer,
+        }
+    }
+    // Each part's points in `L` are the first `taken` of its answer (its
+    // newest ones when reversed): walked oldest first.
+    let mut taken = vec![0usize; parts.len()];
+    for &(_, part) in &points {
+        taken[part] += 1;
+    }
+    let mut index = vec![0usize; parts.len()];
+    let mut merged = Vec::with_capacity(points.len());
+    for (timestamp, part) in points {
+        let found = &parts[part];
+        let at = if reversed { taken[part] - 1 - index[part] } else { index[part] };
+        index[part] += 1;
+        debug_assert_eq!(found[at].timestamp, timestamp);
+        current[part] = found[at];
+        let mut sum = AccountBalance { timestamp, ..bytemuck::Zeroable::zeroed() };
+        for b in &current {
+            sum.debits_pending = sum.debits_pending.saturating_add(b.debits_pending);
+            sum.debits_posted = sum.debits_posted.saturating_add(b.debits_posted);
+            sum.credits_pending = sum.credits_pending.saturating_add(b.credits_pending);
+            sum.credits_posted = sum.credits_posted.saturating_add(b.credits_posted);
+        }
+        merged.push(sum);
+    }
+    if reversed {
+        merged.reverse();
+    }
+    (status::OK, merged.len() as u32, bytemuck::cast_slice(&merged).to_vec())
+}
+
+/// Every shard's answer to `get_account_balances` with `filter` (the parts
+/// of a sharded account), or the reply to send on the first failure.
+async fn balances_per_part<R: Inboxes>(
+    router: &R,
+    filter: AccountFilter,
+) -> Result<Vec<Vec<AccountBalance>>, (u32, u32, Vec<u8>)> {
+    let mut answers = Vec::new();
+    for shard in 0..router.shards() {
+        let (reply, answer) = reply_channel();
+        submit(router, shard, Request::GetAccountBalances { filter: Box::new(filter), reply }).await;
+        answers.push(answer);
+    }
+    let mut parts = Vec::with_capacity(answers.len());
+    for (shard, answer) in answers.into_iter().enumerate() {
+        match answer.await {
+            Ok(Ok(found)) => parts.push(found),
+            Ok(Err(error)) => return Err((status::INVALID_QUERY, 0, error.to_string().into_bytes())),
+            Err(_) => return Err(unavailable(shard)),
+        }
+    }
+    Ok(parts)
 }
 
 /// Transfers found on any shard, by id, as the client sent them: the legs
