@@ -579,6 +579,13 @@ pub fn write(job: SnapshotJob) -> Result<SnapshotDone, SnapshotError> {
 pub fn write_to<S: Storage>(storage: &S, job: SnapshotJob) -> Result<SnapshotDone, SnapshotError> {
     let SnapshotJob { dir, position, parts, intents, mut segments } = job;
     assert_eq!(segment_blocks(&segments), parts.first_block, "the segments hold the blocks before the job's");
+    // `*.tmp` files are what a crash or a failed write left behind (one
+    // snapshot is written at a time per shard): never loaded, removed here.
+    for leftover in storage.list(&dir).unwrap_or_default() {
+        if leftover.extension().is_some_and(|e| e == "tmp") {
+            let _ = storage.remove(&leftover);
+        }
+    }
     let path = dir.join(file_name(position.next_sequence));
     let mut cold = Vec::with_capacity(parts.blocks.len());
     let mut bytes_written = 0u64;
