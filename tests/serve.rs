@@ -109,8 +109,14 @@ fn kill_9_at_random_moments_loses_no_acknowledged_transfer() {
     let dir = TempDir::new("crash");
     let mut acks: Vec<Ack> = Vec::new();
     let mut cycles_with_acks = 0;
+    // Small journal files and frequent snapshots: kills land on rotations,
+    // background snapshots and the deletion of covered journal files.
+    let config = dir.0.join("crash.toml");
+    std::fs::write(&config, "[serve]\nsnapshot_every_bytes = 1048576\njournal_file_bytes = 262144\n")
+        .unwrap();
+    let config = config.to_str().unwrap().to_string();
     for cycle in 1..=cycles {
-        let mut child = serve(&dir.0, &["--crash-test-driver", &cycle.to_string()]);
+        let mut child = serve(&dir.0, &["--crash-test-driver", &cycle.to_string(), "--config", &config]);
         let stdout = child.stdout.take().unwrap();
         let (lines_tx, lines_rx) = mpsc::channel();
         let reader = std::thread::spawn(move || {
@@ -190,6 +196,16 @@ fn kill_9_at_random_moments_loses_no_acknowledged_transfer() {
     for recovered in &shards {
         assert!(recovered.cross.intents().is_empty(), "an intent is still open after a clean stop");
     }
+    // The journal rotated, and files the snapshots covered were deleted.
+    let journals: Vec<Vec<u64>> = (0..2)
+        .map(|shard| {
+            let dir = dir.0.join(format!("shard-{shard}"));
+            let files = molly_shards::journal_files::list_in(&molly_shards::snapshot::Disk, &dir).unwrap();
+            files.into_iter().map(|(first, _)| first).collect()
+        })
+        .collect();
+    eprintln!("journal files left (first sequences): {journals:?}");
+    assert!(journals.iter().any(|files| files.first().is_some_and(|&first| first > 1)), "{journals:?}");
     let accounts: Vec<&[molly_engine::Account]> = shards.iter().map(|r| r.engine.accounts()).collect();
     molly_shards::cross::check_bridges(&accounts).unwrap();
     let (mut debits, mut credits) = (0u128, 0u128);

@@ -7,8 +7,7 @@
 //! crash, and recovery replays the journal through the deterministic engine
 //! to exactly the state callers saw.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -16,9 +15,13 @@ use molly_engine::{BatchError, Config, CreateAccountResult, CreateTransferResult
 
 use crate::cross::{Cross, Effects};
 use crate::journal::{self, Command, CommandBuf, GroupBuffer, JournalError, ScanEnd};
+use crate::journal_files::{self, JournalFiles};
+use crate::snapshot::{Disk, Position};
 
-/// The journal's file name inside the data directory.
-pub const JOURNAL_FILE: &str = "journal.molly";
+/// The journal's single file in data directories written before rotation;
+/// recovery renames it to the first numbered file
+/// ([`journal_files::file_name`]`(1)`).
+pub const JOURNAL_FILE: &str = journal_files::LEGACY_FILE;
 
 /// Default largest group (one write + one fdatasync): 8 MiB, room for 8
 /// full batches of 8190 transfers.
@@ -70,6 +73,44 @@ pub enum DurableError {
         /// The journal's length.
         len: u64,
     },
+    /// A journal file recovery needs is gone (deleted once snapshots covered
+    /// it, and those snapshots are unusable now).
+    #[error(
+        "journal file {needed} is missing (oldest journal file present: {}); recovery needs it to start from \
+         {start}; refusing to start with less than was acknowledged",
+        oldest.as_ref().map_or_else(|| "none".to_string(), |p| p.display().to_string())
+    )]
+    JournalMissing {
+        /// The file needed.
+        needed: PathBuf,
+        /// The oldest journal file there is.
+        oldest: Option<PathBuf>,
+        /// Where recovery starts (the snapshot, or why none).
+        start: String,
+    },
+    /// Two consecutive journal files do not continue each other's sequence.
+    #[error(
+        "journal {previous} ends before sequence {ends_before}, but the next file {next} starts at {next_first}; \
+         refusing to start"
+    )]
+    JournalGap {
+        /// The earlier file.
+        previous: PathBuf,
+        /// The sequence after its last entry.
+        ends_before: u64,
+        /// The next file.
+        next: PathBuf,
+        /// Its first sequence (from its name).
+        next_first: u64,
+    },
+    /// Both the old single journal file and numbered ones exist.
+    #[error("both {legacy} and {numbered} exist: which one is the journal is unclear; refusing to start")]
+    JournalNames {
+        /// The old single file.
+        legacy: PathBuf,
+        /// A numbered one.
+        numbered: PathBuf,
+    },
     /// A snapshot's open intents do not match its engine state.
     #[error("snapshot {snapshot}: cross-shard intents: {reason}")]
     Intents {
@@ -105,6 +146,8 @@ pub struct RecoveryReport {
     pub scan: ScanEnd,
     /// Bytes cut from a torn tail.
     pub truncated_bytes: u64,
+    /// Journal files read.
+    pub journal_files: usize,
     /// Wall time spent recovering.
     pub micros: u128,
 }
@@ -114,7 +157,11 @@ pub struct RecoveryReport {
 /// [`DurableLedger`] and the io_uring shard runtime.
 #[derive(Debug)]
 pub struct JournalWriter {
-    /// Sector-aligned offset of the next group.
+    /// The first sequence of the journal file the next group goes to.
+    file_first: u64,
+    /// A group goes to a new file once the current one holds this many bytes.
+    file_bytes_max: u64,
+    /// Sector-aligned offset of the next group in its file.
     write_offset: u64,
     next_sequence: u64,
     group: GroupBuffer,
@@ -124,14 +171,48 @@ pub struct JournalWriter {
 }
 
 impl JournalWriter {
-    /// A writer appending after `valid_end` with sequence `next_sequence`.
+    /// A writer appending after `valid_end` with sequence `next_sequence`,
+    /// in the journal file starting at sequence 1 (see [`JournalWriter::in_file`]),
+    /// rotating at [`journal_files::JOURNAL_FILE_BYTES_DEFAULT`].
     pub fn new(valid_end: u64, next_sequence: u64, group_bytes_max: usize, batch_events_max: usize) -> Self {
         Self {
+            file_first: 1,
+            file_bytes_max: journal_files::JOURNAL_FILE_BYTES_DEFAULT,
             write_offset: valid_end.next_multiple_of(journal::SECTOR_SIZE as u64),
             next_sequence,
             group: GroupBuffer::new(group_bytes_max),
             staged: 0,
             batch_events_max,
+        }
+    }
+
+    /// The same writer appending to the journal file starting at `first`.
+    pub fn in_file(mut self, first: u64) -> Self {
+        assert!(first <= self.next_sequence);
+        self.file_first = first;
+        self
+    }
+
+    /// Starts a new file before a group once the current one holds `bytes`
+    /// (at least one sector; a group larger than that still goes whole into one file).
+    pub fn set_file_bytes_max(&mut self, bytes: u64) {
+        self.file_bytes_max = bytes.max(journal::SECTOR_SIZE as u64);
+    }
+
+    /// The first sequence of the journal file the next group (or the
+    /// sealed one) goes to ([`journal_files::file_name`]).
+    pub fn file(&self) -> u64 {
+        self.file_first
+    }
+
+    /// Starts a new journal file at the next sequence (between groups; a
+    /// no-op if the current file is still empty). Taking a snapshot does
+    /// this, so the snapshot's position is the start of a file.
+    pub fn rotate(&mut self) {
+        assert_eq!(self.staged, 0, "rotation is between groups");
+        if self.write_offset > 0 {
+            self.file_first = self.next_sequence;
+            self.write_offset = 0;
         }
     }
 
@@ -189,8 +270,14 @@ impl JournalWriter {
         }
     }
 
-    /// The current group, padded: write it at the returned offset.
+    /// The current group, padded: write it at the returned offset of the
+    /// file [`JournalWriter::file`] (a new one when the current file has
+    /// reached its size limit).
     pub fn seal(&mut self) -> (u64, &[u8]) {
+        if self.staged > 0 && self.write_offset >= self.file_bytes_max {
+            self.file_first = self.next_sequence;
+            self.write_offset = 0;
+        }
         (self.write_offset, self.group.sealed())
     }
 
@@ -213,10 +300,11 @@ pub struct Recovered {
     pub cross: Cross,
     /// Where appends continue.
     pub writer: JournalWriter,
-    /// The journal file (read-write).
-    pub file: File,
-    /// Its path.
+    /// The journal file appends continue in (it may not exist yet: the
+    /// first group creates it).
     pub path: PathBuf,
+    /// The loaded snapshot's position, if any (a snapshot known good).
+    pub snapshot_position: Option<Position>,
     /// The transfer segments the loaded snapshot names (the history before
     /// its tail), for the next snapshot to extend.
     pub segments: Vec<crate::snapshot::SegmentRef>,
@@ -243,17 +331,6 @@ pub fn recover_shard(
     let started = Instant::now();
     let config = crate::route::engine_config(&config, shard, shards);
     std::fs::create_dir_all(dir).map_err(io_error(dir, "creating the data directory"))?;
-    let path = dir.join(JOURNAL_FILE);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(io_error(&path, "opening the journal"))?;
-    // Make the file's directory entry durable too (a no-op after the first time).
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir, "syncing the data directory"))?;
-
     let batch_events_max = config.batch_events_max as usize;
     let body_len_max = (batch_events_max * journal::RECORD_SIZE) as u32;
     let loaded = crate::snapshot::load_newest(dir, &config);
@@ -261,7 +338,7 @@ pub fn recover_shard(
         Some((loaded, path)) => (loaded.engine, loaded.position, Some(path), loaded.intents, loaded.segments),
         None => (
             Engine::new(config)?,
-            crate::snapshot::Position { next_sequence: 1, journal_offset: 0 },
+            Position { next_sequence: 1, journal_offset: 0 },
             None,
             Vec::new(),
             Vec::new(),
@@ -269,55 +346,46 @@ pub fn recover_shard(
     };
     let mut cross = Cross::import(shard, shards, &engine, &intents)
         .map_err(|reason| DurableError::Intents { snapshot: snapshot.clone().unwrap_or_default(), reason })?;
+    let start_what = start_description(snapshot.as_deref(), &loaded.skipped);
     let mut effects = Effects::default();
-    let len = file.metadata().map_err(io_error(&path, "reading the journal's length"))?.len();
-    // A snapshot stands at a sector boundary; the journal may end short of it
-    // only by the zero padding an earlier recovery cut.
-    if start.journal_offset > len.next_multiple_of(journal::SECTOR_SIZE as u64) {
-        return Err(DurableError::SnapshotBeyondJournal {
-            snapshot: snapshot.unwrap_or_default(),
-            offset: start.journal_offset,
-            journal: path,
-            len,
-        });
-    }
     let mut scratch = Vec::new();
-    let name = path.display().to_string();
-    let scan = if start.journal_offset >= len {
-        ScanEnd {
-            valid_end: start.journal_offset,
-            next_sequence: start.next_sequence,
-            entries: 0,
-            reason: journal::StopReason::EndOfFile,
-            torn_tail: false,
-        }
-    } else {
-        journal::scan(&name, &file, start.journal_offset, start.next_sequence, body_len_max, |_, command| {
-            cross
-                .apply(&mut engine, &command.as_command(), &mut scratch, &mut effects)
-                .expect("journaled batches are within the limits they were checked against");
-        })?
-    };
-    let truncated_bytes = len.saturating_sub(scan.valid_end);
-    if truncated_bytes > 0 {
-        file.set_len(scan.valid_end).map_err(io_error(&path, "cutting the torn tail"))?;
-        file.sync_all().map_err(io_error(&path, "syncing the cut journal"))?;
-    }
+    let end = journal_files::recover(&Disk, dir, start, &start_what, body_len_max, |_, command| {
+        cross
+            .apply(&mut engine, &command.as_command(), &mut scratch, &mut effects)
+            .expect("journaled batches are within the limits they were checked against");
+    })?;
+    // Make the data directory's entries durable (a no-op after the first time).
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir, "syncing the data directory"))?;
+    let writer = end.writer(group_bytes_max, batch_events_max);
     Ok(Recovered {
         engine,
         cross,
-        writer: JournalWriter::new(scan.valid_end, scan.next_sequence, group_bytes_max, batch_events_max),
-        file,
-        path,
+        path: dir.join(journal_files::file_name(writer.file())),
+        writer,
+        snapshot_position: snapshot.as_ref().map(|_| start),
         segments,
         report: RecoveryReport {
             snapshot,
             snapshots_skipped: loaded.skipped,
-            scan,
-            truncated_bytes,
+            scan: end.scan,
+            truncated_bytes: end.truncated_bytes,
+            journal_files: end.files_read,
             micros: started.elapsed().as_micros(),
         },
     })
+}
+
+/// Where recovery starts, in words: the snapshot loaded, or why there is none.
+pub fn start_description(snapshot: Option<&Path>, skipped: &[(PathBuf, String)]) -> String {
+    let mut what = match snapshot {
+        Some(path) => format!("snapshot {}", path.display()),
+        None if skipped.is_empty() => "the start of the journal (no snapshot)".to_string(),
+        None => "the start of the journal: no usable snapshot".to_string(),
+    };
+    for (path, reason) in skipped {
+        what.push_str(&format!("; skipped {}: {reason}", path.display()));
+    }
+    what
 }
 
 /// One engine, durable through its journal, with synchronous file I/O.
@@ -326,18 +394,43 @@ pub struct DurableLedger {
     engine: Engine,
     cross: Cross,
     writer: JournalWriter,
-    file: File,
-    path: PathBuf,
+    dir: PathBuf,
+    journal: JournalFiles<File>,
     segments: Vec<crate::snapshot::SegmentRef>,
+    /// Snapshots known good (loaded at open, or written): their next sequences.
+    good: Vec<u64>,
+    keep_journal: bool,
     recovery: RecoveryReport,
 }
 
 impl DurableLedger {
-    /// Opens (or creates) the ledger in `dir`: see [`recover`].
+    /// Opens (or creates) the ledger in `dir`: see [`recover`]. The journal
+    /// rotates at [`journal_files::JOURNAL_FILE_BYTES_DEFAULT`] and at every
+    /// snapshot, and journal files no kept snapshot needs are deleted.
     pub fn open(dir: &Path, config: Config, group_bytes_max: usize) -> Result<Self, DurableError> {
-        let Recovered { engine, cross, writer, file, path, segments, report } =
+        let Recovered { engine, cross, writer, segments, snapshot_position, report, .. } =
             recover(dir, config, group_bytes_max)?;
-        Ok(Self { engine, cross, writer, file, path, segments, recovery: report })
+        Ok(Self {
+            engine,
+            cross,
+            writer,
+            dir: dir.to_path_buf(),
+            journal: JournalFiles::new(dir),
+            segments,
+            good: snapshot_position.map(|p| p.next_sequence).into_iter().collect(),
+            keep_journal: false,
+            recovery: report,
+        })
+    }
+
+    /// Starts a new journal file once the current one holds `bytes`.
+    pub fn set_journal_file_bytes(&mut self, bytes: u64) {
+        self.writer.set_file_bytes_max(bytes);
+    }
+
+    /// Keeps every journal file (no deletion after snapshots) when `keep`.
+    pub fn set_keep_journal(&mut self, keep: bool) {
+        self.keep_journal = keep;
     }
 
     /// The engine, for queries.
@@ -351,19 +444,27 @@ impl DurableLedger {
     }
 
     /// Writes a snapshot of the engine at the journal's current position
-    /// (recovery then replays only what follows it): the full transfer
-    /// blocks not yet in a segment go into a new one, and every block with a
-    /// durable copy but the newest `keep_in_memory` leaves memory.
+    /// (recovery then replays only what follows it; the journal moves to a
+    /// new file there): the full transfer blocks not yet in a segment go
+    /// into a new one, every block with a durable copy but the newest
+    /// `keep_in_memory` leaves memory, and the journal files no kept
+    /// snapshot needs are deleted ([`journal_files::prune`]).
     pub fn snapshot(&mut self, keep_in_memory: usize) -> Result<PathBuf, DurableError> {
-        let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        self.writer.rotate();
         let job = crate::snapshot::SnapshotJob {
-            dir,
+            dir: self.dir.clone(),
             position: self.writer.position(),
             parts: self.engine.snapshot_parts(crate::snapshot::segment_blocks(&self.segments)),
             intents: self.cross.export(),
             segments: self.segments.clone(),
         };
-        let done = crate::snapshot::write(job)?;
+        let sequence = job.position.next_sequence;
+        let (done, pruned) = journal_files::write_snapshot(&Disk, job, &self.good, !self.keep_journal)?;
+        pruned.map_err(io_error(&self.dir, "deleting journal files the snapshots cover"))?;
+        self.good.push(sequence);
+        if self.good.len() > crate::snapshot::KEEP {
+            self.good.remove(0);
+        }
         for (block, cold) in done.cold {
             self.engine.attach_cold(block, cold);
         }
@@ -377,15 +478,26 @@ impl DurableLedger {
         self.writer.next_sequence()
     }
 
-    /// Journals `commands` as one group, makes it durable (`fdatasync`), then
-    /// applies them in order and returns one outcome per command. A batch
-    /// over the limit is refused before anything is written.
+    /// The first sequence of the journal file the next group goes to.
+    pub fn journal_file(&self) -> u64 {
+        self.writer.file()
+    }
+
+    /// Journals `commands` as one group, makes it durable (`fdatasync`; a
+    /// new journal file and its directory entry first), then applies them
+    /// in order and returns one outcome per command. A batch over the limit
+    /// is refused before anything is written.
     pub fn execute(&mut self, commands: &[Command<'_>]) -> Result<Vec<Outcome>, DurableError> {
         self.writer.check(commands)?;
         self.writer.stage(commands, self.engine.clock_ns());
+        // Sealing picks the file (rotating by size); sealing again gives the same group.
+        self.writer.seal();
+        let first = self.writer.file();
         let (offset, sealed) = self.writer.seal();
-        self.file.write_all_at(sealed, offset).map_err(io_error(&self.path, "writing the journal"))?;
-        self.file.sync_data().map_err(io_error(&self.path, "syncing the journal"))?;
+        let path = self.journal.path(first);
+        let written = self.journal.write(&Disk, first, offset, sealed);
+        written.map_err(io_error(&path, "writing the journal"))?;
+        self.journal.sync(&Disk).map_err(io_error(&path, "syncing the journal"))?;
         self.writer.committed();
         let mut expired = Vec::new();
         let mut effects = Effects::default();

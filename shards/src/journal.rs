@@ -353,6 +353,22 @@ pub enum JournalError {
         /// Where the next valid group starts.
         next_valid: u64,
     },
+    /// A journal file before the last does not end cleanly: its lost or
+    /// damaged entries came before the next file's.
+    #[error(
+        "journal {name}: {reason} at offset {offset}, but the journal continues in {next}; \
+         refusing to start rather than drop acknowledged data"
+    )]
+    CorruptBeforeNextFile {
+        /// The file's name (its path).
+        name: String,
+        /// Just past its last valid entry.
+        offset: u64,
+        /// What is wrong there.
+        reason: String,
+        /// The next file.
+        next: String,
+    },
     /// Reading the journal failed.
     #[error("journal {name}: reading at offset {offset}: {source}")]
     Io {

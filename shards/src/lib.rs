@@ -46,6 +46,7 @@ pub mod buggify;
 pub mod cross;
 pub mod durable;
 pub mod journal;
+pub mod journal_files;
 pub mod metrics;
 pub mod rebalance;
 pub mod route;

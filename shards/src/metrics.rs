@@ -40,6 +40,14 @@ pub struct ShardMetrics {
     pub transfer_blocks_memory: IntGauge,
     /// Full transfer blocks evicted to segment files.
     pub transfer_blocks_cold: IntGauge,
+    /// Journal files on disk.
+    pub journal_files: IntGauge,
+    /// Bytes of the journal files on disk.
+    pub journal_files_bytes: IntGauge,
+    /// Journal files deleted once the kept snapshots covered them.
+    pub journal_files_deleted: IntCounter,
+    /// Deletions of covered journal files that failed (retried after the next snapshot).
+    pub journal_delete_errors: IntCounter,
 }
 
 impl ShardMetrics {
@@ -93,6 +101,19 @@ impl ShardMetrics {
                 "molly_transfer_blocks_cold",
                 "Full 8 MiB transfer blocks evicted to segment files (read through a mapping).",
             ),
+            journal_files: int_gauge("molly_journal_files", "Journal files on disk."),
+            journal_files_bytes: int_gauge(
+                "molly_journal_files_bytes",
+                "Bytes of the journal files on disk.",
+            ),
+            journal_files_deleted: counter(
+                "molly_journal_files_deleted_total",
+                "Journal files deleted once the kept snapshots covered them.",
+            ),
+            journal_delete_errors: counter(
+                "molly_journal_delete_errors_total",
+                "Deletions of covered journal files that failed (retried after the next snapshot).",
+            ),
         }
     }
 
@@ -112,6 +133,10 @@ impl ShardMetrics {
         registry.register(Box::new(self.snapshot_capture_seconds.clone()))?;
         registry.register(Box::new(self.transfer_blocks_memory.clone()))?;
         registry.register(Box::new(self.transfer_blocks_cold.clone()))?;
+        registry.register(Box::new(self.journal_files.clone()))?;
+        registry.register(Box::new(self.journal_files_bytes.clone()))?;
+        registry.register(Box::new(self.journal_files_deleted.clone()))?;
+        registry.register(Box::new(self.journal_delete_errors.clone()))?;
         Ok(())
     }
 

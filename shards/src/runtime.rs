@@ -61,6 +61,12 @@ pub struct RuntimeConfig {
     /// Snapshots are incremental (new transfer blocks go to a segment file)
     /// and written on a background thread.
     pub snapshot_every_bytes: u64,
+    /// The journal moves to a new file once the current one holds this many
+    /// bytes (it also does at every snapshot); see [`crate::journal_files`].
+    pub journal_file_bytes: u64,
+    /// Keep every journal file: no deletion of the files the kept snapshots
+    /// cover (the whole history stays replayable; disk use grows).
+    pub keep_journal: bool,
     /// Transfers kept in memory per shard once they are durable in a
     /// segment file (rounded up to whole 65,536-transfer blocks); older ones
     /// are read back through a read-only mapping. The transfers written
@@ -170,6 +176,8 @@ impl RuntimeConfig {
             idle_sleep: Duration::from_micros(50),
             prefault: false,
             snapshot_every_bytes: SNAPSHOT_EVERY_BYTES_DEFAULT,
+            journal_file_bytes: crate::journal_files::JOURNAL_FILE_BYTES_DEFAULT,
+            keep_journal: false,
             transfers_in_memory: TRANSFERS_IN_MEMORY_DEFAULT,
             task: None,
             ring_depth: RING_DEPTH_DEFAULT,
@@ -341,6 +349,13 @@ impl Runtime {
         if config.shards == 0 || config.inbox_depth == 0 || config.ring_depth == 0 {
             return Err(StartError::Config("shards, inbox_depth and ring_depth must be at least 1".into()));
         }
+        if config.journal_file_bytes < crate::journal::SECTOR_SIZE as u64 {
+            return Err(StartError::Config(format!(
+                "journal_file_bytes {} is below one sector ({} bytes)",
+                config.journal_file_bytes,
+                crate::journal::SECTOR_SIZE
+            )));
+        }
         if config.shards > crate::cross::SHARDS_MAX as usize {
             return Err(StartError::Config(format!("at most {} shards", crate::cross::SHARDS_MAX)));
         }
@@ -397,6 +412,8 @@ impl Runtime {
                 idle_sleep: config.idle_sleep,
                 prefault: config.prefault,
                 snapshot_every_bytes: config.snapshot_every_bytes,
+                journal_file_bytes: config.journal_file_bytes,
+                keep_journal: config.keep_journal,
                 blocks_in_memory: config.transfers_in_memory.div_ceil(molly_engine::BLOCK_TRANSFERS),
                 inbox: inbox.clone(),
                 stop: stop.clone(),
@@ -567,6 +584,8 @@ struct ShardContext {
     idle_sleep: Duration,
     prefault: bool,
     snapshot_every_bytes: u64,
+    journal_file_bytes: u64,
+    keep_journal: bool,
     blocks_in_memory: usize,
     inbox: Arc<ArrayQueue<Request>>,
     stop: Arc<AtomicBool>,
@@ -595,27 +614,30 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
         }
     };
     let report = recovered.report.clone();
-    let path = recovered.path.clone();
-    drop(recovered.file);
     let mut core =
         ShardCore::new(shard, context.shards, recovered.engine, recovered.writer, context.metrics.clone())
             .with_segments(recovered.segments)
-            .with_cross(recovered.cross);
+            .with_cross(recovered.cross)
+            .with_snapshot_loaded(recovered.snapshot_position);
     core.set_intents_max(context.intents_max);
+    core.set_journal_file_bytes(context.journal_file_bytes);
+    core.set_keep_journal(context.keep_journal);
     core.set_blocks_in_memory(context.blocks_in_memory);
     if context.prefault {
         core.prefault();
     }
-    let file = match glommio::io::OpenOptions::new().read(true).write(true).dma_open(&path).await {
-        Ok(file) => file,
-        Err(error) => {
-            let _ = ready.send(Err(StartError::Executor {
-                shard,
-                reason: format!("opening {} for direct I/O: {error}", path.display()),
-            }));
-            return;
+    // The file appends continue in, if it exists (else the first group creates it).
+    let mut journal = None;
+    if recovered.path.exists() {
+        match open_journal(&context.dir, core.journal_file(), false).await {
+            Ok(file) => journal = Some((core.journal_file(), file)),
+            Err(reason) => {
+                let _ = ready.send(Err(StartError::Executor { shard, reason }));
+                return;
+            }
         }
-    };
+    }
+    update_journal_usage(&context);
     context.metrics.recovery_seconds.set(report.micros as f64 / 1e6);
     let _ = ready.send(Ok(report));
     if let Some(task) = &context.task {
@@ -627,7 +649,9 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
     let mut carry: Option<Request> = None;
     let mut rings = Rings::new(context.shards as usize);
     loop {
-        snapshots.poll(&mut core);
+        if snapshots.poll(&mut core) {
+            update_journal_usage(&context);
+        }
         // Take everything waiting that fits one group: peers' messages first
         // (they finish work already started), then callers' requests.
         rings.receive(&mut core, &context.rings_in, now_ns());
@@ -648,10 +672,29 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
             glommio::timer::sleep(context.idle_sleep).await;
             continue;
         };
-        // One write and one fdatasync for the whole group.
         let bytes = sealed.len();
-        let mut buffer = file.alloc_dma_buffer(bytes);
+        let mut buffer = glommio::allocate_dma_buffer(bytes);
         buffer.as_bytes_mut().copy_from_slice(sealed);
+        // The group goes to a new file when the writer rotated: created,
+        // and its directory entry synced, before anything in it is
+        // acknowledged. The old file holds only durable groups.
+        let first = core.journal_file();
+        let path = context.dir.join(crate::journal_files::file_name(first));
+        if journal.as_ref().map(|(f, _)| *f) != Some(first) {
+            if let Some((_, old)) = journal.take() {
+                let _ = old.close().await;
+            }
+            match open_journal(&context.dir, first, offset == 0).await {
+                Ok(file) => journal = Some((first, file)),
+                Err(reason) => {
+                    core.write_failed(format!("journal {}: {reason}", path.display()));
+                    continue;
+                }
+            }
+            update_journal_usage(&context);
+        }
+        let (_, file) = journal.as_ref().expect("opened above");
+        // One write and one fdatasync for the whole group.
         let synced = Instant::now();
         let durable = match file.write_at(buffer, offset).await {
             Ok(written) if written == bytes => file.fdatasync().await.map_err(|e| e.to_string()),
@@ -678,12 +721,53 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
         }
     }
     context.states[shard].store(EXITED, Ordering::SeqCst);
-    let _ = file.close().await;
+    if let Some((_, file)) = journal.take() {
+        let _ = file.close().await;
+    }
     snapshots.wait(&mut core);
     if !core.failed() {
         // A clean stop leaves a snapshot at the journal's end: the next start replays nothing.
         let _ = core.snapshot(&context.dir);
     }
+}
+
+/// Opens journal file `first` in `dir` for direct I/O: `create` makes it
+/// (truncated: nothing in it was acknowledged) and syncs the directory, so
+/// its name is durable before a group in it is acknowledged.
+async fn open_journal(
+    dir: &std::path::Path,
+    first: u64,
+    create: bool,
+) -> Result<glommio::io::DmaFile, String> {
+    let path = dir.join(crate::journal_files::file_name(first));
+    let mut options = glommio::io::OpenOptions::new();
+    options.read(true).write(true);
+    if create {
+        options.create(true).truncate(true);
+    }
+    let file = options
+        .dma_open(&path)
+        .await
+        .map_err(|error| format!("opening {} for direct I/O: {error}", path.display()))?;
+    if create {
+        let synced = async {
+            let directory = glommio::io::Directory::open(dir).await?;
+            directory.sync().await?;
+            directory.close().await
+        };
+        if let Err(error) = synced.await {
+            let _ = file.close().await;
+            return Err(format!("syncing {} after creating {}: {error}", dir.display(), path.display()));
+        }
+    }
+    Ok(file)
+}
+
+/// Sets the journal files' metrics from the directory.
+fn update_journal_usage(context: &ShardContext) {
+    let (files, bytes) = crate::journal_files::usage(&crate::snapshot::Disk, &context.dir);
+    context.metrics.journal_files.set(files as i64);
+    context.metrics.journal_files_bytes.set(bytes as i64);
 }
 
 /// The snapshot being written on a background thread, if any: the shard
@@ -693,8 +777,11 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
 /// everything, and the next one writes the same blocks again.
 #[derive(Default)]
 struct Snapshots {
-    running: Option<Receiver<(Result<SnapshotDone, SnapshotError>, f64)>>,
+    running: Option<Receiver<(SnapshotOutcome, f64)>>,
 }
+
+/// A written snapshot and the journal files deleted after it (or why not).
+type SnapshotOutcome = Result<(SnapshotDone, Result<Vec<PathBuf>, std::io::Error>), SnapshotError>;
 
 impl Snapshots {
     /// Starts a snapshot unless one is running; true if it started.
@@ -706,9 +793,11 @@ impl Snapshots {
             return false;
         };
         let (done_tx, done_rx) = sync_channel(1);
+        let good = core.snapshots_good().to_vec();
+        let delete = !core.keep_journal();
         let spawned = std::thread::Builder::new().name(format!("molly-snapshot-{shard}")).spawn(move || {
             let started = Instant::now();
-            let outcome = crate::snapshot::write(job);
+            let outcome = crate::journal_files::write_snapshot(&crate::snapshot::Disk, job, &good, delete);
             let _ = done_tx.send((outcome, started.elapsed().as_secs_f64()));
         });
         match spawned {
@@ -728,13 +817,14 @@ impl Snapshots {
         }
     }
 
-    /// Hands a finished snapshot's outcome to the core.
-    fn poll(&mut self, core: &mut ShardCore) {
+    /// Hands a finished snapshot's outcome to the core; true when one finished.
+    fn poll(&mut self, core: &mut ShardCore) -> bool {
         if let Some(running) = &self.running {
             match running.try_recv() {
                 Ok((outcome, seconds)) => {
                     self.running = None;
-                    let _ = core.snapshot_finished(outcome, seconds);
+                    finished(core, outcome, seconds);
+                    return true;
                 }
                 Err(TryRecvError::Empty) => {}
                 Err(TryRecvError::Disconnected) => {
@@ -743,15 +833,25 @@ impl Snapshots {
                 }
             }
         }
+        false
     }
 
     /// Waits for a running snapshot (at shutdown).
     fn wait(&mut self, core: &mut ShardCore) {
         if let Some(running) = self.running.take() {
             let (outcome, seconds) = running.recv().unwrap_or((Err(SnapshotError::Busy), 0.0));
-            let _ = core.snapshot_finished(outcome, seconds);
+            finished(core, outcome, seconds);
         }
     }
+}
+
+/// Hands a snapshot's outcome to the core, counting the journal files deleted.
+fn finished(core: &mut ShardCore, outcome: SnapshotOutcome, seconds: f64) {
+    let outcome = outcome.map(|(done, pruned)| {
+        core.journal_pruned(&pruned);
+        done
+    });
+    let _ = core.snapshot_finished(outcome, seconds);
 }
 
 /// The shard loop's side of the rings: a message the core could not take

@@ -116,6 +116,14 @@ pub struct ShardCore {
     segments: Vec<SegmentRef>,
     /// A snapshot is being written (by whoever took its job).
     snapshot_running: bool,
+    /// Snapshots known good, oldest first (their next sequences): loaded at
+    /// start or written by this core. Journal files are deleted only behind
+    /// snapshots in this list ([`crate::journal_files::prune`]).
+    snapshots_good: Vec<u64>,
+    /// The next sequence of the snapshot being written.
+    snapshot_sequence: u64,
+    /// Keep every journal file (no deletion after snapshots).
+    keep_journal: bool,
     /// Full transfer blocks kept in memory once they have a durable copy.
     blocks_in_memory: usize,
 }
@@ -168,6 +176,9 @@ impl ShardCore {
             applying: false,
             segments: Vec::new(),
             snapshot_running: false,
+            snapshots_good: Vec::new(),
+            snapshot_sequence: 0,
+            keep_journal: false,
             blocks_in_memory: BLOCKS_IN_MEMORY_DEFAULT,
         }
     }
@@ -177,6 +188,41 @@ impl ShardCore {
         self.segments = segments;
         self.update_block_metrics();
         self
+    }
+
+    /// Continues after recovery loaded the snapshot at `position` (a
+    /// snapshot known good, behind which journal files may go).
+    pub fn with_snapshot_loaded(mut self, position: Option<crate::snapshot::Position>) -> Self {
+        self.snapshots_good = position.map(|p| p.next_sequence).into_iter().collect();
+        self
+    }
+
+    /// Starts a new journal file once the current one holds `bytes` (it
+    /// also starts one at every snapshot).
+    pub fn set_journal_file_bytes(&mut self, bytes: u64) {
+        self.writer.set_file_bytes_max(bytes);
+    }
+
+    /// Keeps every journal file when `keep` (no deletion after snapshots).
+    pub fn set_keep_journal(&mut self, keep: bool) {
+        self.keep_journal = keep;
+    }
+
+    /// True when journal files are kept whatever the snapshots cover.
+    pub fn keep_journal(&self) -> bool {
+        self.keep_journal
+    }
+
+    /// Snapshots known good, oldest first (their next sequences).
+    pub fn snapshots_good(&self) -> &[u64] {
+        &self.snapshots_good
+    }
+
+    /// The first sequence of the journal file the next group goes to (after
+    /// [`ShardCore::seal`]: the sealed group's), named by
+    /// [`crate::journal_files::file_name`].
+    pub fn journal_file(&self) -> u64 {
+        self.writer.file()
     }
 
     /// Sets how many full transfer blocks stay in memory once they have a
@@ -578,6 +624,8 @@ impl ShardCore {
             return None;
         }
         let started = Instant::now();
+        // The snapshot's position is the start of a new journal file.
+        self.writer.rotate();
         let job = SnapshotJob {
             dir: dir.to_path_buf(),
             position: self.writer.position(),
@@ -586,6 +634,7 @@ impl ShardCore {
             segments: self.segments.clone(),
         };
         self.snapshot_running = true;
+        self.snapshot_sequence = job.position.next_sequence;
         self.metrics.snapshot_capture_seconds.set(started.elapsed().as_secs_f64());
         Some(job)
     }
@@ -602,6 +651,10 @@ impl ShardCore {
         assert!(self.snapshot_running, "a snapshot job was taken");
         self.snapshot_running = false;
         let done = outcome?;
+        self.snapshots_good.push(self.snapshot_sequence);
+        if self.snapshots_good.len() > crate::snapshot::KEEP {
+            self.snapshots_good.remove(0);
+        }
         for (block, cold) in done.cold {
             self.engine.attach_cold(block, cold);
         }
@@ -625,8 +678,22 @@ impl ShardCore {
             return Err(SnapshotError::Busy);
         };
         let started = Instant::now();
-        let outcome = crate::snapshot::write(job);
+        let good = self.snapshots_good.clone();
+        let outcome =
+            crate::journal_files::write_snapshot(&crate::snapshot::Disk, job, &good, !self.keep_journal);
+        let outcome = outcome.map(|(done, pruned)| {
+            self.journal_pruned(&pruned);
+            done
+        });
         self.snapshot_finished(outcome, started.elapsed().as_secs_f64())
+    }
+
+    /// Counts the journal files a snapshot's pruning deleted (or its failure).
+    pub fn journal_pruned(&self, pruned: &Result<Vec<PathBuf>, std::io::Error>) {
+        match pruned {
+            Ok(deleted) => self.metrics.journal_files_deleted.inc_by(deleted.len() as u64),
+            Err(_) => self.metrics.journal_delete_errors.inc(),
+        }
     }
 
     fn update_block_metrics(&self) {

@@ -6,10 +6,20 @@
 use std::path::{Path, PathBuf};
 
 use molly_engine::{Account, AccountFlags, Config, Transfer, TransferFlags};
-use molly_shards::durable::{
-    replay, DurableError, DurableLedger, Outcome, GROUP_BYTES_MAX_DEFAULT, JOURNAL_FILE,
-};
+use molly_shards::durable::{replay, DurableError, DurableLedger, Outcome, GROUP_BYTES_MAX_DEFAULT};
 use molly_shards::journal::{Command, CommandBuf, JournalError, StopReason, SECTOR_SIZE};
+use molly_shards::journal_files::{self, file_name};
+use molly_shards::snapshot::Disk;
+
+/// The first journal file (a ledger that never snapshots writes only it).
+fn first_journal(dir: &Path) -> PathBuf {
+    dir.join(file_name(1))
+}
+
+/// The journal files in `dir`, by first sequence.
+fn journals(dir: &Path) -> Vec<u64> {
+    journal_files::list_in(&Disk, dir).unwrap().into_iter().map(|(first, _)| first).collect()
+}
 
 /// A fresh directory, removed on drop (`.0` is its path).
 struct TempDir(PathBuf, #[allow(dead_code)] tempfile::TempDir);
@@ -106,6 +116,13 @@ fn open(dir: &Path) -> Result<DurableLedger, DurableError> {
     DurableLedger::open(dir, Config::default(), GROUP_BYTES_MAX_DEFAULT)
 }
 
+/// [`open`], keeping every journal file (the whole history replays when no snapshot loads).
+fn open_keeping(dir: &Path) -> DurableLedger {
+    let mut ledger = open(dir).unwrap();
+    ledger.set_keep_journal(true);
+    ledger
+}
+
 fn run(ledger: &mut DurableLedger, group: &[CommandBuf]) -> Vec<Outcome> {
     let commands: Vec<Command<'_>> = group.iter().map(CommandBuf::as_command).collect();
     ledger.execute(&commands).unwrap()
@@ -156,7 +173,7 @@ fn a_torn_tail_is_cut_at_every_offset_and_writing_resumes() {
     let dir = TempDir::new("torn");
     let groups = workload(11, 12);
     let all: Vec<CommandBuf> = groups.concat();
-    let journal = dir.0.join(JOURNAL_FILE);
+    let journal = first_journal(&dir.0);
     let mut acknowledged_before_last = 0;
     {
         let mut ledger = open(&dir.0).unwrap();
@@ -177,12 +194,18 @@ fn a_torn_tail_is_cut_at_every_offset_and_writing_resumes() {
         for group in &groups {
             ledger_len.push(offset);
             run(&mut ledger, group);
-            offset = std::fs::metadata(probe.0.join(JOURNAL_FILE)).unwrap().len() as usize;
+            offset = std::fs::metadata(first_journal(&probe.0)).unwrap().len() as usize;
         }
         *ledger_len.last().unwrap()
     };
     // Cut the file at many points inside the last group (a write that never completed).
     for cut in (last_group_start..full.len()).step_by(61) {
+        // (The file the last round's writes went to goes: this round starts from the cut file alone.)
+        for (first, path) in journal_files::list_in(&Disk, &dir.0).unwrap() {
+            if first > 1 {
+                std::fs::remove_file(path).unwrap();
+            }
+        }
         std::fs::write(&journal, &full[..cut]).unwrap();
         let mut ledger = open(&dir.0).unwrap();
         assert_is_prefix(&ledger, &all, acknowledged_before_last);
@@ -209,7 +232,7 @@ fn a_corrupt_middle_entry_is_refused_with_file_and_offset() {
             run(&mut ledger, group);
         }
     }
-    let journal = dir.0.join(JOURNAL_FILE);
+    let journal = first_journal(&dir.0);
     let mut bytes = std::fs::read(&journal).unwrap();
     let original = bytes.clone();
     // Flip one bit in the second group's first entry (header, then body).
@@ -228,7 +251,7 @@ fn a_corrupt_middle_entry_is_refused_with_file_and_offset() {
         assert_eq!(*offset, SECTOR_SIZE as u64);
         assert_eq!(*reason, expected_reason);
         assert!(*next_valid > *offset);
-        assert!(name.ends_with(JOURNAL_FILE));
+        assert!(name.ends_with(&file_name(1)));
         let message = err.to_string();
         assert!(
             message.contains(&journal.display().to_string()) && message.contains("offset 4096"),
@@ -253,7 +276,7 @@ fn a_flipped_bit_in_the_last_group_is_cut_like_a_torn_write() {
         before_last = (ledger.next_sequence() - 1) as usize;
         run(&mut ledger, groups.last().unwrap());
     }
-    let journal = dir.0.join(JOURNAL_FILE);
+    let journal = first_journal(&dir.0);
     let mut bytes = std::fs::read(&journal).unwrap();
     let last = bytes.len() - SECTOR_SIZE;
     bytes[last + 70] ^= 1;
@@ -274,7 +297,7 @@ fn a_batch_over_the_limit_writes_nothing() {
         .execute(&[Command::CreateAccounts(&accounts[..4]), Command::CreateAccounts(&accounts)])
         .unwrap_err();
     assert!(matches!(err, DurableError::Batch(_)), "{err}");
-    assert_eq!(std::fs::metadata(dir.0.join(JOURNAL_FILE)).unwrap().len(), 0);
+    assert!(journals(&dir.0).is_empty(), "no journal file was even created");
     assert!(ledger.engine().accounts().is_empty());
     // A group over the byte limit is refused too.
     let mut small = DurableLedger::open(&dir.0.join("small"), config, 4096).unwrap();
@@ -289,7 +312,8 @@ fn a_snapshot_bounds_replay_and_a_broken_one_is_skipped() {
     let all: Vec<CommandBuf> = groups.concat();
     let (first_snapshot, second_snapshot);
     {
-        let mut ledger = open(&dir.0).unwrap();
+        // Keeping the whole journal: the last step replays it all.
+        let mut ledger = open_keeping(&dir.0);
         for group in &groups[..8] {
             run(&mut ledger, group);
         }
@@ -383,12 +407,15 @@ mod corruption {
             flips in prop::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 0..4),
             cut in prop::option::of(any::<prop::sample::Index>()),
             damage_snapshot in any::<bool>(),
+            journal_file in any::<prop::sample::Index>(),
         ) {
             let dir = TempDir::new("damage");
             let groups = workload(seed, 6);
             let all: Vec<CommandBuf> = groups.concat();
             build(&dir.0, &groups, snapshot_after);
-            let journal = dir.0.join(JOURNAL_FILE);
+            // Any journal file (a snapshot starts a new one).
+            let files = journal_files::list_in(&Disk, &dir.0).unwrap();
+            let journal = files[journal_file.index(files.len())].1.clone();
             let snapshots = molly_shards::snapshot::list(&dir.0);
             let target = if damage_snapshot && !snapshots.is_empty() { snapshots[0].clone() } else { journal.clone() };
             let mut bytes = std::fs::read(&target).unwrap();
@@ -448,7 +475,8 @@ fn history_leaves_memory_for_segments_and_still_answers() {
         }
     };
     let first_block_end = 2 * BLOCK_TRANSFERS as u128;
-    let mut ledger = open(&dir.0).unwrap();
+    // Keeping the whole journal: the last step replays it all.
+    let mut ledger = open_keeping(&dir.0);
     run(&mut ledger, &[CommandBuf::CreateAccounts(accounts)]);
     create(&mut ledger, 1..first_block_end + 1001);
     let first = ledger.snapshot(0).unwrap();

@@ -180,7 +180,7 @@ fn a_corrupt_journal_stops_start_up_with_the_file_and_offset() {
             runtime.write(0, vec![CommandBuf::CreateAccounts(vec![account(i + 1)])]).unwrap();
         }
     }
-    let journal = dir.0.join("shard-0").join(molly_shards::durable::JOURNAL_FILE);
+    let journal = dir.0.join("shard-0").join(molly_shards::journal_files::file_name(1));
     let mut bytes = std::fs::read(&journal).unwrap();
     bytes[4096 + 100] ^= 0xff;
     std::fs::write(&journal, &bytes).unwrap();

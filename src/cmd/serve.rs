@@ -115,6 +115,12 @@ pub struct ServeSection {
     pub prefault: bool,
     /// Journal bytes between snapshots (0: only at shutdown).
     pub snapshot_every_bytes: u64,
+    /// A shard's journal moves to a new file once the current one holds
+    /// this many bytes (and at every snapshot); at least 4096.
+    pub journal_file_bytes: u64,
+    /// Keep every journal file: no deletion of the files the kept
+    /// snapshots cover (the whole history stays replayable; disk grows).
+    pub keep_journal: bool,
     /// Transfers per shard kept in memory once durable in a segment file
     /// (older ones are read from the file); rounded up to 65,536-transfer blocks.
     pub transfers_in_memory: usize,
@@ -156,6 +162,8 @@ impl Default for ServeSection {
             idle_sleep_us: 50,
             prefault: false,
             snapshot_every_bytes: molly_shards::runtime::SNAPSHOT_EVERY_BYTES_DEFAULT,
+            journal_file_bytes: molly_shards::journal_files::JOURNAL_FILE_BYTES_DEFAULT,
+            keep_journal: false,
             transfers_in_memory: molly_shards::runtime::TRANSFERS_IN_MEMORY_DEFAULT,
             ring_depth: molly_shards::runtime::RING_DEPTH_DEFAULT,
             intents_max: molly_shards::shard::INTENTS_MAX_DEFAULT,
@@ -219,6 +227,8 @@ impl ServeConfig {
         runtime.idle_sleep = Duration::from_micros(self.serve.idle_sleep_us);
         runtime.prefault = self.serve.prefault;
         runtime.snapshot_every_bytes = self.serve.snapshot_every_bytes;
+        runtime.journal_file_bytes = self.serve.journal_file_bytes;
+        runtime.keep_journal = self.serve.keep_journal;
         runtime.transfers_in_memory = self.serve.transfers_in_memory;
         runtime.ring_depth = self.serve.ring_depth;
         runtime.intents_max = self.serve.intents_max;
@@ -281,6 +291,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             entries = report.scan.entries,
             torn_tail = report.scan.torn_tail,
             truncated_bytes = report.truncated_bytes,
+            journal_files = report.journal_files,
             recovery_ms = report.micros as f64 / 1000.0,
             "journal recovered"
         );

@@ -87,7 +87,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "seed {seed}: {} shard(s), {} steps, {} crashes, {} failed writes, {} read errors, {} bits flipped, \
              {} groups acknowledged, \
              {} snapshot files written ({} cut or failed, {} loaded at restarts, {} skipped as damaged, \
-             {} blocks evicted to segments), {} bits flipped at rest in the journal ({} refused), \
+             {} blocks evicted to segments, {} journal files deleted), {} bits flipped at rest in the journal ({} refused), \
              {} transfers ok, {} results checked against the model, {} messages delivered, {} faults \
              injected inside production code{} ({:.0} steps/s)",
             report.shards,
@@ -102,6 +102,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             report.snapshots_loaded,
             report.snapshots_skipped,
             report.blocks_evicted,
+            report.journal_files_deleted,
             report.journal_flips,
             report.journal_flips_refused,
             report.transfers_ok,
@@ -180,13 +181,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         snapshots_loaded,
         snapshots_skipped,
         blocks_evicted: evicted,
+        journal_files_deleted,
         ..
     } = totals;
     println!(
         "seeds {}..{}: {} clean, {failing} failing; {steps} steps, {crashes} crashes, {checked} results checked \
          against the model, {faults} faults injected, {snapshots_written} snapshot files written, \
-         {snapshots_loaded} loaded at restarts, {snapshots_skipped} skipped as damaged, {evicted} blocks evicted \
-         in {seconds:.1} s ({:.1} seeds/s, {:.0} steps/s)",
+         {snapshots_loaded} loaded at restarts, {snapshots_skipped} skipped as damaged, {evicted} blocks evicted, \
+         {journal_files_deleted} journal files deleted in {seconds:.1} s ({:.1} seeds/s, {:.0} steps/s)",
         range.start,
         range.end,
         total - failing,

@@ -14,7 +14,7 @@ const _: () = assert!(crate::journal::SECTOR_SIZE.is_multiple_of(PHYSICAL_SECTOR
 pub const READ_ERROR: &str = "simulated disk read error";
 
 /// Synced bytes, and the writes since the last sync.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct SimDisk {
     /// What survives any crash.
     pub durable: Vec<u8>,

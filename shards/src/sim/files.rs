@@ -82,7 +82,7 @@ pub struct Faults {
     pub power_loss_after: Option<u64>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Fs {
     files: BTreeMap<u64, SimDisk>,
     next_inode: u64,
@@ -183,6 +183,41 @@ impl SimFiles {
             file.crash(prng);
         }
         fs.faults = Faults::default();
+    }
+
+    /// A copy of this file system as it is now (to recover from apart).
+    pub fn copy(&self) -> SimFiles {
+        SimFiles(RefCell::new(self.0.borrow().clone()))
+    }
+
+    /// The synced length of `path`, if it exists.
+    pub fn durable_len(&self, path: &Path) -> Option<u64> {
+        let fs = self.0.borrow();
+        let inode = fs.names.get(path)?;
+        Some(fs.files[inode].durable.len() as u64)
+    }
+
+    /// Loses what was written to `path` since its last sync (as if never written).
+    pub fn drop_unsynced(&self, path: &Path) {
+        let fs = &mut *self.0.borrow_mut();
+        let inode = fs.names[path];
+        fs.files.get_mut(&inode).expect("named").unsynced.clear();
+    }
+
+    /// Removes every snapshot file in `dir`, durably.
+    pub fn remove_snapshots(&self, dir: &Path) {
+        for path in crate::snapshot::list_in(self, dir) {
+            self.remove(&path).expect("listed");
+        }
+        self.sync_dir(dir).expect("no faults");
+    }
+
+    /// Flips bit `bit` of byte `at` of `path`'s synced data (at rest).
+    pub fn flip(&self, path: &Path, at: u64, bit: u8) {
+        let fs = &mut *self.0.borrow_mut();
+        let inode = fs.names[path];
+        fs.files.get_mut(&inode).expect("named").durable[at as usize] ^= 1 << bit;
+        fs.bits_flipped += 1;
     }
 
     /// A bit flips at rest in the synced data of a file whose name starts
@@ -341,6 +376,35 @@ impl Storage for SimFiles {
                 Arc::new(SimBlock(records)) as Arc<dyn ColdBlock>
             })
             .collect())
+    }
+}
+
+impl crate::journal_files::JournalStorage for SimFiles {
+    fn open_write(&self, path: &Path) -> std::io::Result<SimWriter> {
+        let fs = &mut *self.0.borrow_mut();
+        fs.operation()?;
+        let inode = *fs.names.get(path).ok_or_else(|| not_found(path))?;
+        let offset = fs.files[&inode].current().len() as u64;
+        Ok(SimWriter { inode, offset })
+    }
+
+    fn write_at(&self, file: &mut SimWriter, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+        let fs = &mut *self.0.borrow_mut();
+        fs.change()?;
+        if let Some(data) = fs.files.get_mut(&file.inode) {
+            data.write(offset, bytes);
+        }
+        Ok(())
+    }
+
+    fn truncate(&self, path: &Path, len: u64) -> std::io::Result<()> {
+        let fs = &mut *self.0.borrow_mut();
+        fs.operation()?;
+        let inode = *fs.names.get(path).ok_or_else(|| not_found(path))?;
+        let data = fs.files.get_mut(&inode).expect("named");
+        data.sync();
+        data.durable.truncate(len as usize);
+        Ok(())
     }
 }
 

@@ -255,8 +255,7 @@ impl Host {
     /// Ends the run: the report, with `failure` as its violation.
     pub fn finish(mut self, step: u64, failure: Option<Failure>) -> SimReport {
         let world = &mut self.world;
-        world.report.bits_flipped =
-            world.nodes.iter().map(|node| node.disk.bits_flipped + node.files.bits_flipped()).sum();
+        world.report.bits_flipped = world.nodes.iter().map(|node| node.files.bits_flipped()).sum();
         if let Some((check, detail)) = failure {
             world.report.faults_injected = world.report.faults_injected.max(crate::buggify::disable());
             world.report.violation = Some(super::Violation { step, check, detail });

@@ -39,14 +39,14 @@ use molly_engine::{
 use tokio::sync::oneshot::error::TryRecvError;
 
 use crate::cross::{self, bridge_id, bridge_of, decode, encode, Cross, Effects};
-use crate::durable::{JournalWriter, Outcome};
+use crate::durable::Outcome;
 use crate::journal::{self, CommandBuf, EntryHeader, HEADER_SIZE};
+use crate::journal_files::{self, JournalFiles};
 use crate::metrics::ShardMetrics;
 use crate::runtime::{reply_channel, Answer, Request, ShardError, WriteReply};
 use crate::shard::ShardCore;
 use crate::snapshot::{self, Position, SegmentRef, SnapshotJob};
-use disk::SimDisk;
-use files::SimFiles;
+use files::{SimFiles, SimWriter};
 use model::Model;
 use workload::Workload;
 
@@ -184,6 +184,8 @@ pub struct SimReport {
     /// Full transfer blocks evicted to segment files (read back through
     /// the simulated mapping), over all snapshots.
     pub blocks_evicted: u64,
+    /// Journal files deleted once the kept snapshots covered them.
+    pub journal_files_deleted: u64,
     /// Groups made durable and acknowledged.
     pub groups_acknowledged: u64,
     /// Transfers acknowledged `ok`.
@@ -215,6 +217,7 @@ impl SimReport {
         self.snapshots_loaded += other.snapshots_loaded;
         self.snapshots_skipped += other.snapshots_skipped;
         self.blocks_evicted += other.blocks_evicted;
+        self.journal_files_deleted += other.journal_files_deleted;
         self.groups_acknowledged += other.groups_acknowledged;
         self.transfers_ok += other.transfers_ok;
         self.events_checked += other.events_checked;
@@ -245,6 +248,13 @@ pub const SHARDS_MAX: u32 = 3;
 const GROUP_BYTES_MAX: usize = 64 * 1024;
 /// Journal bytes between two snapshots of a shard.
 const SNAPSHOT_EVERY_BYTES: u64 = 16 * 1024;
+
+/// Journal bytes after which a shard's journal moves to a new file (it also
+/// does at every snapshot): 8 to 68 KiB by seed, so groups land on both
+/// sides of rotations and crashes hit them.
+fn journal_file_bytes(seed: u64) -> u64 {
+    4096 * (2 + seed % 16)
+}
 /// Full checks (every shard, every record) run this often, after every
 /// crash, and at the end.
 const FULL_CHECK_EVERY_STEPS: u64 = 128;
@@ -279,7 +289,8 @@ struct InFlight {
 
 struct Node {
     core: ShardCore,
-    disk: SimDisk,
+    /// The journal file being appended to (the files are in `files`).
+    journal: JournalFiles<SimWriter>,
     /// Client writes staged in the open group, in order.
     open: Vec<ClientWrite>,
     in_flight: Option<InFlight>,
@@ -287,14 +298,15 @@ struct Node {
     parked: Vec<ClientWrite>,
     /// The reference model (one shard only: it knows no cross-shard protocol).
     model: Option<Model>,
-    /// The shard's directory of snapshot files and segments.
+    /// The shard's directory: journal files, snapshot files and segments.
     files: SimFiles,
     /// A snapshot taken and not yet written (as by the runtime's background thread).
     job: Option<PendingSnapshot>,
     /// Journal bytes made durable since the last snapshot was taken.
     journal_since_snapshot: u64,
-    /// Where the newest acknowledged group starts in the journal.
-    last_group_start: u64,
+    /// Where the newest acknowledged group starts: its journal file (first
+    /// sequence) and offset.
+    last_group: Option<(u64, u64)>,
     /// A fault damaged the files, or a segment may have been rewritten:
     /// recovery may skip a snapshot from now on.
     files_damaged: bool,
@@ -367,6 +379,8 @@ struct World {
     blocks_in_memory: usize,
     /// Bits flip at rest in synced files (now and then, at a crash).
     bit_rot: bool,
+    /// How the shards' journals rotate and are kept.
+    rotation: Rotation,
     report: SimReport,
 }
 
@@ -428,55 +442,46 @@ fn start_from(
     }
 }
 
-/// Recovers a shard from `start` and its journal after it, as
-/// `durable::recover_shard` does.
+/// How a shard's journal rotates and is kept.
+#[derive(Clone, Copy, Debug)]
+struct Rotation {
+    file_bytes: u64,
+    keep_journal: bool,
+}
+
+/// Recovers a shard from `start` and its journal files after it, as
+/// `durable::recover_shard` does (the same `journal_files::recover`).
 #[allow(clippy::too_many_arguments)] // the recovery's inputs, each needed
 fn replay(
     shard: usize,
     shards: u32,
     start: Start,
-    disk: &mut SimDisk,
+    files: &SimFiles,
+    dir: &Path,
     config: &Config,
     metrics: &Arc<ShardMetrics>,
-    fail_read_at: Option<u64>,
     blocks_in_memory: usize,
+    rotation: Rotation,
 ) -> Result<ShardCore, String> {
-    let Start { mut engine, mut cross, position, segments, .. } = start;
-    let len = disk.durable.len() as u64;
-    if position.journal_offset > len.next_multiple_of(journal::SECTOR_SIZE as u64) {
-        return Err(format!(
-            "snapshot at journal offset {} is beyond the journal ({len} bytes)",
-            position.journal_offset
-        ));
-    }
+    let Start { mut engine, mut cross, position, segments, used, skipped } = start;
     let (mut expired, mut effects) = (Vec::new(), Effects::default());
     let body_len_max = config.batch_events_max * journal::RECORD_SIZE as u32;
-    let reader = disk::Reader { bytes: &disk.durable, fail_at: fail_read_at };
-    let scan = journal::scan(
-        "sim",
-        &reader,
-        position.journal_offset,
-        position.next_sequence,
-        body_len_max,
-        |_, command| {
-            cross
-                .apply(&mut engine, &command.as_command(), &mut expired, &mut effects)
-                .expect("journaled batches are within limits");
-        },
-    )
+    let what = crate::durable::start_description(used.as_deref(), &skipped);
+    let end = journal_files::recover(files, dir, position, &what, body_len_max, |_, command| {
+        cross
+            .apply(&mut engine, &command.as_command(), &mut expired, &mut effects)
+            .expect("journaled batches are within limits");
+    })
     .map_err(|e| e.to_string())?;
-    disk.durable.truncate(scan.valid_end as usize);
     cross.check(&engine)?;
-    let writer = JournalWriter::new(
-        scan.valid_end,
-        scan.next_sequence,
-        GROUP_BYTES_MAX,
-        config.batch_events_max as usize,
-    );
+    let mut writer = end.writer(GROUP_BYTES_MAX, config.batch_events_max as usize);
+    writer.set_file_bytes_max(rotation.file_bytes);
     let mut core = ShardCore::new(shard, shards, engine, writer, metrics.clone())
         .with_cross(cross)
-        .with_segments(segments);
+        .with_segments(segments)
+        .with_snapshot_loaded(used.map(|_| position));
     core.set_blocks_in_memory(blocks_in_memory);
+    core.set_keep_journal(rotation.keep_journal);
     Ok(core)
 }
 
@@ -502,26 +507,33 @@ impl World {
         let blocks_in_memory = prng.below(3) as usize;
         // Some disks rot: bits flip at rest in synced snapshot files and segments.
         let bit_rot = prng.chance(25);
+        // A rotting disk keeps its whole journal: a flipped bit in a segment
+        // every snapshot names can then still be recovered from (with the
+        // journal deleted behind the snapshots, recovery would refuse; the
+        // durability tests check that refusal).
+        let rotation = Rotation { file_bytes: journal_file_bytes(seed), keep_journal: bit_rot };
         let nodes = (0..shards as usize)
             .map(|shard| {
-                let mut disk = SimDisk::default();
+                let files = SimFiles::new(prng.next_u64());
                 let metrics = Arc::new(ShardMetrics::new(shard));
                 let start = start_from(shard, shards, None, &config).expect("an empty ledger");
-                let core = replay(shard, shards, start, &mut disk, &config, &metrics, None, blocks_in_memory)
-                    .expect("an empty disk recovers");
+                let dir = shard_dir(shard);
+                let core =
+                    replay(shard, shards, start, &files, &dir, &config, &metrics, blocks_in_memory, rotation)
+                        .expect("an empty disk recovers");
                 let model = (shards == 1).then(|| model::new(config.clone()));
                 Node {
                     core,
-                    disk,
+                    journal: JournalFiles::new(&dir),
                     open: Vec::new(),
                     in_flight: None,
                     parked: Vec::new(),
                     model,
-                    files: SimFiles::new(prng.next_u64()),
+                    files,
                     job: None,
                     journal_since_snapshot: 0,
                     files_damaged: false,
-                    last_group_start: 0,
+                    last_group: None,
                     metrics,
                 }
             })
@@ -542,6 +554,7 @@ impl World {
             step: 0,
             blocks_in_memory,
             bit_rot,
+            rotation,
             report: SimReport { seed, shards, ..SimReport::default() },
         }
     }
@@ -702,7 +715,11 @@ impl World {
         let node = &mut self.nodes[n];
         let Some((offset, bytes)) = node.core.seal(self.now_ns) else { return Ok(()) };
         let bytes = bytes.to_vec();
-        node.disk.write(offset, &bytes);
+        // A new file (the writer rotated) is created and its name synced first.
+        let first = node.core.journal_file();
+        node.journal.write(&node.files, first, offset, &bytes).or_else(|e| {
+            fail(check::LIVENESS, format!("shard {n}: a journal write failed without a fault: {e}"))
+        })?;
         node.in_flight = Some(InFlight { offset, bytes, clients: std::mem::take(&mut node.open) });
         if sync {
             self.sync_and_acknowledge(n)?;
@@ -714,7 +731,9 @@ impl World {
         let body_len_max = self.body_len_max();
         let node = &mut self.nodes[n];
         let Some(in_flight) = node.in_flight.take() else { return Ok(()) };
-        node.disk.sync();
+        node.journal.sync(&node.files).or_else(|e| {
+            fail(check::LIVENESS, format!("shard {n}: a journal sync failed without a fault: {e}"))
+        })?;
         // Every other group the way the runtime applies it: the peers' part
         // first (answers queued), then the callers' writes. (Alternating,
         // not drawn: the seeds' random streams stay as they were.)
@@ -722,7 +741,7 @@ impl World {
             node.core.durable_peers();
         }
         node.core.durable();
-        node.last_group_start = in_flight.offset;
+        node.last_group = node.journal.open_file().map(|file| (file, in_flight.offset));
         self.report.groups_acknowledged += 1;
         // Only a durable group changes the engine: check what it can break, cheaply.
         check_balances(node.core.engine())
@@ -843,8 +862,11 @@ impl World {
             let after = self.prng.below(16);
             node.files
                 .set_faults(files::Faults { power_loss_after: Some(after), ..files::Faults::default() });
-            // Whatever got written stays as the crash leaves it; the outcome never reaches the shard.
-            let _ = snapshot::write_to(&node.files, pending.job);
+            // Whatever got written (or deleted) stays as the crash leaves it;
+            // the outcome never reaches the shard.
+            let good = node.core.snapshots_good().to_vec();
+            let _ =
+                journal_files::write_snapshot(&node.files, pending.job, &good, !self.rotation.keep_journal);
             self.report.snapshots_failed += 1;
             return self.crash(n);
         }
@@ -852,8 +874,17 @@ impl World {
             node.files.set_faults(files::Faults { write_error_percent: 20, ..files::Faults::default() });
         }
         let position = pending.job.position;
-        let outcome = snapshot::write_to(&node.files, pending.job);
+        let good = node.core.snapshots_good().to_vec();
+        let outcome =
+            journal_files::write_snapshot(&node.files, pending.job, &good, !self.rotation.keep_journal);
         node.files.set_faults(files::Faults::default());
+        let outcome = outcome.map(|(done, pruned)| {
+            node.core.journal_pruned(&pruned);
+            if let Ok(deleted) = &pruned {
+                self.report.journal_files_deleted += deleted.len() as u64;
+            }
+            done
+        });
         if outcome.is_err() && !write_errors {
             return fail(
                 check::SNAPSHOT_FILE,
@@ -952,8 +983,8 @@ impl World {
             })?,
             None => Vec::new(),
         };
-        node.disk.crash(&mut self.prng);
         node.files.crash(&mut self.prng);
+        node.journal = JournalFiles::new(&shard_dir(n));
         // A snapshot being written dies with the process.
         node.job = None;
         if self.bit_rot && self.prng.chance(10) {
@@ -965,8 +996,11 @@ impl World {
             }
         }
         let dir = shard_dir(n);
-        // Mostly from the newest snapshot file and the journal after it; sometimes the whole journal.
-        let use_files = !self.prng.chance(5);
+        // Mostly from the newest snapshot file and the journal after it;
+        // sometimes the whole journal, while none of it is deleted.
+        let journal_files = journal_files::list_in(&node.files, &dir).unwrap_or_default();
+        let whole_journal = journal_files.first().is_none_or(|(first, _)| *first == 1);
+        let use_files = !self.prng.chance(5) || !whole_journal;
         if !use_files && !snapshot::list_in(&node.files, &dir).is_empty() {
             // The next snapshot rewrites segments from block 0: older snapshots may no longer load.
             node.files_damaged = true;
@@ -978,30 +1012,60 @@ impl World {
         // limit, see docs/shards.md). Recovered from a copy of the disk:
         // compared below with the recovery from the real one.
         let mut flipped = None;
-        if self.bit_rot && self.prng.chance(10) && node.last_group_start > 0 {
-            let at = self.prng.below(node.last_group_start);
-            let bit = self.prng.below(8);
-            let mut copy = SimDisk { durable: node.disk.durable.clone(), ..SimDisk::default() };
-            copy.durable[at as usize] ^= 1 << bit;
+        let rotation = self.rotation;
+        let blocks = self.blocks_in_memory;
+        // Bytes a flip may hit: every journal file before the one of the
+        // last acknowledged group, and that one before the group.
+        let candidates: Vec<(PathBuf, u64)> = match node.last_group {
+            Some((last_file, last_offset)) => journal_files
+                .iter()
+                .filter(|(first, _)| *first <= last_file)
+                .map(|(first, path)| {
+                    let len = if *first == last_file {
+                        last_offset
+                    } else {
+                        node.files.durable_len(path).unwrap_or(0)
+                    };
+                    (path.clone(), len)
+                })
+                .filter(|(_, len)| *len > 0)
+                .collect(),
+            None => Vec::new(),
+        };
+        let total: u64 = candidates.iter().map(|(_, len)| len).sum();
+        if self.bit_rot && self.prng.chance(10) && total > 0 {
+            let mut at = self.prng.below(total);
+            let bit = self.prng.below(8) as u8;
+            let (path, _) = candidates
+                .iter()
+                .find(|(_, len)| {
+                    let here = at < *len;
+                    if !here {
+                        at -= len;
+                    }
+                    here
+                })
+                .expect("at is below the total");
+            let copy = node.files.copy();
+            copy.flip(path, at, bit);
             self.report.journal_flips += 1;
-            let start = start_from(n, shards, Some((&node.files, dir.as_path())), &config)
+            let start = start_from(n, shards, Some((&copy, dir.as_path())), &config)
                 .or_else(|e| fail(check::RECOVERY_REFUSED, e))?;
-            let blocks = self.blocks_in_memory;
-            match replay(n, shards, start, &mut copy, &config, &node.metrics, None, blocks) {
-                Ok(core) => flipped = Some((at, core.engine().export(), core.cross().export())),
+            match replay(n, shards, start, &copy, &dir, &config, &node.metrics, blocks, rotation) {
+                Ok(core) => flipped = Some((path.clone(), at, core.engine().export(), core.cross().export())),
                 Err(e) => {
                     let named = e
                         .split("at offset ")
                         .nth(1)
                         .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
                         .and_then(|digits| digits.parse::<u64>().ok());
-                    if !(e.contains("journal sim")
+                    if !(e.contains(&format!("journal {}:", path.display()))
                         && e.contains("refusing to start")
                         && named.is_some_and(|o| o <= at))
                     {
                         return fail(
                             check::JOURNAL_AT_REST,
-                            format!("shard {n}: bit flipped at offset {at}: {e}"),
+                            format!("shard {n}: bit flipped at offset {at} of {}: {e}", path.display()),
                         );
                     }
                     self.report.journal_flips_refused += 1;
@@ -1014,18 +1078,15 @@ impl World {
         if self.prng.chance(3) {
             let start =
                 start_from(n, shards, files, &config).or_else(|e| fail(check::RECOVERY_REFUSED, e))?;
-            let read_from = start.position.journal_offset;
-            if (node.disk.durable.len() as u64) > read_from {
-                let fail_at = read_from + self.prng.below(node.disk.durable.len() as u64 - read_from);
-                let blocks = self.blocks_in_memory;
-                let unlucky =
-                    replay(n, shards, start, &mut node.disk, &config, &node.metrics, Some(fail_at), blocks);
-                match unlucky {
-                    Err(e) if e.contains(disk::READ_ERROR) => self.report.read_errors += 1,
-                    Err(e) => return fail(check::RECOVERY_REFUSED, e),
-                    // The failing offset was not read (zero padding past the last entry): a good recovery.
-                    Ok(_) => {}
-                }
+            node.files.set_faults(files::Faults { read_error_percent: 100, ..files::Faults::default() });
+            let unlucky =
+                replay(n, shards, start, &node.files, &dir, &config, &node.metrics, blocks, rotation);
+            node.files.set_faults(files::Faults::default());
+            match unlucky {
+                Err(e) if e.contains(files::READ_ERROR) => self.report.read_errors += 1,
+                Err(e) => return fail(check::RECOVERY_REFUSED, e),
+                // The failing offsets were not read (before the start, zero padding): a good recovery.
+                Ok(_) => {}
             }
         }
         // Sometimes reads of snapshot files fail: recovery skips what it
@@ -1049,13 +1110,29 @@ impl World {
             node.files_damaged = true;
         }
         let core =
-            replay(n, shards, start, &mut node.disk, &config, &node.metrics, None, self.blocks_in_memory)
-                .or_else(|e| fail(check::RECOVERY_REFUSED, e))?;
-        if let Some((at, engine, intents)) = flipped {
+            match replay(n, shards, start, &node.files, &dir, &config, &node.metrics, blocks, rotation) {
+                // Read errors made the newest snapshots unusable, and the one
+                // recovery fell back to (or the start of the journal) needs
+                // journal files deleted behind the newer ones: recovery refuses,
+                // naming them (nothing changed yet), and the operator retries
+                // once the disk reads again.
+                Err(e) if file_read_errors && e.contains("is missing") && e.contains("refusing to start") => {
+                    self.report.read_errors += 1;
+                    let start = start_from(n, shards, files, &config)
+                        .or_else(|e| fail(check::RECOVERY_REFUSED, e))?;
+                    replay(n, shards, start, &node.files, &dir, &config, &node.metrics, blocks, rotation)
+                }
+                other => other,
+            }
+            .or_else(|e| fail(check::RECOVERY_REFUSED, e))?;
+        if let Some((path, at, engine, intents)) = flipped {
             if engine != core.engine().export() || intents != core.cross().export() {
                 return fail(
                     check::JOURNAL_AT_REST,
-                    format!("shard {n}: with a bit flipped at offset {at}, recovery started and recovered another state"),
+                    format!(
+                        "shard {n}: with a bit flipped at offset {at} of {}, recovery started and recovered another state",
+                        path.display()
+                    ),
                 );
             }
         }
@@ -1505,8 +1582,7 @@ pub fn run_with(options: Options) -> SimReport {
         world.step = options.steps;
         outcome = world.drain().and_then(|()| world.check_full(true));
     }
-    world.report.bits_flipped =
-        world.nodes.iter().map(|node| node.disk.bits_flipped + node.files.bits_flipped()).sum();
+    world.report.bits_flipped = world.nodes.iter().map(|node| node.files.bits_flipped()).sum();
     if let Err((check, detail)) = outcome {
         world.report.faults_injected = world.report.faults_injected.max(crate::buggify::disable());
         world.report.violation = Some(Violation { step: world.step, check, detail });
@@ -1548,13 +1624,16 @@ mod tests {
         }
         let (crashes, acknowledged, checked, faults) =
             (totals.crashes, totals.groups_acknowledged, totals.events_checked, totals.faults_injected);
-        // The sweep exercised what it claims to.
+        let deleted = totals.journal_files_deleted;
+        // The sweep exercised what it claims to (journal rotation and deletion included).
         assert!(
             crashes > CI_SEEDS
                 && acknowledged > 10 * CI_SEEDS
                 && checked > 100 * CI_SEEDS
-                && faults > CI_SEEDS,
-            "crashes {crashes}, groups {acknowledged}, events {checked}, fault points fired {faults}"
+                && faults > CI_SEEDS
+                && deleted > CI_SEEDS,
+            "crashes {crashes}, groups {acknowledged}, events {checked}, fault points fired {faults}, \
+             journal files deleted {deleted}"
         );
     }
 
@@ -1609,11 +1688,15 @@ mod tests {
             code: 1,
             ..Transfer::default()
         };
+        use crate::journal_files::JournalStorage;
+        use crate::snapshot::Storage;
         let mut group = GroupBuffer::new(GROUP_BYTES_MAX);
         group.push(1, 0, &Command::Tick { now_ns: 1 });
-        let mut disk = SimDisk::default();
-        disk.write(0, group.sealed());
-        disk.sync();
+        let files = SimFiles::new(0);
+        let dir = shard_dir(0);
+        let path = dir.join(journal_files::file_name(1));
+        let mut file = files.create(&path).unwrap();
+        files.write_at(&mut file, 0, group.sealed()).unwrap();
         group.clear();
         // tick (64) + 31 transfers (64 + 31 × 128) = 4096: the third entry starts a sector, not a group.
         let batch = vec![transfer; 31];
@@ -1623,16 +1706,19 @@ mod tests {
         let sealed = group.sealed().to_vec();
         assert_eq!(sealed.len(), 2 * SECTOR_SIZE);
         // Torn: the group's first physical sector is lost, its second 4 KiB sector reached the disk.
-        disk.write(SECTOR_SIZE as u64, &sealed);
-        disk.sync();
-        disk.durable[SECTOR_SIZE..SECTOR_SIZE + disk::PHYSICAL_SECTOR].fill(0);
+        let mut torn = sealed.clone();
+        torn[..disk::PHYSICAL_SECTOR].fill(0);
+        files.write_at(&mut file, SECTOR_SIZE as u64, &torn).unwrap();
+        files.sync(&mut file).unwrap();
+        files.sync_dir(&dir).unwrap();
         let config = Config::default();
         let metrics = Arc::new(ShardMetrics::new(0));
         let start = start_from(0, 1, None, &config).expect("an empty ledger");
-        let core = replay(0, 1, start, &mut disk, &config, &metrics, None, 1)
+        let rotation = Rotation { file_bytes: 1 << 20, keep_journal: false };
+        let core = replay(0, 1, start, &files, &dir, &config, &metrics, 1, rotation)
             .expect("a torn tail is cut, not refused");
         assert_eq!(core.engine().clock_ns(), 1);
-        assert_eq!(disk.durable.len(), HEADER_SIZE, "cut after the last whole group");
+        assert_eq!(files.durable_len(&path), Some(HEADER_SIZE as u64), "cut after the last whole group");
     }
 
     /// Seeds that fail with either of two fixes to the shard layer at the
@@ -1651,6 +1737,35 @@ mod tests {
             let report = one(seed, 2000, shards);
             assert_eq!(report.violation, None, "seed {seed}, {shards} shards");
         }
+    }
+
+    /// `molly sim --seeds A..B` without building the binary, for local runs:
+    /// `MOLLY_SIM_SEEDS=1..2001 [MOLLY_SIM_STEPS=2000] cargo test -p
+    /// molly-shards --lib --features sim -- --ignored sweep_from_the_environment`.
+    #[test]
+    #[ignore]
+    fn sweep_from_the_environment() {
+        let seeds = std::env::var("MOLLY_SIM_SEEDS").unwrap_or_else(|_| "1..201".into());
+        let (a, b) = seeds.split_once("..").expect("A..B");
+        let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
+        // `molly sim`'s default steps.
+        let steps = std::env::var("MOLLY_SIM_STEPS").map_or(2000, |s| s.parse().unwrap());
+        let mut totals = SimReport::default();
+        let mut failed = Vec::new();
+        for seed in a..b {
+            let report = run(seed, steps);
+            if let Some(v) = &report.violation {
+                failed.push((seed, v.check, v.detail.chars().take(2000).collect::<String>()));
+            }
+            totals.add(&report);
+        }
+        eprintln!(
+            "{} seeds, journal files deleted {}, crashes {}",
+            b - a,
+            totals.journal_files_deleted,
+            totals.crashes
+        );
+        assert!(failed.is_empty(), "{failed:#?}");
     }
 
     #[test]
@@ -1685,12 +1800,14 @@ mod tests {
             world.write_group(0, false).unwrap();
             assert!(world.nodes[0].in_flight.is_some());
             // The write vanishes, but the client is told it is durable.
-            world.nodes[0].disk.unsynced.clear();
+            let dir = shard_dir(0);
+            let journal = dir.join(journal_files::file_name(world.nodes[0].core.journal_file()));
+            world.nodes[0].files.drop_unsynced(&journal);
             world.sync_and_acknowledge(0).unwrap();
             // (A snapshot taken after it would hold the group: recovery
             // from the journal alone must notice.)
             world.nodes[0].job = None;
-            world.nodes[0].files = SimFiles::new(0);
+            world.nodes[0].files.remove_snapshots(&dir);
             // A gap where an acknowledged group should be: recovery refuses,
             // or recovers a state without the acknowledged group. Either way, caught.
             let r = world.crash(0);
