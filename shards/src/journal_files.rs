@@ -100,17 +100,35 @@ pub fn usage<S: Storage>(storage: &S, dir: &Path) -> (usize, u64) {
 /// torn tail. On the real file system ([`snapshot::Disk`]) and the
 /// simulator's (`sim::files`), like snapshots.
 pub trait JournalStorage: Storage {
+    /// A journal file open for positioned writes (on the real file system a
+    /// plain `File`: snapshots' [`Storage::Writer`] writes sequentially with
+    /// direct I/O from its own aligned buffer).
+    type JournalFile;
+    /// Creates (or truncates) `path` for positioned writes.
+    fn create_journal(&self, path: &Path) -> std::io::Result<Self::JournalFile>;
     /// Opens an existing file for writing (no truncation).
-    fn open_write(&self, path: &Path) -> std::io::Result<Self::Writer>;
+    fn open_write(&self, path: &Path) -> std::io::Result<Self::JournalFile>;
     /// Writes `bytes` at `offset`.
-    fn write_at(&self, file: &mut Self::Writer, offset: u64, bytes: &[u8]) -> std::io::Result<()>;
+    fn write_at(&self, file: &mut Self::JournalFile, offset: u64, bytes: &[u8]) -> std::io::Result<()>;
+    /// Makes what was written durable.
+    fn sync_journal(&self, file: &mut Self::JournalFile) -> std::io::Result<()>;
     /// Cuts `path` to `len` bytes, durably.
     fn truncate(&self, path: &Path, len: u64) -> std::io::Result<()>;
 }
 
 impl JournalStorage for snapshot::Disk {
+    type JournalFile = std::fs::File;
+
+    fn create_journal(&self, path: &Path) -> std::io::Result<std::fs::File> {
+        std::fs::File::create(path)
+    }
+
     fn open_write(&self, path: &Path) -> std::io::Result<std::fs::File> {
         std::fs::OpenOptions::new().read(true).write(true).open(path)
+    }
+
+    fn sync_journal(&self, file: &mut std::fs::File) -> std::io::Result<()> {
+        file.sync_all()
     }
 
     fn write_at(&self, file: &mut std::fs::File, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
@@ -392,7 +410,7 @@ impl<W> JournalFiles<W> {
     /// Writes a sealed group at `offset` of the file starting at `first`
     /// (the writer's [`crate::durable::JournalWriter::file`]): a new file is
     /// created (or, at `offset > 0`, the existing one opened) first.
-    pub fn write<S: JournalStorage<Writer = W>>(
+    pub fn write<S: JournalStorage<JournalFile = W>>(
         &mut self,
         storage: &S,
         first: u64,
@@ -403,7 +421,7 @@ impl<W> JournalFiles<W> {
             self.current = None;
             let path = self.dir.join(file_name(first));
             let file = if offset == 0 {
-                let file = storage.create(&path)?;
+                let file = storage.create_journal(&path)?;
                 storage.sync_dir(&self.dir)?;
                 file
             } else {
@@ -416,9 +434,9 @@ impl<W> JournalFiles<W> {
     }
 
     /// fdatasync of the open file.
-    pub fn sync<S: JournalStorage<Writer = W>>(&mut self, storage: &S) -> std::io::Result<()> {
+    pub fn sync<S: JournalStorage<JournalFile = W>>(&mut self, storage: &S) -> std::io::Result<()> {
         match &mut self.current {
-            Some((_, file)) => storage.sync(file),
+            Some((_, file)) => storage.sync_journal(file),
             None => Ok(()),
         }
     }

@@ -380,6 +380,16 @@ impl Storage for SimFiles {
 }
 
 impl crate::journal_files::JournalStorage for SimFiles {
+    type JournalFile = SimWriter;
+
+    fn create_journal(&self, path: &Path) -> std::io::Result<SimWriter> {
+        Storage::create(self, path)
+    }
+
+    fn sync_journal(&self, file: &mut SimWriter) -> std::io::Result<()> {
+        Storage::sync(self, file)
+    }
+
     fn open_write(&self, path: &Path) -> std::io::Result<SimWriter> {
         let fs = &mut *self.0.borrow_mut();
         fs.operation()?;
