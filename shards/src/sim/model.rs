@@ -555,3 +555,98 @@ impl CrossModel {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use molly_engine::AccountFlags as AF;
+
+    use super::*;
+    use crate::cross::RESERVED_ID_MIN;
+
+    fn account(id: u128, flags: AF) -> Account {
+        Account { id, ledger: 1, code: 1, flags, ..Account::default() }
+    }
+
+    fn transfer(id: u128, debit: u128, credit: u128, flags: TF) -> Transfer {
+        Transfer {
+            id,
+            debit_account_id: debit,
+            credit_account_id: credit,
+            amount: 10,
+            ledger: 1,
+            code: 1,
+            flags,
+            ..Transfer::default()
+        }
+    }
+
+    /// The documented answers of the cross-shard protocol, scripted: the
+    /// sweep's agreement with the shards would not prove them on its own.
+    #[test]
+    fn the_cross_shard_model_gives_the_documented_codes() {
+        let mut m = CrossModel::new(&Config::default(), 2);
+        let on = |shard: u32| (1..).find(|&id| shard_for(id, 2) == shard).unwrap();
+        let (a, b) = (on(0), on(1));
+        let a2 = (a + 1..).find(|&id| shard_for(id, 2) == 0).unwrap();
+        let accounts = |ids: &[(u128, AF)]| {
+            CommandBuf::CreateAccounts(ids.iter().map(|&(id, f)| account(id, f)).collect())
+        };
+        assert_eq!(
+            m.apply(0, &accounts(&[(a, AF::NONE), (a2, AF::NONE)])),
+            Ok(Predicted::Accounts(vec![AR::Ok; 2]))
+        );
+        assert_eq!(
+            m.apply(1, &accounts(&[(b, AF::CREDITS_MUST_NOT_EXCEED_DEBITS)])),
+            Ok(Predicted::Accounts(vec![AR::Ok]))
+        );
+        let batch = vec![
+            transfer(1, a, b, TF::NONE),
+            transfer(2, a, b, TF::PENDING),
+            transfer(3, a, b, TF::LINKED),
+            transfer(4, a, a2, TF::NONE),
+            Transfer { pending_id: 1, ..transfer(5, 0, 0, TF::POST_PENDING) },
+            transfer(RESERVED_ID_MIN + 6, a, b, TF::NONE),
+        ];
+        let expected = vec![
+            Event::Waits { id: 1, original: true },
+            Event::Final(TR::CrossShardFlagsNotSupported),
+            Event::Final(TR::LinkedEventChainCrossShard),
+            Event::Final(TR::LinkedEventChainCrossShard),
+            Event::Final(TR::PendingTransferNotPending),
+            Event::Final(TR::IdMustNotBeReserved),
+        ];
+        assert_eq!(
+            m.apply(0, &CommandBuf::CreateTransfers(batch.clone())),
+            Ok(Predicted::Transfers(expected))
+        );
+        // The credit leg: bridge(1 → 0) to b; b's limit refuses it.
+        let leg = Transfer { debit_account_id: bridge_id(1, 0, 1), ..transfer(1, 0, b, TF::NONE) };
+        let wrong = Transfer { amount: 11, ..leg };
+        assert!(matches!(m.apply(1, &CommandBuf::Credits(vec![wrong])), Err(ModelError::Mismatch(_))));
+        assert_eq!(m.apply(1, &CommandBuf::Credits(vec![leg])), Ok(Predicted::Internal));
+        assert_eq!(m.answers[&1], TR::ExceedsDebits);
+        // A copy answers as the first (the tombstone).
+        assert_eq!(m.apply(1, &CommandBuf::Credits(vec![leg])), Ok(Predicted::Internal));
+        let settle =
+            Transfer { id: RESERVED_ID_MIN + 100, pending_id: 1, user_data_128: b, ..Transfer::default() };
+        let post = Transfer { flags: TF::POST_PENDING, ..settle };
+        assert!(matches!(m.apply(0, &CommandBuf::Settles(vec![post])), Err(ModelError::Mismatch(_))));
+        let void = Transfer { flags: TF::VOID_PENDING, user_data_32: TR::ExceedsDebits as u32, ..settle };
+        assert_eq!(m.apply(0, &CommandBuf::Settles(vec![void])), Ok(Predicted::Internal));
+        assert_eq!(m.resolve(Event::Waits { id: 1, original: true }), Some(TR::ExceedsDebits));
+        assert_eq!(m.resolve(Event::Waits { id: 1, original: false }), Some(TR::ExceedsDebits));
+        // The id is spent: an identical retry answers the recorded failure, a changed one its difference.
+        let retry = vec![batch[0], Transfer { amount: 9, ..batch[0] }];
+        assert_eq!(
+            m.apply(0, &CommandBuf::CreateTransfers(retry)),
+            Ok(Predicted::Transfers(vec![
+                Event::Final(TR::ExceedsDebits),
+                Event::Final(TR::ExistsWithDifferentAmount)
+            ]))
+        );
+        // Nothing moved: the void released a's pending debit.
+        let a = m.model(0).account(a).unwrap();
+        assert_eq!((a.debits_pending, a.debits_posted), (0, 0));
+        assert_eq!(m.model(1).account(b).unwrap().credits_posted, 0);
+    }
+}
