@@ -91,6 +91,12 @@ pub struct Model {
     checked_transfers: usize,
     /// Pending transfers finished since the last [`Model::check`].
     finished_unchecked: Vec<u128>,
+    /// Pending transfers that are not the client's to post or void (the
+    /// shard layer's pending legs of cross-shard transfers): a post or void
+    /// naming one gets `pending_transfer_not_pending`, unless `settling`.
+    held: std::collections::BTreeSet<u128>,
+    /// The shard layer is settling its own pending legs.
+    settling: bool,
 }
 
 impl Model {
@@ -110,7 +116,40 @@ impl Model {
             timestamp_last: 0,
             checked_transfers: 0,
             finished_unchecked: Vec::new(),
+            held: std::collections::BTreeSet::new(),
+            settling: false,
         }
+    }
+
+    /// Runs `f` with no id reserved: the shard layer's own accounts and
+    /// transfers (bridges, sinks, pending and credit legs, tombstones,
+    /// settles) carry reserved ids; the layer refuses a client's before.
+    pub fn unreserved<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        let reserved = self.reserved.take();
+        let result = f(self);
+        self.reserved = reserved;
+        result
+    }
+
+    /// Pending transfer `id` is the shard layer's (a cross-shard pending
+    /// leg): a client's post or void of it gets `pending_transfer_not_pending`,
+    /// as for a plain transfer (docs/shards.md, "What clients see").
+    pub fn hold(&mut self, id: u128) {
+        self.held.insert(id);
+    }
+
+    /// True when `id` was held by [`Model::hold`].
+    pub fn is_held(&self, id: u128) -> bool {
+        self.held.contains(&id)
+    }
+
+    /// The shard layer posts or voids its held pending transfer `s.pending_id`
+    /// (no id reserved); one result.
+    pub fn settle(&mut self, s: &Transfer) -> TR {
+        self.settling = true;
+        let result = self.unreserved(|m| m.create_transfers(std::slice::from_ref(s)));
+        self.settling = false;
+        result[0]
     }
 
     /// The same model, refusing the ids `is_reserved` names as a client's
@@ -124,6 +163,11 @@ impl Model {
 
     fn is_reserved(&self, id: u128) -> bool {
         self.reserved.is_some_and(|is_reserved| is_reserved(id))
+    }
+
+    /// The limits and assets it was made with.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// Accounts in creation order, as they stand now.
@@ -399,7 +443,7 @@ impl Model {
         let balancing = t.flags.contains(TF::BALANCING_DEBIT) || t.flags.contains(TF::BALANCING_CREDIT);
         let closing = t.flags.contains(TF::CLOSING_DEBIT) || t.flags.contains(TF::CLOSING_CREDIT);
         if let Some(e) = self.transfer(t.id) {
-            return exists(t, e);
+            return exists_code(t, e);
         }
         if [pending, post, void].iter().filter(|&&f| f).count() > 1 {
             return TR::FlagsAreMutuallyExclusive;
@@ -563,7 +607,7 @@ impl Model {
         let Some(&p) = self.transfer(t.pending_id) else {
             return TR::PendingTransferNotFound;
         };
-        if !p.flags.contains(TF::PENDING) {
+        if !p.flags.contains(TF::PENDING) || (self.held.contains(&p.id) && !self.settling) {
             return TR::PendingTransferNotPending;
         }
         if t.debit_account_id != 0 && t.debit_account_id != p.debit_account_id {
@@ -863,7 +907,7 @@ impl Model {
 /// from the pending transfer what they send as 0, so a 0 matches; a
 /// balancing transfer's amount is a cap, so any cap at least the amount
 /// applied matches.
-fn exists(t: &Transfer, e: &Transfer) -> TR {
+pub fn exists_code(t: &Transfer, e: &Transfer) -> TR {
     let inherits = t.flags.contains(TF::POST_PENDING) || t.flags.contains(TF::VOID_PENDING);
     let same = |sent: u128, stored: u128| sent == stored || (inherits && sent == 0);
     let balancing = t.flags.contains(TF::BALANCING_DEBIT) || t.flags.contains(TF::BALANCING_CREDIT);

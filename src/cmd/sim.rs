@@ -88,8 +88,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
              {} groups acknowledged, \
              {} snapshot files written ({} cut or failed, {} loaded at restarts, {} skipped as damaged, \
              {} blocks evicted to segments, {} journal files deleted), {} bits flipped at rest in the journal ({} refused), \
-             {} transfers ok, {} results checked against the model, {} messages delivered, {} faults \
-             injected inside production code{} ({:.0} steps/s)",
+             {} transfers ok, {} results checked against the model ({} of them across shards{}), {} messages \
+             delivered, {} faults injected inside production code{} ({:.0} steps/s)",
             report.shards,
             report.steps,
             report.crashes,
@@ -107,6 +107,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             report.journal_flips_refused,
             report.transfers_ok,
             report.events_checked,
+            report.events_checked_cross,
+            if report.cross_model_stopped > 0 { "; the cross-shard model stopped at the transfer room" } else { "" },
             report.messages_delivered,
             report.faults_injected,
             if molly_shards::buggify::COMPILED { "" } else { " (built without --features sim)" },
@@ -176,6 +178,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         steps,
         crashes,
         events_checked: checked,
+        events_checked_cross: checked_cross,
+        cross_model_stopped: stopped,
         faults_injected: faults,
         snapshots_written,
         snapshots_loaded,
@@ -186,7 +190,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } = totals;
     println!(
         "seeds {}..{}: {} clean, {failing} failing; {steps} steps, {crashes} crashes, {checked} results checked \
-         against the model, {faults} faults injected, {snapshots_written} snapshot files written, \
+         against the model ({checked_cross} with several shards; the cross-shard model stopped at the transfer \
+         room in {stopped} runs), {faults} faults injected, {snapshots_written} snapshot files written, \
          {snapshots_loaded} loaded at restarts, {snapshots_skipped} skipped as damaged, {evicted} blocks evicted, \
          {journal_files_deleted} journal files deleted in {seconds:.1} s ({:.1} seeds/s, {:.0} steps/s)",
         range.start,

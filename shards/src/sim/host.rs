@@ -57,7 +57,11 @@ impl Host {
     /// The world for `options` (its seed seeds the PRNG the network shares:
     /// [`Host::prng`]).
     pub fn new(options: Options) -> Self {
-        Self { world: World::new(options) }
+        let mut world = World::new(options);
+        // Behind the network the workload has sharded accounts and moves
+        // between their parts, which the cross-shard model does not know.
+        world.cross_model = None;
+        Self { world }
     }
 
     /// Shards.
@@ -130,6 +134,7 @@ impl Host {
                     fresh,
                     answer,
                     relay: RefCell::new(Some(reply)),
+                    predicted: None,
                 });
                 Ok(None)
             }

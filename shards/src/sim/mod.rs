@@ -92,6 +92,14 @@ pub mod check {
     pub const MODEL_RESULTS: &str = "results agree with the model";
     /// Accounts, transfers, pending states, clock and history equal the model's.
     pub const MODEL_STATE: &str = "state agrees with the model";
+    /// Two or three shards: every client event's result, every credit leg
+    /// and every settle a shard journals equal the cross-shard model's
+    /// ([`super::model::CrossModel`]).
+    pub const CROSS_MODEL_RESULTS: &str = "cross-shard results agree with the model";
+    /// Two or three shards: each shard's accounts (user accounts, bridges,
+    /// sinks), transfers (legs, tombstones, settles), pending states,
+    /// clock and history equal its part of the cross-shard model.
+    pub const CROSS_MODEL_STATE: &str = "shard state agrees with the cross-shard model";
     /// No pending transfer is open past its expiry, none expired early.
     pub const EXPIRY: &str = "pending transfers expire on time";
     /// A read answers from applied state.
@@ -192,6 +200,11 @@ pub struct SimReport {
     pub transfers_ok: u64,
     /// Events whose result was compared with the reference model.
     pub events_checked: u64,
+    /// Of those, events of two- and three-shard runs (the cross-shard model).
+    pub events_checked_cross: u64,
+    /// Runs in which the cross-shard model stopped (the transfer room was
+    /// reached while settles were owed: not modelled).
+    pub cross_model_stopped: u64,
     /// Messages delivered between shards.
     pub messages_delivered: u64,
     /// Times a fault point inside production code fired (`buggify!`; 0
@@ -221,6 +234,8 @@ impl SimReport {
         self.groups_acknowledged += other.groups_acknowledged;
         self.transfers_ok += other.transfers_ok;
         self.events_checked += other.events_checked;
+        self.events_checked_cross += other.events_checked_cross;
+        self.cross_model_stopped += other.cross_model_stopped;
         self.messages_delivered += other.messages_delivered;
         self.faults_injected += other.faults_injected;
     }
@@ -277,6 +292,9 @@ struct ClientWrite {
     /// Where the answer goes on once recorded (a write from the network
     /// simulation, see [`host`]).
     relay: std::cell::RefCell<Option<crate::runtime::Reply<WriteReply>>>,
+    /// Two or three shards: the cross-shard model's prediction per command,
+    /// made when the group holding it was acknowledged.
+    predicted: Option<Vec<model::Predicted>>,
 }
 
 /// A group written and not yet durable.
@@ -370,6 +388,9 @@ struct World {
     ring_depth: usize,
     now_ns: u64,
     workload: Workload,
+    /// Two or three shards: the reference model of the cross-shard protocol
+    /// (`None` with one shard, behind the network, or once it stopped).
+    cross_model: Option<model::CrossModel>,
     /// Transfer ids answered `ok`, and the shard that answered.
     acked: BTreeMap<u128, usize>,
     /// Transfer ids sent more than once (a retry may apply what an earlier answer said failed).
@@ -539,6 +560,7 @@ impl World {
             })
             .collect();
         let ring_depth = 1 + prng.below(4) as usize;
+        let cross_model = (shards > 1).then(|| model::CrossModel::new(&config, shards));
         Self {
             _faults: FaultPoints::on(seed),
             prng,
@@ -549,6 +571,7 @@ impl World {
             ring_depth,
             now_ns: 1_000_000_000,
             workload: Workload::new(shards),
+            cross_model,
             acked: BTreeMap::new(),
             resent: BTreeSet::new(),
             step: 0,
@@ -606,6 +629,7 @@ impl World {
                     fresh,
                     answer,
                     relay: Default::default(),
+                    predicted: None,
                 });
                 Ok(())
             }
@@ -623,6 +647,11 @@ impl World {
             let _ = relay.send(reply.clone());
         }
         let Ok(outcomes) = reply else { return Ok(()) };
+        if let (Some(predicted), Some(cross_model)) = (&write.predicted, &self.cross_model) {
+            let checked = cross_results(n, write, predicted, outcomes, cross_model)?;
+            self.report.events_checked += checked;
+            self.report.events_checked_cross += checked;
+        }
         let mut found = Vec::new();
         for ((command, outcome), &fresh) in write.commands.iter().zip(outcomes).zip(&write.fresh) {
             let (CommandBuf::CreateTransfers(batch), Outcome::Transfers(results)) = (command, outcome) else {
@@ -749,6 +778,8 @@ impl World {
         node.snapshot_due(&in_flight.bytes, &shard_dir(n), &mut self.prng);
         if self.nodes[n].model.is_some() {
             self.acknowledge_with_model(n, in_flight, body_len_max)?;
+        } else if self.cross_model.is_some() {
+            self.acknowledge_with_cross_model(n, in_flight, body_len_max)?;
         } else {
             for mut write in in_flight.clients {
                 match write.answer.try_recv() {
@@ -825,6 +856,82 @@ impl World {
         let model = node.model.as_mut().expect("a model");
         model.check_conservation().or_else(|e| fail(check::MODEL_STATE, e))?;
         model.check(node.core.engine(), false).or_else(|e| fail(check::MODEL_STATE, e))
+    }
+
+    /// Two or three shards: the cross-shard model applies what shard `n`'s
+    /// group holds, in its journal order (client batches, credit legs,
+    /// settles; checking the legs and settles), predicts each client
+    /// command's results (kept with the write, compared when it is
+    /// answered: at once, or once its cross-shard transfers settle), and
+    /// the shard's state must equal the model's.
+    fn acknowledge_with_cross_model(
+        &mut self,
+        n: usize,
+        in_flight: InFlight,
+        body_len_max: u32,
+    ) -> Result<(), Failure> {
+        let commands = match group_commands(&in_flight.bytes, body_len_max) {
+            Ok(commands) => commands,
+            Err(e) => {
+                return fail(check::JOURNAL_CONTENT, format!("the acknowledged group does not parse: {e}"))
+            }
+        };
+        let mut predicted = Vec::with_capacity(commands.len());
+        for command in &commands {
+            let p = self.cross_apply(n, command)?;
+            if !matches!(command, CommandBuf::Tick { .. } | CommandBuf::Credits(_) | CommandBuf::Settles(_)) {
+                predicted.push(p);
+            }
+        }
+        let mut sent = in_flight.clients.iter().flat_map(|w| w.commands.iter());
+        for command in &commands {
+            if matches!(command, CommandBuf::Tick { .. } | CommandBuf::Credits(_) | CommandBuf::Settles(_)) {
+                continue;
+            }
+            if sent.next() != Some(command) {
+                return fail(
+                    check::JOURNAL_CONTENT,
+                    format!("journaled {command:?} is not the next command sent"),
+                );
+            }
+        }
+        if let Some(extra) = sent.next() {
+            return fail(check::JOURNAL_CONTENT, format!("{extra:?} was sent but not journaled"));
+        }
+        let mut predicted = predicted.into_iter();
+        for mut write in in_flight.clients {
+            let mine: Option<Vec<model::Predicted>> =
+                write.commands.iter().map(|_| predicted.next().flatten()).collect();
+            write.predicted = mine;
+            match write.answer.try_recv() {
+                Ok(reply) => self.record(n, &write, &reply)?,
+                Err(TryRecvError::Empty) => self.nodes[n].parked.push(write),
+                Err(TryRecvError::Closed) => {
+                    return fail(check::LIVENESS, "a durable write's answer was dropped");
+                }
+            }
+        }
+        if let Some(cross_model) = &mut self.cross_model {
+            cross_model
+                .check_shard(n, self.nodes[n].core.engine(), false)
+                .or_else(|e| fail(check::CROSS_MODEL_STATE, e))?;
+        }
+        Ok(())
+    }
+
+    /// The cross-shard model applies one command journaled by shard `n`.
+    /// Outside its range it stops for the rest of the run (counted).
+    fn cross_apply(&mut self, n: usize, command: &CommandBuf) -> Result<Option<model::Predicted>, Failure> {
+        let Some(cross_model) = &mut self.cross_model else { return Ok(None) };
+        match cross_model.apply(n, command) {
+            Ok(predicted) => Ok(Some(predicted)),
+            Err(model::ModelError::Mismatch(e)) => fail(check::CROSS_MODEL_RESULTS, e),
+            Err(model::ModelError::OutOfRange(_)) => {
+                self.cross_model = None;
+                self.report.cross_model_stopped += 1;
+                Ok(None)
+            }
+        }
     }
 
     // ------------------------------------------------------------------
@@ -1176,6 +1283,30 @@ impl World {
         node.core = core;
         node.open.clear();
         node.parked.clear();
+        // The cross-shard model stands at the acknowledged state: step it
+        // through the group in flight until it matches what was recovered.
+        let mut k = 0;
+        let mut first = None;
+        while let Some(cross_model) = &mut self.cross_model {
+            match cross_model.check_shard(n, self.nodes[n].core.engine(), true) {
+                Ok(()) => break,
+                Err(e) if k < in_flight.len() => {
+                    first.get_or_insert(e);
+                    self.cross_apply(n, &in_flight[k])?;
+                    k += 1;
+                }
+                Err(e) => {
+                    return fail(
+                        check::RECOVERY_PREFIX,
+                        format!(
+                            "no prefix of the {} entries in flight matches the cross-shard model; acknowledged state: {}; all: {e}",
+                            in_flight.len(),
+                            first.unwrap_or(e.clone())
+                        ),
+                    );
+                }
+            }
+        }
         self.flush();
         Ok(())
     }
@@ -1243,7 +1374,8 @@ impl World {
             .offer(Request::LookupTransfers { ids: ids.clone(), reply }, self.now_ns)
             .or_else(|_| fail(check::READS, "a read was refused"))?;
         let found = answer.try_recv().or_else(|_| fail(check::READS, "a read was not answered at once"))?;
-        if let Some(model) = &self.nodes[n].model {
+        let model = self.nodes[n].model.as_ref().or(self.cross_model.as_ref().map(|c| c.model(n)));
+        if let Some(model) = model {
             let expected: Vec<Transfer> = model.transfer(ids[0]).into_iter().copied().collect();
             if found != expected {
                 return fail(
@@ -1279,6 +1411,13 @@ impl World {
             expiry_by_the_clock(engine).or_else(|e| fail(check::EXPIRY, format!("shard {n}: {e}")))?;
             if let Some(model) = &mut node.model {
                 model.check(engine, true).or_else(|e| fail(check::MODEL_STATE, e))?;
+            }
+        }
+        if let Some(cross_model) = &mut self.cross_model {
+            for (n, node) in self.nodes.iter().enumerate() {
+                cross_model
+                    .check_shard(n, node.core.engine(), true)
+                    .or_else(|e| fail(check::CROSS_MODEL_STATE, e))?;
             }
         }
         if self.shards > 1 {
@@ -1439,6 +1578,51 @@ impl World {
         let stuck: Vec<String> = self.nodes.iter().map(|node| format!("{:?}", node.core)).collect();
         fail(check::LIVENESS, format!("not idle after {DRAIN_STEPS_MAX} drain steps: {stuck:?}"))
     }
+}
+
+/// Compares a write's answer with the cross-shard model's prediction;
+/// returns the events compared.
+fn cross_results(
+    n: usize,
+    write: &ClientWrite,
+    predicted: &[model::Predicted],
+    outcomes: &[Outcome],
+    cross_model: &model::CrossModel,
+) -> Result<u64, Failure> {
+    let mut checked = 0;
+    for ((command, predicted), got) in write.commands.iter().zip(predicted).zip(outcomes) {
+        let expected = match predicted {
+            model::Predicted::Accounts(results) => Outcome::Accounts(results.clone()),
+            model::Predicted::Transfers(events) => {
+                let mut results = Vec::with_capacity(events.len());
+                for (i, &event) in events.iter().enumerate() {
+                    let Some(code) = cross_model.resolve(event) else {
+                        return fail(
+                            check::CROSS_MODEL_RESULTS,
+                            format!(
+                                "shard {n} answered event {i} of {command:?} with {got:?}, but the model has not settled it ({event:?})"
+                            ),
+                        );
+                    };
+                    results.push(code);
+                }
+                Outcome::Transfers(results)
+            }
+            model::Predicted::Internal => unreachable!("a client command"),
+        };
+        checked += match &expected {
+            Outcome::Accounts(r) => r.len(),
+            Outcome::Transfers(r) => r.len(),
+            Outcome::Ticked { .. } => 0,
+        } as u64;
+        if got != &expected {
+            return fail(
+                check::CROSS_MODEL_RESULTS,
+                format!("{command:?}\n  shard {n} answered {got:?}\n  model expects  {expected:?}"),
+            );
+        }
+    }
+    Ok(checked)
 }
 
 /// The recovered state must be the live (acknowledged) state plus a prefix
@@ -1657,6 +1841,13 @@ mod tests {
             ..
         } = totals;
         let (read_errors, bits_flipped) = (totals.read_errors, totals.bits_flipped);
+        let (cross_checked, stopped) = (totals.events_checked_cross, totals.cross_model_stopped);
+        // The cross-shard model follows nearly every run (it stops only at
+        // the transfer room of the small-limit seeds) and checks their events.
+        assert!(
+            cross_checked > 1000 * CI_SEEDS && stopped < CI_SEEDS / 10,
+            "cross-shard model: {cross_checked} events checked, stopped in {stopped} runs"
+        );
         assert!(
             crashes > CI_SEEDS
                 && delivered > 10 * CI_SEEDS
@@ -1796,6 +1987,7 @@ mod tests {
                 fresh: vec![false],
                 answer,
                 relay: Default::default(),
+                predicted: None,
             });
             world.write_group(0, false).unwrap();
             assert!(world.nodes[0].in_flight.is_some());

@@ -1,16 +1,29 @@
-//! The reference model in the simulator: the engine's reference model
-//! ([`molly_engine::model`], an independent implementation of the documented
-//! semantics) with the shard layer's reserved ids, fed exactly the commands
-//! each acknowledged journal group holds (ticks, account batches, transfer
-//! batches as the clients sent them). It knows one shard only: no
-//! cross-shard legs.
+//! The reference models in the simulator.
+//!
+//! - One shard: the engine's reference model ([`molly_engine::model`], an
+//!   independent implementation of the documented semantics) with the shard
+//!   layer's reserved ids, fed exactly the commands each acknowledged
+//!   journal group holds (ticks, account batches, transfer batches as the
+//!   clients sent them): [`new`] and [`apply`].
+//! - Two or three shards: [`CrossModel`], the cross-shard protocol as
+//!   docs/shards.md describes it ("Cross-shard transfers (as built)", "What
+//!   clients see", "Crashes and idempotency"), written again here on top of
+//!   one engine model per shard. It calls nothing of `cross.rs` but the id
+//!   formats of the shard layer's own accounts (bridges, sinks), so that its
+//!   per-shard state can be compared with the engine's record for record.
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use molly_engine::model::exists_code;
 pub use molly_engine::model::Model;
-use molly_engine::Config;
+use molly_engine::{Account, Config, CreateAccountResult as AR, CreateTransferResult as TR, Engine};
+use molly_engine::{Transfer, TransferFlags as TF};
 
-use crate::cross::is_reserved;
+use crate::cross::{bridge_id, is_reserved, sink_id, ACCOUNT_CODE_SHARD};
 use crate::durable::Outcome;
 use crate::journal::CommandBuf;
+use crate::route::is_sharded;
+use crate::runtime::shard_for;
 
 /// A model of one shard with `config`'s limits and assets.
 pub fn new(config: Config) -> Model {
@@ -26,5 +39,619 @@ pub fn apply(model: &mut Model, command: &CommandBuf) -> Outcome {
         CommandBuf::Credits(_) | CommandBuf::Settles(_) => {
             unreachable!("the model is of one shard: no cross-shard legs")
         }
+    }
+}
+
+/// What the model predicts a client is answered for one transfer event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Decided when the batch was applied.
+    Final(TR),
+    /// Decided when cross-shard transfer `id` is settled: its final code
+    /// (`original`: the event that opened it), or for an identical retry
+    /// of an open one, `exists` if it posted, else its failure.
+    Waits {
+        /// The transfer.
+        id: u128,
+        /// True for the event that opened the intent.
+        original: bool,
+    },
+}
+
+/// The model's prediction for one journaled command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Predicted {
+    /// A client's account batch: its results.
+    Accounts(Vec<AR>),
+    /// A client's transfer batch: per event, its result or what it waits for.
+    Transfers(Vec<Event>),
+    /// A tick, credit legs or settles: nothing a client is answered.
+    Internal,
+}
+
+/// Why the model could not follow a command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelError {
+    /// The journal holds what the model says cannot be (a leg or a settle
+    /// the protocol would not make).
+    Mismatch(String),
+    /// Outside what the model predicts (the transfer room is reached while
+    /// settles are owed: which events get `transfers_limit_reached` then is
+    /// not modelled); the run goes on without it.
+    OutOfRange(String),
+}
+
+/// How the shard layer treats a client's event (docs/shards.md, "What clients see").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// To the ledger as sent.
+    Local,
+    /// Credits an account of shard `peer`: two-phase.
+    Cross(u32),
+    /// Refused by the shard layer with this code before the ledger checks it
+    /// (inside a linked chain, it fails the chain like any failed event).
+    Refused(TR),
+    /// In a closed linked chain naming another shard's account.
+    Chain,
+}
+
+/// One shard: its ledger (user accounts, its bridges and sinks, pending and
+/// credit legs, tombstones, settles) and its open intents.
+#[derive(Clone, Debug)]
+struct ShardModel {
+    model: Model,
+    /// Open intents: the transfer as sent and the credit shard.
+    intents: BTreeMap<u128, (Transfer, u32)>,
+    /// Every cross-shard transfer opened here, as sent (retries are compared with it).
+    sent: BTreeMap<u128, Transfer>,
+}
+
+/// The cross-shard protocol at the level a client sees, one ledger model
+/// per shard fed in that shard's journal order.
+#[derive(Clone, Debug)]
+pub struct CrossModel {
+    shards: u32,
+    nodes: Vec<ShardModel>,
+    /// The credit leg of every intent ever opened and its debit shard, as
+    /// the model derives it from the transfer sent.
+    legs: BTreeMap<u128, (Transfer, u32)>,
+    /// The credit shard's answer to each leg (every copy answers alike).
+    answers: BTreeMap<u128, TR>,
+    /// The final code of each settled cross-shard transfer.
+    finals: BTreeMap<u128, TR>,
+}
+
+fn is_exists(result: TR) -> bool {
+    use TR::*;
+    matches!(
+        result,
+        Exists
+            | ExistsWithDifferentFlags
+            | ExistsWithDifferentPendingId
+            | ExistsWithDifferentTimeout
+            | ExistsWithDifferentDebitAccountId
+            | ExistsWithDifferentCreditAccountId
+            | ExistsWithDifferentAmount
+            | ExistsWithDifferentUserData128
+            | ExistsWithDifferentUserData64
+            | ExistsWithDifferentUserData32
+            | ExistsWithDifferentLedger
+            | ExistsWithDifferentCode
+    )
+}
+
+fn layer_account(id: u128, ledger: u32) -> Account {
+    Account { id, ledger, code: ACCOUNT_CODE_SHARD, ..Account::default() }
+}
+
+impl CrossModel {
+    /// `shards` empty shards with `config`'s limits and assets.
+    pub fn new(config: &Config, shards: u32) -> Self {
+        assert!(shards > 1);
+        // Shard n of `shards` stamps only nanoseconds ≡ n (mod shards) (docs/engine.md, Time).
+        let node = |n| ShardModel {
+            model: new(Config { timestamp_stride: shards, timestamp_offset: n, ..config.clone() }),
+            intents: BTreeMap::new(),
+            sent: BTreeMap::new(),
+        };
+        Self {
+            shards,
+            nodes: (0..shards).map(node).collect(),
+            legs: BTreeMap::new(),
+            answers: BTreeMap::new(),
+            finals: BTreeMap::new(),
+        }
+    }
+
+    /// Shard `n`'s ledger model.
+    pub fn model(&self, n: usize) -> &Model {
+        &self.nodes[n].model
+    }
+
+    /// Compares shard `n`'s engine with its model (every record when `full`),
+    /// and the model's own conservation.
+    pub fn check_shard(&mut self, n: usize, engine: &Engine, full: bool) -> Result<(), String> {
+        let model = &mut self.nodes[n].model;
+        model.check_conservation().map_err(|e| format!("shard {n}: {e}"))?;
+        model.check(engine, full).map_err(|e| format!("shard {n}: {e}"))
+    }
+
+    /// What a client is answered for `event`, once every transfer it waits
+    /// for is settled; `None` while one is not.
+    pub fn resolve(&self, event: Event) -> Option<TR> {
+        match event {
+            Event::Final(code) => Some(code),
+            Event::Waits { id, original } => {
+                let code = *self.finals.get(&id)?;
+                Some(match (original, code) {
+                    (true, code) => code,
+                    (false, TR::Ok) => TR::Exists,
+                    (false, failure) => failure,
+                })
+            }
+        }
+    }
+
+    /// The shard a transfer's credit account lives on, when it is another
+    /// than `shard` (a post or void names no account of its own).
+    fn peer(&self, shard: usize, t: &Transfer) -> Option<u32> {
+        let credit = t.credit_account_id;
+        if t.flags.intersects(TF::POST_PENDING | TF::VOID_PENDING)
+            || credit == 0
+            || credit == u128::MAX
+            || is_reserved(credit)
+            || is_sharded(credit)
+        {
+            return None;
+        }
+        let peer = shard_for(credit, self.shards);
+        (peer as usize != shard).then_some(peer)
+    }
+
+    /// Applies one command journaled by shard `n`, in its journal order.
+    pub fn apply(&mut self, n: usize, command: &CommandBuf) -> Result<Predicted, ModelError> {
+        match command {
+            CommandBuf::Tick { now_ns } => {
+                self.nodes[n].model.tick(*now_ns);
+                Ok(Predicted::Internal)
+            }
+            CommandBuf::CreateAccounts(batch) => {
+                Ok(Predicted::Accounts(self.nodes[n].model.create_accounts(batch)))
+            }
+            CommandBuf::CreateTransfers(batch) => self.client_transfers(n, batch).map(Predicted::Transfers),
+            CommandBuf::Credits(legs) => self.credits(n, legs).map(|()| Predicted::Internal),
+            CommandBuf::Settles(settles) => self.settles(n, settles).map(|()| Predicted::Internal),
+        }
+    }
+
+    /// The shard layer's view of one event, against the state before the batch.
+    fn kind(&self, n: usize, t: &Transfer, cross_in_batch: &BTreeSet<u128>) -> Kind {
+        let model = &self.nodes[n].model;
+        // What the ledger refuses first (timestamp, flags, id 0 or max) stays the ledger's.
+        if t.timestamp != 0 || t.flags.0 & !TF::ALL.0 != 0 || t.id == 0 || t.id == u128::MAX {
+            return Kind::Local;
+        }
+        if is_reserved(t.id) {
+            return Kind::Refused(TR::IdMustNotBeReserved);
+        }
+        // An id that exists gets its `exists*` answer before any refusal.
+        let refuse = |code| if model.transfer(t.id).is_some() { Kind::Local } else { Kind::Refused(code) };
+        let phases = [TF::PENDING, TF::POST_PENDING, TF::VOID_PENDING];
+        if phases.iter().filter(|&&f| t.flags.contains(f)).count() > 1 {
+            return Kind::Local;
+        }
+        if t.flags.intersects(TF::POST_PENDING | TF::VOID_PENDING) {
+            let shaped = !t.flags.intersects(
+                TF::BALANCING_DEBIT | TF::BALANCING_CREDIT | TF::CLOSING_DEBIT | TF::CLOSING_CREDIT,
+            ) && t.pending_id != 0
+                && t.pending_id != u128::MAX
+                && t.pending_id != t.id
+                && t.timeout == 0;
+            // A cross-shard transfer is plain to its client.
+            let cross = cross_in_batch.contains(&t.pending_id) || model.is_held(t.pending_id);
+            return if shaped && cross { refuse(TR::PendingTransferNotPending) } else { Kind::Local };
+        }
+        let (debit, credit) = (t.debit_account_id, t.credit_account_id);
+        if debit == 0 || debit == u128::MAX || credit == 0 || credit == u128::MAX {
+            return Kind::Local;
+        }
+        if is_reserved(debit) {
+            return refuse(TR::DebitAccountIdMustNotBeReserved);
+        }
+        if is_reserved(credit) {
+            return refuse(TR::CreditAccountIdMustNotBeReserved);
+        }
+        let Some(peer) = self.peer(n, t) else { return Kind::Local };
+        if t.flags.intersects(TF::PENDING | TF::BALANCING_CREDIT | TF::CLOSING_DEBIT | TF::CLOSING_CREDIT) {
+            return refuse(TR::CrossShardFlagsNotSupported);
+        }
+        if t.pending_id != 0 || t.timeout != 0 {
+            // The ledger refuses these before it looks at accounts.
+            return Kind::Local;
+        }
+        Kind::Cross(peer)
+    }
+
+    /// A client's transfer batch on its debit shard `n`: local events as
+    /// the ledger applies them, cross-shard ones as a pending leg from the
+    /// debit account to the bridge toward the credit shard (the debit
+    /// side's checks), refused shapes with their documented codes.
+    fn client_transfers(&mut self, n: usize, batch: &[Transfer]) -> Result<Vec<Event>, ModelError> {
+        let mut open_from = batch.len();
+        while open_from > 0 && batch[open_from - 1].flags.contains(TF::LINKED) {
+            open_from -= 1;
+        }
+        let mut kinds = vec![Kind::Local; batch.len()];
+        let mut cross_in_batch = BTreeSet::new();
+        for i in 0..open_from {
+            kinds[i] = self.kind(n, &batch[i], &cross_in_batch);
+            if matches!(kinds[i], Kind::Cross(_)) {
+                cross_in_batch.insert(batch[i].id);
+            }
+        }
+        // A closed linked chain naming another shard's account is refused whole.
+        let mut start = 0;
+        for i in 0..open_from {
+            if batch[i].flags.contains(TF::LINKED) {
+                continue;
+            }
+            if i > start && batch[start..=i].iter().any(|t| self.peer(n, t).is_some()) {
+                kinds[start..=i].fill(Kind::Chain);
+            }
+            start = i + 1;
+        }
+        let node = &mut self.nodes[n];
+        // A transfer slot is kept for the settle of every intent: near the
+        // limit, which events the room refuses is not modelled.
+        if !node.intents.is_empty() || kinds.iter().any(|k| matches!(k, Kind::Cross(_))) {
+            let cost: usize = kinds
+                .iter()
+                .map(|k| match k {
+                    Kind::Local => 1,
+                    Kind::Cross(_) => 2,
+                    Kind::Refused(_) | Kind::Chain => 0,
+                })
+                .sum();
+            let room = (node.model.config().transfers_max as usize)
+                .saturating_sub(node.model.transfers().len() + node.intents.len());
+            if cost > room {
+                return Err(ModelError::OutOfRange(format!(
+                    "shard {n}: a batch costing {cost} transfer slots with {room} left"
+                )));
+            }
+        }
+        // The bridge toward each credit shard, per ledger: the transfer's
+        // ledger's if it exists, else the debit account's (created now, the
+        // first time it is needed; one of an unregistered ledger cannot be).
+        let mut bridges = vec![0; batch.len()];
+        let mut missing = BTreeSet::new();
+        for (i, t) in batch.iter().enumerate() {
+            let Kind::Cross(peer) = kinds[i] else { continue };
+            let mut ledger = t.ledger;
+            if node.model.account(bridge_id(n as u32, peer, ledger)).is_none() {
+                ledger = node.model.account(t.debit_account_id).map_or(t.ledger, |a| a.ledger);
+                if ledger != 0 && node.model.account(bridge_id(n as u32, peer, ledger)).is_none() {
+                    missing.insert((peer, ledger));
+                }
+            }
+            bridges[i] = bridge_id(n as u32, peer, ledger);
+        }
+        let accounts: Vec<Account> = missing
+            .iter()
+            .map(|&(peer, ledger)| layer_account(bridge_id(n as u32, peer, ledger), ledger))
+            .collect();
+        if !accounts.is_empty() {
+            node.model.unreserved(|m| m.create_accounts(&accounts));
+        }
+        let events: Vec<Transfer> = batch
+            .iter()
+            .zip(&kinds)
+            .enumerate()
+            .map(|(i, (t, kind))| match kind {
+                Kind::Local => *t,
+                // Fails first, so a chain holding it fails as for any failed event.
+                Kind::Refused(_) | Kind::Chain => Transfer { timestamp: 1, ..*t },
+                Kind::Cross(_) => Transfer {
+                    credit_account_id: bridges[i],
+                    flags: TF(TF::PENDING.0 | (t.flags.0 & TF::BALANCING_DEBIT.0)),
+                    ..*t
+                },
+            })
+            .collect();
+        let results = node.model.unreserved(|m| m.create_transfers(&events));
+        let mut predicted = Vec::with_capacity(batch.len());
+        for (i, (t, kind)) in batch.iter().zip(&kinds).enumerate() {
+            let result = results[i];
+            let event = match *kind {
+                Kind::Chain => Event::Final(TR::LinkedEventChainCrossShard),
+                Kind::Refused(code) if result == TR::TimestampMustBeZero => Event::Final(code),
+                Kind::Refused(_) => Event::Final(result),
+                Kind::Local | Kind::Cross(_) if is_exists(result) => self.retry(n, t),
+                Kind::Cross(peer) if result == TR::Ok => {
+                    let node = &mut self.nodes[n];
+                    let amount = node.model.transfer(t.id).expect("the pending leg").amount;
+                    node.model.hold(t.id);
+                    node.intents.insert(t.id, (*t, peer));
+                    node.sent.insert(t.id, *t);
+                    let leg = Transfer {
+                        id: t.id,
+                        debit_account_id: bridge_id(peer, n as u32, t.ledger),
+                        credit_account_id: t.credit_account_id,
+                        amount,
+                        pending_id: 0,
+                        user_data_128: t.user_data_128,
+                        user_data_64: t.user_data_64,
+                        user_data_32: t.user_data_32,
+                        timeout: 0,
+                        ledger: t.ledger,
+                        code: t.code,
+                        // A balancing amount clamped to 0 stays a balancing transfer.
+                        flags: if amount == 0 { TF::BALANCING_DEBIT } else { TF::NONE },
+                        timestamp: 0,
+                    };
+                    self.legs.insert(t.id, (leg, n as u32));
+                    Event::Waits { id: t.id, original: true }
+                }
+                // The checks the client sees are of a plain transfer.
+                Kind::Cross(_) => Event::Final(match result {
+                    TR::OverflowsDebitsPending => TR::OverflowsDebitsPosted,
+                    TR::OverflowsCreditsPending => TR::OverflowsCreditsPosted,
+                    other => other,
+                }),
+                Kind::Local => Event::Final(result),
+            };
+            predicted.push(event);
+        }
+        Ok(predicted)
+    }
+
+    /// A retry of an id that exists on shard `n`: compared with what the
+    /// client sent the first time (not with the legs it became); an
+    /// identical retry of an open cross-shard transfer waits for it, of a
+    /// settled one answers `exists` or its recorded failure, forever.
+    fn retry(&self, n: usize, t: &Transfer) -> Event {
+        let node = &self.nodes[n];
+        let stored = *node.model.transfer(t.id).expect("exists");
+        let Some(first) = node.sent.get(&t.id) else {
+            return Event::Final(exists_code(t, &stored));
+        };
+        let view = Transfer {
+            credit_account_id: first.credit_account_id,
+            flags: TF(stored.flags.0 & !TF::PENDING.0),
+            timeout: 0,
+            ..stored
+        };
+        let code = exists_code(t, &view);
+        if code != TR::Exists {
+            return Event::Final(code);
+        }
+        if node.intents.contains_key(&t.id) {
+            return Event::Waits { id: t.id, original: false };
+        }
+        Event::Final(match self.finals[&t.id] {
+            TR::Ok => TR::Exists,
+            failure => failure,
+        })
+    }
+
+    /// Credit legs on their credit shard `n`: each must be the leg its
+    /// intent makes; applied from the bridge toward the debit shard to the
+    /// credit account (the credit side's checks). A new leg answers `ok` or
+    /// its failure, which a tombstone records; a copy answers as the first.
+    fn credits(&mut self, n: usize, legs: &[Transfer]) -> Result<(), ModelError> {
+        let mut ledgers = BTreeSet::new();
+        let mut from = None;
+        for leg in legs {
+            let Some((expected, debit_shard)) = self.legs.get(&leg.id) else {
+                return Err(ModelError::Mismatch(format!(
+                    "shard {n} journaled credit leg {} of no intent the model opened: {leg:?}",
+                    leg.id
+                )));
+            };
+            if expected != leg {
+                return Err(ModelError::Mismatch(format!(
+                    "shard {n} journaled credit leg {leg:?}\n  model expects {expected:?}"
+                )));
+            }
+            if *from.get_or_insert(*debit_shard) != *debit_shard {
+                return Err(ModelError::Mismatch(format!("shard {n}: one Credits entry from two shards")));
+            }
+            ledgers.insert(leg.ledger);
+        }
+        let Some(peer) = from else { return Ok(()) };
+        let node = &mut self.nodes[n];
+        let mut accounts = Vec::new();
+        for &ledger in &ledgers {
+            for id in [bridge_id(n as u32, peer, ledger), sink_id(n as u32, ledger)] {
+                if node.model.account(id).is_none() {
+                    accounts.push(layer_account(id, ledger));
+                }
+            }
+        }
+        if !accounts.is_empty() {
+            node.model.unreserved(|m| m.create_accounts(&accounts));
+        }
+        let room = (node.model.config().transfers_max as usize)
+            .saturating_sub(node.model.transfers().len() + node.intents.len());
+        if legs.len() > room {
+            return Err(ModelError::OutOfRange(format!(
+                "shard {n}: {} credit legs, room {room}",
+                legs.len()
+            )));
+        }
+        let results = node.model.unreserved(|m| m.create_transfers(legs));
+        let mut tombstones = Vec::new();
+        let mut answers = Vec::with_capacity(legs.len());
+        for (leg, &result) in legs.iter().zip(&results) {
+            let answer = if result == TR::Ok {
+                TR::Ok
+            } else if is_exists(result) {
+                let stored = node.model.transfer(leg.id).expect("exists");
+                if stored.debit_account_id != leg.debit_account_id {
+                    result
+                } else if stored.credit_account_id == sink_id(n as u32, leg.ledger) {
+                    TR::from_u32(stored.user_data_32).expect("a tombstone records a code")
+                } else {
+                    TR::Ok
+                }
+            } else {
+                tombstones.push(Transfer {
+                    credit_account_id: sink_id(n as u32, leg.ledger),
+                    amount: 0,
+                    user_data_128: 0,
+                    user_data_64: 0,
+                    user_data_32: result as u32,
+                    flags: TF::BALANCING_DEBIT,
+                    ..*leg
+                });
+                result
+            };
+            answers.push((leg.id, answer));
+        }
+        if !tombstones.is_empty() {
+            node.model.unreserved(|m| m.create_transfers(&tombstones));
+        }
+        for (id, answer) in answers {
+            if let Some(&first) = self.answers.get(&id) {
+                if first != answer {
+                    return Err(ModelError::Mismatch(format!(
+                        "shard {n}: a copy of credit leg {id} answers {answer}, the first answered {first}"
+                    )));
+                }
+            }
+            self.answers.insert(id, answer);
+        }
+        Ok(())
+    }
+
+    /// Settles on the debit shard `n`: each must post (the credit shard
+    /// answered `ok`) or void (recording the answer) an open intent; the
+    /// transfer's final code is then known.
+    fn settles(&mut self, n: usize, settles: &[Transfer]) -> Result<(), ModelError> {
+        for s in settles {
+            let id = s.pending_id;
+            let node = &mut self.nodes[n];
+            let Some(&(sent, _)) = node.intents.get(&id) else {
+                return Err(ModelError::Mismatch(format!(
+                    "shard {n} settles {id}, not an open intent: {s:?}"
+                )));
+            };
+            let Some(&answer) = self.answers.get(&id) else {
+                return Err(ModelError::Mismatch(format!(
+                    "shard {n} settles {id} before its credit shard journaled an answer: {s:?}"
+                )));
+            };
+            let (flags, code) =
+                if answer == TR::Ok { (TF::POST_PENDING, 0) } else { (TF::VOID_PENDING, answer as u32) };
+            if s.flags != flags || s.user_data_32 != code || s.user_data_128 != sent.credit_account_id {
+                return Err(ModelError::Mismatch(format!(
+                    "shard {n} settles {id} as {s:?}; the credit shard's answer is {answer}"
+                )));
+            }
+            let result = node.model.settle(s);
+            if result != TR::Ok {
+                return Err(ModelError::Mismatch(format!(
+                    "shard {n}: settle of {id} fails in the model: {result}"
+                )));
+            }
+            node.intents.remove(&id);
+            self.finals.insert(id, answer);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use molly_engine::AccountFlags as AF;
+
+    use super::*;
+    use crate::cross::RESERVED_ID_MIN;
+
+    fn account(id: u128, flags: AF) -> Account {
+        Account { id, ledger: 1, code: 1, flags, ..Account::default() }
+    }
+
+    fn transfer(id: u128, debit: u128, credit: u128, flags: TF) -> Transfer {
+        Transfer {
+            id,
+            debit_account_id: debit,
+            credit_account_id: credit,
+            amount: 10,
+            ledger: 1,
+            code: 1,
+            flags,
+            ..Transfer::default()
+        }
+    }
+
+    /// The documented answers of the cross-shard protocol, scripted: the
+    /// sweep's agreement with the shards would not prove them on its own.
+    #[test]
+    fn the_cross_shard_model_gives_the_documented_codes() {
+        let mut m = CrossModel::new(&Config::default(), 2);
+        let on = |shard: u32| (1..).find(|&id| shard_for(id, 2) == shard).unwrap();
+        let (a, b) = (on(0), on(1));
+        let a2 = (a + 1..).find(|&id| shard_for(id, 2) == 0).unwrap();
+        let accounts = |ids: &[(u128, AF)]| {
+            CommandBuf::CreateAccounts(ids.iter().map(|&(id, f)| account(id, f)).collect())
+        };
+        assert_eq!(
+            m.apply(0, &accounts(&[(a, AF::NONE), (a2, AF::NONE)])),
+            Ok(Predicted::Accounts(vec![AR::Ok; 2]))
+        );
+        assert_eq!(
+            m.apply(1, &accounts(&[(b, AF::CREDITS_MUST_NOT_EXCEED_DEBITS)])),
+            Ok(Predicted::Accounts(vec![AR::Ok]))
+        );
+        let batch = vec![
+            transfer(1, a, b, TF::NONE),
+            transfer(2, a, b, TF::PENDING),
+            transfer(3, a, b, TF::LINKED),
+            transfer(4, a, a2, TF::NONE),
+            Transfer { pending_id: 1, ..transfer(5, 0, 0, TF::POST_PENDING) },
+            transfer(RESERVED_ID_MIN + 6, a, b, TF::NONE),
+        ];
+        let expected = vec![
+            Event::Waits { id: 1, original: true },
+            Event::Final(TR::CrossShardFlagsNotSupported),
+            Event::Final(TR::LinkedEventChainCrossShard),
+            Event::Final(TR::LinkedEventChainCrossShard),
+            Event::Final(TR::PendingTransferNotPending),
+            Event::Final(TR::IdMustNotBeReserved),
+        ];
+        assert_eq!(
+            m.apply(0, &CommandBuf::CreateTransfers(batch.clone())),
+            Ok(Predicted::Transfers(expected))
+        );
+        // The credit leg: bridge(1 → 0) to b; b's limit refuses it.
+        let leg = Transfer { debit_account_id: bridge_id(1, 0, 1), ..transfer(1, 0, b, TF::NONE) };
+        let wrong = Transfer { amount: 11, ..leg };
+        assert!(matches!(m.apply(1, &CommandBuf::Credits(vec![wrong])), Err(ModelError::Mismatch(_))));
+        assert_eq!(m.apply(1, &CommandBuf::Credits(vec![leg])), Ok(Predicted::Internal));
+        assert_eq!(m.answers[&1], TR::ExceedsDebits);
+        // A copy answers as the first (the tombstone).
+        assert_eq!(m.apply(1, &CommandBuf::Credits(vec![leg])), Ok(Predicted::Internal));
+        let settle =
+            Transfer { id: RESERVED_ID_MIN + 100, pending_id: 1, user_data_128: b, ..Transfer::default() };
+        let post = Transfer { flags: TF::POST_PENDING, ..settle };
+        assert!(matches!(m.apply(0, &CommandBuf::Settles(vec![post])), Err(ModelError::Mismatch(_))));
+        let void = Transfer { flags: TF::VOID_PENDING, user_data_32: TR::ExceedsDebits as u32, ..settle };
+        assert_eq!(m.apply(0, &CommandBuf::Settles(vec![void])), Ok(Predicted::Internal));
+        assert_eq!(m.resolve(Event::Waits { id: 1, original: true }), Some(TR::ExceedsDebits));
+        assert_eq!(m.resolve(Event::Waits { id: 1, original: false }), Some(TR::ExceedsDebits));
+        // The id is spent: an identical retry answers the recorded failure, a changed one its difference.
+        let retry = vec![batch[0], Transfer { amount: 9, ..batch[0] }];
+        assert_eq!(
+            m.apply(0, &CommandBuf::CreateTransfers(retry)),
+            Ok(Predicted::Transfers(vec![
+                Event::Final(TR::ExceedsDebits),
+                Event::Final(TR::ExistsWithDifferentAmount)
+            ]))
+        );
+        // Nothing moved: the void released a's pending debit.
+        let a = m.model(0).account(a).unwrap();
+        assert_eq!((a.debits_pending, a.debits_posted), (0, 0));
+        assert_eq!(m.model(1).account(b).unwrap().credits_posted, 0);
     }
 }
