@@ -750,12 +750,10 @@ async fn open_journal(
         .await
         .map_err(|error| format!("opening {} for direct I/O: {error}", path.display()))?;
     if create {
-        let synced = async {
-            let directory = glommio::io::Directory::open(dir).await?;
-            directory.sync().await?;
-            directory.close().await
-        };
-        if let Err(error) = synced.await {
+        // A blocking fsync of the directory (once per journal file):
+        // glommio's `Directory::open` fails with EBADF on a relative path,
+        // and `molly serve`'s default data directory is `./data`.
+        if let Err(error) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
             let _ = file.close().await;
             return Err(format!("syncing {} after creating {}: {error}", dir.display(), path.display()));
         }

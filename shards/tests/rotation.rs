@@ -282,7 +282,12 @@ fn an_old_single_journal_file_is_renamed_and_recovered() {
 /// snapshot, a restart with every write there, and old files deleted.
 #[test]
 fn the_runtime_rotates_its_journal_and_deletes_covered_files() {
-    let dir = TempDir::new("runtime-rotate");
+    // A relative data directory, as `molly serve`'s default `./data` is
+    // (the test's working directory is the crate's).
+    let temp = tempfile::Builder::new().prefix("molly-runtime-rotate-").tempdir_in(".").unwrap();
+    let relative = PathBuf::from(temp.path().file_name().unwrap());
+    assert!(relative.is_relative());
+    let dir = TempDir(relative, temp);
     let config = || RuntimeConfig {
         shards: 1,
         snapshot_every_bytes: 64 << 10,
