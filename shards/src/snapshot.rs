@@ -25,8 +25,7 @@
 //! the writer (`Arc`, never mutated). [`write()`] then runs anywhere — the
 //! runtime runs it on a background thread while the shard goes on — and
 //! writes the blocks not yet in a segment as one new segment file, then the
-//! snapshot file. Every file is written to `*.tmp` (with direct I/O where the
-//! file system allows: [`DiskWriter`]), fsynced, renamed, and the
+//! snapshot file. Every file is written to `*.tmp`, fsynced, renamed, and the
 //! directory fsynced: it either is complete or does not exist. The newest two
 //! snapshots are kept; segments are history and are kept (their blocks are
 //! read back through a read-only mapping once evicted from memory).
@@ -42,7 +41,6 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::mem::size_of;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -261,19 +259,19 @@ pub trait Storage {
 pub struct Disk;
 
 impl Storage for Disk {
-    type Writer = DiskWriter;
+    type Writer = File;
     type Reader = File;
 
-    fn create(&self, path: &Path) -> std::io::Result<DiskWriter> {
-        DiskWriter::create(path)
+    fn create(&self, path: &Path) -> std::io::Result<File> {
+        File::create(path)
     }
 
-    fn write_all(&self, file: &mut DiskWriter, bytes: &[u8]) -> std::io::Result<()> {
+    fn write_all(&self, file: &mut File, bytes: &[u8]) -> std::io::Result<()> {
         file.write_all(bytes)
     }
 
-    fn sync(&self, file: &mut DiskWriter) -> std::io::Result<()> {
-        file.sync()
+    fn sync(&self, file: &mut File) -> std::io::Result<()> {
+        file.sync_all()
     }
 
     fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
@@ -319,111 +317,6 @@ impl Storage for Disk {
                     as Arc<dyn ColdBlock>
             })
             .collect())
-    }
-}
-
-/// Bytes a [`DiskWriter`] gathers before one direct write: 1 MiB.
-pub const DIRECT_CHUNK_BYTES: usize = 1 << 20;
-
-/// One page of a direct-I/O buffer (direct writes need page-aligned memory).
-#[repr(C, align(4096))]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Page([u8; 4096]);
-
-/// A snapshot or segment file written with direct I/O (`O_DIRECT`), in
-/// chunks of [`DIRECT_CHUNK_BYTES`].
-///
-/// Why: with buffered writes, a snapshot leaves hundreds of MiB of dirty
-/// pages that ext4 (`data=ordered`) must flush before it commits its own
-/// journal, and every journal `fdatasync` of the shard that grows the file
-/// waits for that commit: group commits of 1 ms took 40–120 ms while a
-/// snapshot was written (`molly bench shards --snapshot-every-bytes`,
-/// tuning/README.md). Written directly, the data is on the device when each
-/// write returns; nothing dirty is left for the journal's commits to wait
-/// on, and the device sees one 1 MiB request at a time beside the journal's.
-/// Where the file system refuses `O_DIRECT` (tmpfs), the file is written
-/// through the page cache as before.
-#[derive(Debug)]
-pub struct DiskWriter {
-    file: File,
-    direct: bool,
-    /// Page-aligned staging buffer (empty when not direct).
-    buffer: Vec<Page>,
-    /// Bytes staged in `buffer`.
-    staged: usize,
-    /// Bytes written to the file so far.
-    written: u64,
-}
-
-impl std::fmt::Debug for Page {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Page")
-    }
-}
-
-impl DiskWriter {
-    /// Creates (or truncates) `path`, for direct I/O where the file system allows it.
-    pub fn create(path: &Path) -> std::io::Result<Self> {
-        Self::open(path, true)
-    }
-
-    fn open(path: &Path, try_direct: bool) -> std::io::Result<Self> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let open = |flags| {
-            std::fs::OpenOptions::new().write(true).create(true).truncate(true).custom_flags(flags).open(path)
-        };
-        let (file, direct) = match open(if try_direct { libc::O_DIRECT } else { 0 }) {
-            Ok(file) => (file, try_direct),
-            Err(error) if try_direct && error.raw_os_error() == Some(libc::EINVAL) => (open(0)?, false),
-            Err(error) => return Err(error),
-        };
-        let pages = if direct { DIRECT_CHUNK_BYTES / size_of::<Page>() } else { 0 };
-        Ok(Self { file, direct, buffer: vec![Page([0; 4096]); pages], staged: 0, written: 0 })
-    }
-
-    /// Appends `bytes` (whole chunks go to the device as they fill).
-    pub fn write_all(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
-        if !self.direct {
-            return self.file.write_all(bytes);
-        }
-        if !self.written.is_multiple_of(size_of::<Page>() as u64) {
-            return Err(std::io::Error::other("written to after its last piece was synced"));
-        }
-        while !bytes.is_empty() {
-            let buffer: &mut [u8] = bytemuck::cast_slice_mut(&mut self.buffer);
-            let take = bytes.len().min(buffer.len() - self.staged);
-            buffer[self.staged..self.staged + take].copy_from_slice(&bytes[..take]);
-            self.staged += take;
-            bytes = &bytes[take..];
-            if self.staged == buffer.len() {
-                self.flush(self.staged)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes the first `len` staged bytes (a multiple of the page size, or
-    /// the last piece of the file) at the end of the file.
-    fn flush(&mut self, len: usize) -> std::io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        let aligned = len.next_multiple_of(size_of::<Page>());
-        let buffer: &mut [u8] = bytemuck::cast_slice_mut(&mut self.buffer);
-        buffer[len..aligned].fill(0);
-        self.file.write_all_at(&buffer[..aligned], self.written)?;
-        self.written += len as u64;
-        self.staged = 0;
-        Ok(())
-    }
-
-    /// Writes what is staged and makes the file durable (`fsync`).
-    pub fn sync(&mut self) -> std::io::Result<()> {
-        if self.staged > 0 {
-            let len = self.staged;
-            // The last piece goes out padded to a page; the padding is cut.
-            self.flush(len)?;
-            self.file.set_len(self.written)?;
-        }
-        self.file.sync_all()
     }
 }
 
@@ -852,46 +745,4 @@ pub fn load_newest_from<S: Storage>(storage: &S, dir: &Path, config: &Config) ->
         }
     }
     loaded
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Pieces of awkward sizes across chunk and page boundaries come back
-    /// byte for byte, the file exactly as long as what was written, direct
-    /// or through the page cache.
-    #[test]
-    fn a_disk_writer_writes_exactly_the_bytes_given() {
-        let dir = tempfile::tempdir().unwrap();
-        for try_direct in [true, false] {
-            let path = dir.path().join(format!("file-{try_direct}"));
-            let mut writer = DiskWriter::open(&path, try_direct).unwrap();
-            let sizes =
-                [3, 4096, DIRECT_CHUNK_BYTES + 5, 7, DIRECT_CHUNK_BYTES - 10, 2 * DIRECT_CHUNK_BYTES, 1];
-            let mut expected = Vec::new();
-            for (i, size) in sizes.into_iter().enumerate() {
-                let piece: Vec<u8> = (0..size).map(|j| (j * 31 + i * 7) as u8).collect();
-                writer.write_all(&piece).unwrap();
-                expected.extend_from_slice(&piece);
-            }
-            writer.sync().unwrap();
-            assert_eq!(std::fs::read(&path).unwrap(), expected, "direct: {}", writer.direct);
-            if writer.direct {
-                // A direct writer refuses to go on after its unaligned last piece.
-                assert!(writer.write_all(&[1]).is_err());
-            }
-        }
-    }
-
-    /// A file that ends on a chunk boundary needs no last piece.
-    #[test]
-    fn a_disk_writer_ends_on_a_chunk_boundary() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("file");
-        let mut writer = DiskWriter::create(&path).unwrap();
-        writer.write_all(&vec![9u8; DIRECT_CHUNK_BYTES]).unwrap();
-        writer.sync().unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), vec![9u8; DIRECT_CHUNK_BYTES]);
-    }
 }
