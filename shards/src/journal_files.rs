@@ -101,8 +101,8 @@ pub fn usage<S: Storage>(storage: &S, dir: &Path) -> (usize, u64) {
 /// simulator's (`sim::files`), like snapshots.
 pub trait JournalStorage: Storage {
     /// A journal file open for positioned writes (on the real file system a
-    /// plain `File`: snapshots' [`Storage::Writer`] writes sequentially with
-    /// direct I/O from its own aligned buffer).
+    /// `File`; kept apart from snapshots' sequential [`Storage::Writer`] so
+    /// either can change how it writes).
     type JournalFile;
     /// Creates (or truncates) `path` for positioned writes.
     fn create_journal(&self, path: &Path) -> std::io::Result<Self::JournalFile>;
