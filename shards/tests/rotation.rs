@@ -179,18 +179,23 @@ fn both_snapshots_damaged_with_the_journal_before_them_deleted_is_refused_naming
     assert!(snapshots.len() >= 2);
 }
 
+/// Writes `all` with every journal file kept; the files (three or more).
+fn write_kept(dir: &Path, all: &[CommandBuf]) -> Vec<(u64, PathBuf)> {
+    let mut ledger = open(dir, true).unwrap();
+    for command in all {
+        run(&mut ledger, command);
+    }
+    drop(ledger);
+    let files = journal_files::list_in(&Disk, dir).unwrap();
+    assert!(files.len() >= 3, "{files:?}");
+    files
+}
+
 #[test]
 fn a_torn_tail_in_the_last_file_is_cut_and_writing_goes_on() {
     let dir = TempDir::new("torn-last");
     let all = commands(20);
-    {
-        let mut ledger = open(&dir.0, true).unwrap();
-        for command in &all {
-            run(&mut ledger, command);
-        }
-    }
-    let files = journal_files::list_in(&Disk, &dir.0).unwrap();
-    assert!(files.len() >= 3, "{files:?}");
+    let files = write_kept(&dir.0, &all);
     let (last_first, last) = files.last().unwrap().clone();
     let len = std::fs::metadata(&last).unwrap().len();
     // Cut inside the last file's last group: that group was never acknowledged.
@@ -210,14 +215,7 @@ fn a_torn_tail_in_the_last_file_is_cut_and_writing_goes_on() {
 fn damage_in_a_file_before_the_last_is_refused_naming_the_file_and_offset() {
     let dir = TempDir::new("middle-file");
     let all = commands(20);
-    {
-        let mut ledger = open(&dir.0, true).unwrap();
-        for command in &all {
-            run(&mut ledger, command);
-        }
-    }
-    let files = journal_files::list_in(&Disk, &dir.0).unwrap();
-    assert!(files.len() >= 3, "{files:?}");
+    let files = write_kept(&dir.0, &all);
     let (_, middle) = files[1].clone();
     let original = std::fs::read(&middle).unwrap();
     // Its last group: in the last file this would be a torn tail and cut;

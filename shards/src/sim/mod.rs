@@ -405,6 +405,12 @@ struct World {
     report: SimReport,
 }
 
+/// The commands of an acknowledged group (it must parse: it was written whole).
+fn acknowledged_commands(in_flight: &InFlight, body_len_max: u32) -> Result<Vec<CommandBuf>, Failure> {
+    group_commands(&in_flight.bytes, body_len_max)
+        .or_else(|e| fail(check::JOURNAL_CONTENT, format!("the acknowledged group does not parse: {e}")))
+}
+
 /// Parses one sealed group back into its commands.
 fn group_commands(bytes: &[u8], body_len_max: u32) -> Result<Vec<CommandBuf>, String> {
     let header: EntryHeader = bytemuck::pod_read_unaligned(&bytes[..HEADER_SIZE]);
@@ -805,12 +811,7 @@ impl World {
         in_flight: InFlight,
         body_len_max: u32,
     ) -> Result<(), Failure> {
-        let commands = match group_commands(&in_flight.bytes, body_len_max) {
-            Ok(commands) => commands,
-            Err(e) => {
-                return fail(check::JOURNAL_CONTENT, format!("the acknowledged group does not parse: {e}"))
-            }
-        };
+        let commands = acknowledged_commands(&in_flight, body_len_max)?;
         let mut sent = in_flight.clients.iter().flat_map(|w| w.commands.iter());
         let mut predicted = Vec::with_capacity(commands.len());
         let model = self.nodes[n].model.as_mut().expect("a model");
@@ -870,12 +871,7 @@ impl World {
         in_flight: InFlight,
         body_len_max: u32,
     ) -> Result<(), Failure> {
-        let commands = match group_commands(&in_flight.bytes, body_len_max) {
-            Ok(commands) => commands,
-            Err(e) => {
-                return fail(check::JOURNAL_CONTENT, format!("the acknowledged group does not parse: {e}"))
-            }
-        };
+        let commands = acknowledged_commands(&in_flight, body_len_max)?;
         let mut predicted = Vec::with_capacity(commands.len());
         for command in &commands {
             let p = self.cross_apply(n, command)?;
