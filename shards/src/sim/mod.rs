@@ -405,6 +405,46 @@ struct World {
     report: SimReport,
 }
 
+/// Events an outcome answers (what a results check counts).
+fn events(outcome: &Outcome) -> u64 {
+    match outcome {
+        Outcome::Accounts(r) => r.len() as u64,
+        Outcome::Transfers(r) => r.len() as u64,
+        Outcome::Ticked { .. } => 0,
+    }
+}
+
+/// Steps a model that stands at the acknowledged state through the entries
+/// of the group in flight until it matches the recovered state: recovery
+/// keeps a prefix of them. `step(k)` applies entry `k - 1` (none for `k =
+/// 0`) and compares; no prefix matching is a violation, reported with the
+/// acknowledged state's difference and the whole group's.
+fn step_to_recovered(
+    entries: usize,
+    what: &str,
+    mut step: impl FnMut(usize) -> Result<Result<(), String>, Failure>,
+) -> Result<(), Failure> {
+    let mut first = None;
+    for k in 0..=entries {
+        match step(k)? {
+            Ok(()) => return Ok(()),
+            Err(e) if k < entries => {
+                first.get_or_insert(e);
+            }
+            Err(e) => {
+                return fail(
+                    check::RECOVERY_PREFIX,
+                    format!(
+                        "no prefix of the {entries} entries in flight matches{what}; acknowledged state: {}; all: {e}",
+                        first.unwrap_or(e.clone())
+                    ),
+                );
+            }
+        }
+    }
+    unreachable!("the last step returns")
+}
+
 /// The commands of an acknowledged group (it must parse: it was written whole).
 fn acknowledged_commands(in_flight: &InFlight, body_len_max: u32) -> Result<Vec<CommandBuf>, Failure> {
     group_commands(&in_flight.bytes, body_len_max)
@@ -839,11 +879,7 @@ impl World {
             };
             for (command, got) in write.commands.iter().zip(&reply) {
                 let expected = predicted.next().expect("one outcome per command");
-                self.report.events_checked += match &expected {
-                    Outcome::Accounts(r) => r.len(),
-                    Outcome::Transfers(r) => r.len(),
-                    Outcome::Ticked { .. } => 0,
-                } as u64;
+                self.report.events_checked += events(&expected);
                 if got != &expected {
                     return fail(
                         check::MODEL_RESULTS,
@@ -1245,28 +1281,12 @@ impl World {
             .or_else(|v| fail(check::ENGINE_INVARIANTS, format!("shard {n}: {v}")))?;
         if let Some(model) = &mut node.model {
             // The model stands at the acknowledged state: step it through the group in flight.
-            let mut k = 0;
-            let mut first = None;
-            loop {
-                match model.check(core.engine(), true) {
-                    Ok(()) => break,
-                    Err(e) if k < in_flight.len() => {
-                        first.get_or_insert(e);
-                        model::apply(model, &in_flight[k]);
-                        k += 1;
-                    }
-                    Err(e) => {
-                        return fail(
-                            check::RECOVERY_PREFIX,
-                            format!(
-                                "no prefix of the {} entries in flight matches; acknowledged state: {}; all: {e}",
-                                in_flight.len(),
-                                first.unwrap_or(e.clone())
-                            ),
-                        );
-                    }
+            step_to_recovered(in_flight.len(), "", |k| {
+                if k > 0 {
+                    model::apply(model, &in_flight[k - 1]);
                 }
-            }
+                Ok(model.check(core.engine(), true))
+            })?;
         } else {
             let live = (node.core.engine().export(), node.core.cross().export());
             let recovered = (core.engine().export(), core.cross().export());
@@ -1281,27 +1301,14 @@ impl World {
         node.parked.clear();
         // The cross-shard model stands at the acknowledged state: step it
         // through the group in flight until it matches what was recovered.
-        let mut k = 0;
-        let mut first = None;
-        while let Some(cross_model) = &mut self.cross_model {
-            match cross_model.check_shard(n, self.nodes[n].core.engine(), true) {
-                Ok(()) => break,
-                Err(e) if k < in_flight.len() => {
-                    first.get_or_insert(e);
-                    self.cross_apply(n, &in_flight[k])?;
-                    k += 1;
+        if self.cross_model.is_some() {
+            step_to_recovered(in_flight.len(), " the cross-shard model", |k| {
+                if k > 0 {
+                    self.cross_apply(n, &in_flight[k - 1])?;
                 }
-                Err(e) => {
-                    return fail(
-                        check::RECOVERY_PREFIX,
-                        format!(
-                            "no prefix of the {} entries in flight matches the cross-shard model; acknowledged state: {}; all: {e}",
-                            in_flight.len(),
-                            first.unwrap_or(e.clone())
-                        ),
-                    );
-                }
-            }
+                let cross_model = self.cross_model.as_mut().expect("checked above");
+                Ok(cross_model.check_shard(n, self.nodes[n].core.engine(), true))
+            })?;
         }
         self.flush();
         Ok(())
@@ -1606,11 +1613,7 @@ fn cross_results(
             }
             model::Predicted::Internal => unreachable!("a client command"),
         };
-        checked += match &expected {
-            Outcome::Accounts(r) => r.len(),
-            Outcome::Transfers(r) => r.len(),
-            Outcome::Ticked { .. } => 0,
-        } as u64;
+        checked += events(&expected);
         if got != &expected {
             return fail(
                 check::CROSS_MODEL_RESULTS,
