@@ -56,6 +56,8 @@ pub struct ShardScenario {
     /// Journal bytes between snapshots (0: none during the run). Snapshots
     /// are incremental and written on a background thread.
     pub snapshot_every_bytes: u64,
+    /// Pace of the background snapshot writer in bytes per second (0: not paced).
+    pub snapshot_write_bytes_per_s: u64,
     /// Fraction of the user-to-user transfers whose credit account is on
     /// another shard (0..=1; no effect with one shard).
     pub cross_shard: f64,
@@ -246,6 +248,7 @@ pub fn run(scenario: &ShardScenario, mut progress: impl FnMut(u64)) -> anyhow::R
     config.pin = scenario.pin;
     config.prefault = true;
     config.snapshot_every_bytes = scenario.snapshot_every_bytes;
+    config.snapshot_write_bytes_per_s = scenario.snapshot_write_bytes_per_s;
     config.inbox_depth = scenario.in_flight.max(16);
     config.engine = Config {
         batch_events_max: scenario.batch,

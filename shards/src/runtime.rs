@@ -61,6 +61,11 @@ pub struct RuntimeConfig {
     /// Snapshots are incremental (new transfer blocks go to a segment file)
     /// and written on a background thread.
     pub snapshot_every_bytes: u64,
+    /// Pace of the background snapshot writer in bytes per second (0: the
+    /// device's full speed). A snapshot written at full speed holds the
+    /// journal's group writes behind it in the device's queue; see
+    /// [`crate::snapshot::Paced`].
+    pub snapshot_write_bytes_per_s: u64,
     /// The journal moves to a new file once the current one holds this many
     /// bytes (it also does at every snapshot); see [`crate::journal_files`].
     pub journal_file_bytes: u64,
@@ -159,6 +164,9 @@ pub const RING_DEPTH_DEFAULT: usize = 64;
 /// history held in memory before it can be evicted).
 pub const SNAPSHOT_EVERY_BYTES_DEFAULT: u64 = 256 << 20;
 
+/// Default pace of the background snapshot writer: 256 MiB/s.
+pub const SNAPSHOT_WRITE_BYTES_PER_S_DEFAULT: u64 = 256 << 20;
+
 /// Default transfers kept in memory per shard once durable in a segment.
 pub const TRANSFERS_IN_MEMORY_DEFAULT: usize =
     crate::shard::BLOCKS_IN_MEMORY_DEFAULT * molly_engine::BLOCK_TRANSFERS;
@@ -176,6 +184,7 @@ impl RuntimeConfig {
             idle_sleep: Duration::from_micros(50),
             prefault: false,
             snapshot_every_bytes: SNAPSHOT_EVERY_BYTES_DEFAULT,
+            snapshot_write_bytes_per_s: SNAPSHOT_WRITE_BYTES_PER_S_DEFAULT,
             journal_file_bytes: crate::journal_files::JOURNAL_FILE_BYTES_DEFAULT,
             keep_journal: false,
             transfers_in_memory: TRANSFERS_IN_MEMORY_DEFAULT,
@@ -412,6 +421,7 @@ impl Runtime {
                 idle_sleep: config.idle_sleep,
                 prefault: config.prefault,
                 snapshot_every_bytes: config.snapshot_every_bytes,
+                snapshot_write_bytes_per_s: config.snapshot_write_bytes_per_s,
                 journal_file_bytes: config.journal_file_bytes,
                 keep_journal: config.keep_journal,
                 blocks_in_memory: config.transfers_in_memory.div_ceil(molly_engine::BLOCK_TRANSFERS),
@@ -584,6 +594,7 @@ struct ShardContext {
     idle_sleep: Duration,
     prefault: bool,
     snapshot_every_bytes: u64,
+    snapshot_write_bytes_per_s: u64,
     journal_file_bytes: u64,
     keep_journal: bool,
     blocks_in_memory: usize,
@@ -712,7 +723,7 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
                 bytes_since_snapshot += bytes as u64;
                 if context.snapshot_every_bytes > 0
                     && bytes_since_snapshot >= context.snapshot_every_bytes
-                    && snapshots.start(&mut core, &context.dir, shard)
+                    && snapshots.start(&mut core, &context.dir, shard, context.snapshot_write_bytes_per_s)
                 {
                     bytes_since_snapshot = 0;
                 }
@@ -783,7 +794,7 @@ type SnapshotOutcome = Result<(SnapshotDone, Result<Vec<PathBuf>, std::io::Error
 
 impl Snapshots {
     /// Starts a snapshot unless one is running; true if it started.
-    fn start(&mut self, core: &mut ShardCore, dir: &std::path::Path, shard: usize) -> bool {
+    fn start(&mut self, core: &mut ShardCore, dir: &std::path::Path, shard: usize, bytes_per_s: u64) -> bool {
         if self.running.is_some() {
             return false;
         }
@@ -795,7 +806,8 @@ impl Snapshots {
         let delete = !core.keep_journal();
         let spawned = std::thread::Builder::new().name(format!("molly-snapshot-{shard}")).spawn(move || {
             let started = Instant::now();
-            let outcome = crate::journal_files::write_snapshot(&crate::snapshot::Disk, job, &good, delete);
+            let storage = crate::snapshot::Paced::new(bytes_per_s);
+            let outcome = crate::journal_files::write_snapshot(&storage, job, &good, delete);
             let _ = done_tx.send((outcome, started.elapsed().as_secs_f64()));
         });
         match spawned {

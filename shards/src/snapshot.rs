@@ -253,6 +253,117 @@ pub trait Storage {
     ) -> std::io::Result<Vec<Arc<dyn ColdBlock>>>;
 }
 
+/// Bytes a [`Paced`] writer hands to the device at a time.
+pub const PACE_CHUNK_BYTES: usize = 1 << 20;
+
+/// The real file system with writes paced to `bytes_per_s` (0: not paced):
+/// each [`PACE_CHUNK_BYTES`] written is sent to the device and waited for
+/// (`sync_file_range`, no cache flush) before the next, and the writer
+/// sleeps as needed to hold the average. The runtime's background snapshot
+/// writer uses it: a snapshot written at the device's full speed (measured:
+/// ~300 MB in 200 ms bursts, 4 MiB requests queued deep) holds the journal's
+/// 1 MiB group writes behind it for 40–50 ms; paced, at most one chunk is
+/// ahead of a journal write. Reads, renames and mappings are [`Disk`]'s.
+#[derive(Debug)]
+pub struct Paced {
+    bytes_per_s: u64,
+    /// When the bytes written so far are due at the paced rate.
+    due: std::cell::Cell<Option<std::time::Instant>>,
+}
+
+impl Paced {
+    /// Writes paced to `bytes_per_s` (0: as fast as the device takes them).
+    pub fn new(bytes_per_s: u64) -> Self {
+        Self { bytes_per_s, due: std::cell::Cell::new(None) }
+    }
+}
+
+/// A file being written by [`Paced`]: the file and how much of it is on its way to the device.
+#[derive(Debug)]
+pub struct PacedFile {
+    file: File,
+    offset: u64,
+}
+
+impl Storage for Paced {
+    type Writer = PacedFile;
+    type Reader = File;
+
+    fn create(&self, path: &Path) -> std::io::Result<PacedFile> {
+        Ok(PacedFile { file: Disk.create(path)?, offset: 0 })
+    }
+
+    fn write_all(&self, file: &mut PacedFile, bytes: &[u8]) -> std::io::Result<()> {
+        if self.bytes_per_s == 0 {
+            return file.file.write_all(bytes);
+        }
+        for chunk in bytes.chunks(PACE_CHUNK_BYTES) {
+            file.file.write_all(chunk)?;
+            sync_range(&file.file, file.offset, chunk.len())?;
+            file.offset += chunk.len() as u64;
+            let now = std::time::Instant::now();
+            let cost = std::time::Duration::from_secs_f64(chunk.len() as f64 / self.bytes_per_s as f64);
+            let due = self.due.get().map_or(now, |due| due.max(now)) + cost;
+            self.due.set(Some(due));
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
+        Ok(())
+    }
+
+    fn sync(&self, file: &mut PacedFile) -> std::io::Result<()> {
+        file.file.sync_all()
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        Disk.rename(from, to)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        Disk.sync_dir(dir)
+    }
+
+    fn open(&self, path: &Path) -> std::io::Result<File> {
+        Disk.open(path)
+    }
+
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+        Disk.list(dir)
+    }
+
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        Disk.remove(path)
+    }
+
+    fn map_blocks(
+        &self,
+        path: &Path,
+        file: &File,
+        offset: usize,
+        blocks: usize,
+        block_bytes: usize,
+    ) -> std::io::Result<Vec<Arc<dyn ColdBlock>>> {
+        Disk.map_blocks(path, file, offset, blocks, block_bytes)
+    }
+}
+
+/// Starts writing `len` bytes of `file` at `offset` to the device and waits
+/// until they are written (not flushed from the device's cache: the final
+/// fsync does that).
+fn sync_range(file: &File, offset: u64, len: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let flags =
+        libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: a plain syscall on an open descriptor; no memory is passed.
+    let result = unsafe { libc::sync_file_range(file.as_raw_fd(), offset as i64, len as i64, flags) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// The real file system: `std::fs`, `pread`, and read-only `memmap2`
 /// mappings of segment blocks.
 #[derive(Clone, Copy, Debug, Default)]
@@ -745,4 +856,27 @@ pub fn load_newest_from<S: Storage>(storage: &S, dir: &Path, config: &Config) ->
         }
     }
     loaded
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A paced file holds exactly the bytes written, across chunk
+    /// boundaries and calls, paced or not.
+    #[test]
+    fn paced_writes_keep_every_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes: Vec<u8> = (0..PACE_CHUNK_BYTES * 3 + 12_345).map(|i| (i * 31 % 251) as u8).collect();
+        for rate in [0, 256 << 20] {
+            let storage = Paced::new(rate);
+            let path = dir.path().join(format!("paced-{rate}"));
+            let mut file = storage.create(&path).unwrap();
+            let (first, rest) = bytes.split_at(PACE_CHUNK_BYTES / 2 + 7);
+            storage.write_all(&mut file, first).unwrap();
+            storage.write_all(&mut file, rest).unwrap();
+            storage.sync(&mut file).unwrap();
+            assert_eq!(std::fs::read(&path).unwrap(), bytes, "pace {rate}");
+        }
+    }
 }

@@ -165,6 +165,10 @@ pub struct ShardsArgs {
     /// are incremental and written on a background thread).
     #[arg(long, default_value_t = 0)]
     snapshot_every_bytes: u64,
+    /// Pace of the background snapshot writer in MiB/s (0: the device's full
+    /// speed; as `[serve] snapshot_write_mib_per_s`).
+    #[arg(long, default_value_t = molly_shards::runtime::SNAPSHOT_WRITE_BYTES_PER_S_DEFAULT >> 20)]
+    snapshot_write_mib_per_s: u64,
     /// Fraction of transfers whose credit account is on another shard
     /// (two-phase between shards; no effect with one shard).
     #[arg(long, default_value_t = 0.0)]
@@ -206,6 +210,7 @@ fn shards(args: ShardsArgs) -> anyhow::Result<()> {
             pin: !args.no_pin,
             seed: 1,
             snapshot_every_bytes: args.snapshot_every_bytes,
+            snapshot_write_bytes_per_s: args.snapshot_write_mib_per_s << 20,
             cross_shard: args.cross_shard,
             hot: args.hot,
             hot_plain: args.hot_plain,

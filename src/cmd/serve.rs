@@ -115,6 +115,10 @@ pub struct ServeSection {
     pub prefault: bool,
     /// Journal bytes between snapshots (0: only at shutdown).
     pub snapshot_every_bytes: u64,
+    /// Pace of the background snapshot writer, MiB/s (0: the device's full
+    /// speed, which holds journal writes behind the snapshot's; see
+    /// tuning/README.md).
+    pub snapshot_write_mib_per_s: u64,
     /// A shard's journal moves to a new file once the current one holds
     /// this many bytes (and at every snapshot); at least 4096.
     pub journal_file_bytes: u64,
@@ -162,6 +166,7 @@ impl Default for ServeSection {
             idle_sleep_us: 50,
             prefault: false,
             snapshot_every_bytes: molly_shards::runtime::SNAPSHOT_EVERY_BYTES_DEFAULT,
+            snapshot_write_mib_per_s: molly_shards::runtime::SNAPSHOT_WRITE_BYTES_PER_S_DEFAULT >> 20,
             journal_file_bytes: molly_shards::journal_files::JOURNAL_FILE_BYTES_DEFAULT,
             keep_journal: false,
             transfers_in_memory: molly_shards::runtime::TRANSFERS_IN_MEMORY_DEFAULT,
@@ -227,6 +232,7 @@ impl ServeConfig {
         runtime.idle_sleep = Duration::from_micros(self.serve.idle_sleep_us);
         runtime.prefault = self.serve.prefault;
         runtime.snapshot_every_bytes = self.serve.snapshot_every_bytes;
+        runtime.snapshot_write_bytes_per_s = self.serve.snapshot_write_mib_per_s << 20;
         runtime.journal_file_bytes = self.serve.journal_file_bytes;
         runtime.keep_journal = self.serve.keep_journal;
         runtime.transfers_in_memory = self.serve.transfers_in_memory;
