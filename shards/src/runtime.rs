@@ -761,10 +761,18 @@ async fn open_journal(
         .await
         .map_err(|error| format!("opening {} for direct I/O: {error}", path.display()))?;
     if create {
-        // A blocking fsync of the directory (once per journal file):
-        // glommio's `Directory::open` fails with EBADF on a relative path,
-        // and `molly serve`'s default data directory is `./data`.
-        if let Err(error) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        // The directory is synced through the ring, so the shard's other
+        // tasks (its connections) run meanwhile. glommio opens the path
+        // relative to no directory (EBADF on a relative path, and `molly
+        // serve`'s default data directory is `./data`): it gets an absolute one.
+        let synced = async {
+            let absolute = std::path::absolute(dir).map_err(|e| e.to_string())?;
+            let directory = glommio::io::Directory::open(&absolute).await.map_err(|e| e.to_string())?;
+            let synced = directory.sync().await.map_err(|e| e.to_string());
+            let _ = directory.close().await;
+            synced
+        };
+        if let Err(error) = synced.await {
             let _ = file.close().await;
             return Err(format!("syncing {} after creating {}: {error}", dir.display(), path.display()));
         }
