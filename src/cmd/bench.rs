@@ -210,7 +210,7 @@ fn shards(args: ShardsArgs) -> anyhow::Result<()> {
             pin: !args.no_pin,
             seed: 1,
             snapshot_every_bytes: args.snapshot_every_bytes,
-            snapshot_write_bytes_per_s: args.snapshot_write_mib_per_s << 20,
+            snapshot_write_bytes_per_s: args.snapshot_write_mib_per_s.saturating_mul(1 << 20),
             cross_shard: args.cross_shard,
             hot: args.hot,
             hot_plain: args.hot_plain,

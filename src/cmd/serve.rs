@@ -232,7 +232,7 @@ impl ServeConfig {
         runtime.idle_sleep = Duration::from_micros(self.serve.idle_sleep_us);
         runtime.prefault = self.serve.prefault;
         runtime.snapshot_every_bytes = self.serve.snapshot_every_bytes;
-        runtime.snapshot_write_bytes_per_s = self.serve.snapshot_write_mib_per_s << 20;
+        runtime.snapshot_write_bytes_per_s = self.serve.snapshot_write_mib_per_s.saturating_mul(1 << 20);
         runtime.journal_file_bytes = self.serve.journal_file_bytes;
         runtime.keep_journal = self.serve.keep_journal;
         runtime.transfers_in_memory = self.serve.transfers_in_memory;
