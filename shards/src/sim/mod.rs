@@ -202,6 +202,14 @@ pub struct SimReport {
     pub events_checked: u64,
     /// Of those, events of two- and three-shard runs (the cross-shard model).
     pub events_checked_cross: u64,
+    /// Of those, events naming a sharded account (creates of its parts,
+    /// transfers from or to a part, moves between parts).
+    pub events_checked_sharded: u64,
+    /// Of those, moves between the parts of a sharded account, and how many
+    /// of them were answered `ok`.
+    pub moves_checked: u64,
+    /// Moves between parts answered `ok` (and checked against the model).
+    pub moves_ok: u64,
     /// Runs in which the cross-shard model stopped (the transfer room was
     /// reached while settles were owed: not modelled).
     pub cross_model_stopped: u64,
@@ -235,6 +243,9 @@ impl SimReport {
         self.transfers_ok += other.transfers_ok;
         self.events_checked += other.events_checked;
         self.events_checked_cross += other.events_checked_cross;
+        self.events_checked_sharded += other.events_checked_sharded;
+        self.moves_checked += other.moves_checked;
+        self.moves_ok += other.moves_ok;
         self.cross_model_stopped += other.cross_model_stopped;
         self.messages_delivered += other.messages_delivered;
         self.faults_injected += other.faults_injected;
@@ -694,9 +705,12 @@ impl World {
         }
         let Ok(outcomes) = reply else { return Ok(()) };
         if let (Some(predicted), Some(cross_model)) = (&write.predicted, &self.cross_model) {
-            let checked = cross_results(n, write, predicted, outcomes, cross_model)?;
-            self.report.events_checked += checked;
-            self.report.events_checked_cross += checked;
+            let counts = cross_results(n, write, predicted, outcomes, cross_model)?;
+            self.report.events_checked += counts.events;
+            self.report.events_checked_cross += counts.events;
+            self.report.events_checked_sharded += counts.sharded;
+            self.report.moves_checked += counts.moves;
+            self.report.moves_ok += counts.moves_ok;
         }
         let mut found = Vec::new();
         for ((command, outcome), &fresh) in write.commands.iter().zip(outcomes).zip(&write.fresh) {
@@ -1583,16 +1597,27 @@ impl World {
     }
 }
 
+/// Events a results check compared with the cross-shard model.
+#[derive(Default)]
+struct Checked {
+    events: u64,
+    /// Naming a sharded account.
+    sharded: u64,
+    /// Moves between parts, and those answered `ok`.
+    moves: u64,
+    moves_ok: u64,
+}
+
 /// Compares a write's answer with the cross-shard model's prediction;
-/// returns the events compared.
+/// returns what was compared.
 fn cross_results(
     n: usize,
     write: &ClientWrite,
     predicted: &[model::Predicted],
     outcomes: &[Outcome],
     cross_model: &model::CrossModel,
-) -> Result<u64, Failure> {
-    let mut checked = 0;
+) -> Result<Checked, Failure> {
+    let mut checked = Checked::default();
     for ((command, predicted), got) in write.commands.iter().zip(predicted).zip(outcomes) {
         let expected = match predicted {
             model::Predicted::Accounts(results) => Outcome::Accounts(results.clone()),
@@ -1613,12 +1638,28 @@ fn cross_results(
             }
             model::Predicted::Internal => unreachable!("a client command"),
         };
-        checked += events(&expected);
+        checked.events += events(&expected);
         if got != &expected {
             return fail(
                 check::CROSS_MODEL_RESULTS,
                 format!("{command:?}\n  shard {n} answered {got:?}\n  model expects  {expected:?}"),
             );
+        }
+        match (command, got) {
+            (CommandBuf::CreateAccounts(batch), _) => {
+                checked.sharded += batch.iter().filter(|a| crate::route::is_sharded(a.id)).count() as u64;
+            }
+            (CommandBuf::CreateTransfers(batch), Outcome::Transfers(results)) => {
+                for (t, result) in batch.iter().zip(results) {
+                    let named = [t.debit_account_id, t.credit_account_id];
+                    checked.sharded += u64::from(named.iter().any(|&id| crate::route::is_sharded(id)));
+                    if model::part_move(t, cross_model.shards()).is_some() {
+                        checked.moves += 1;
+                        checked.moves_ok += u64::from(*result == TR::Ok);
+                    }
+                }
+            }
+            _ => {}
         }
     }
     Ok(checked)
@@ -1841,11 +1882,23 @@ mod tests {
         } = totals;
         let (read_errors, bits_flipped) = (totals.read_errors, totals.bits_flipped);
         let (cross_checked, stopped) = (totals.events_checked_cross, totals.cross_model_stopped);
+        let (sharded, moves, moves_ok) =
+            (totals.events_checked_sharded, totals.moves_checked, totals.moves_ok);
+        eprintln!(
+            "cross-shard model: {cross_checked} events checked ({sharded} naming a sharded account, {moves} \
+             moves, {moves_ok} ok), stopped in {stopped} runs"
+        );
         // The cross-shard model follows nearly every run (it stops only at
-        // the transfer room of the small-limit seeds) and checks their events.
+        // the transfer room of the small-limit seeds) and checks their
+        // events, sharded accounts and moves between their parts among them.
         assert!(
-            cross_checked > 1000 * CI_SEEDS && stopped < CI_SEEDS / 10,
-            "cross-shard model: {cross_checked} events checked, stopped in {stopped} runs"
+            cross_checked > 1000 * CI_SEEDS
+                && stopped < CI_SEEDS / 10
+                && sharded > 100 * CI_SEEDS
+                && moves > 10 * CI_SEEDS
+                && moves_ok > CI_SEEDS,
+            "cross-shard model: {cross_checked} events checked ({sharded} naming a sharded account, {moves} \
+             moves, {moves_ok} ok), stopped in {stopped} runs"
         );
         assert!(
             crashes > CI_SEEDS
