@@ -400,7 +400,7 @@ struct World {
     now_ns: u64,
     workload: Workload,
     /// Two or three shards: the reference model of the cross-shard protocol
-    /// (`None` with one shard, behind the network, or once it stopped).
+    /// (`None` with one shard, or once it stopped).
     cross_model: Option<model::CrossModel>,
     /// Transfer ids answered `ok`, and the shard that answered.
     acked: BTreeMap<u128, usize>,
