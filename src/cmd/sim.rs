@@ -88,7 +88,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
              {} groups acknowledged, \
              {} snapshot files written ({} cut or failed, {} loaded at restarts, {} skipped as damaged, \
              {} blocks evicted to segments, {} journal files deleted), {} bits flipped at rest in the journal ({} refused), \
-             {} transfers ok, {} results checked against the model ({} of them across shards{}; {} naming a \
+             {} transfers ok, {} results checked against the model ({} of them across shards; {} naming a \
              sharded account, {} moves between parts, {} of them ok), {} messages delivered, {} faults injected inside production code{} ({:.0} steps/s)",
             report.shards,
             report.steps,
@@ -108,7 +108,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             report.transfers_ok,
             report.events_checked,
             report.events_checked_cross,
-            if report.cross_model_stopped > 0 { "; the cross-shard model stopped at the transfer room" } else { "" },
             report.events_checked_sharded,
             report.moves_checked,
             report.moves_ok,
@@ -185,7 +184,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         events_checked_sharded: checked_sharded,
         moves_checked,
         moves_ok,
-        cross_model_stopped: stopped,
         faults_injected: faults,
         snapshots_written,
         snapshots_loaded,
@@ -197,8 +195,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!(
         "seeds {}..{}: {} clean, {failing} failing; {steps} steps, {crashes} crashes, {checked} results checked \
          against the model ({checked_cross} with several shards, {checked_sharded} of them naming a sharded \
-         account, {moves_checked} moves between parts ({moves_ok} ok); the cross-shard model stopped at the \
-         transfer room in {stopped} runs), {faults} faults injected, {snapshots_written} snapshot files written, \
+         account, {moves_checked} moves between parts ({moves_ok} ok)), {faults} faults injected, {snapshots_written} snapshot files written, \
          {snapshots_loaded} loaded at restarts, {snapshots_skipped} skipped as damaged, {evicted} blocks evicted, \
          {journal_files_deleted} journal files deleted in {seconds:.1} s ({:.1} seeds/s, {:.0} steps/s)",
         range.start,

@@ -75,10 +75,6 @@ pub enum ModelError {
     /// The journal holds what the model says cannot be (a leg or a settle
     /// the protocol would not make).
     Mismatch(String),
-    /// Outside what the model predicts (the transfer room is reached while
-    /// settles are owed: which events get `transfers_limit_reached` then is
-    /// not modelled); the run goes on without it.
-    OutOfRange(String),
 }
 
 /// How the shard layer treats a client's event (docs/shards.md, "What clients see").
@@ -335,23 +331,30 @@ impl CrossModel {
             start = i + 1;
         }
         let node = &mut self.nodes[n];
-        // A transfer slot is kept for the settle of every intent: near the
-        // limit, which events the room refuses is not modelled.
+        // The transfer room (docs/shards.md, "Limits"): while settles are
+        // owed (an intent open, or one to open in this batch), a slot is
+        // kept for each, and the batch's events are charged in order
+        // against `transfers_max − transfers − open intents`: one slot for
+        // an event the ledger sees, two for a cross-shard transfer (its
+        // pending leg and its settle), none for a refused one, whatever
+        // the event's fate. A new id past the room gets
+        // `transfers_limit_reached`; an id that exists, its `exists*`
+        // answer. With no settle owed the ledger's own limit decides.
         if !node.intents.is_empty() || kinds.iter().any(|k| matches!(k, Kind::Cross(_))) {
-            let cost: usize = kinds
-                .iter()
-                .map(|k| match k {
+            let mut room = (node.model.config().transfers_max as usize)
+                .checked_sub(node.model.transfers().len() + node.intents.len())
+                .expect("a slot is kept for every settle");
+            for i in 0..open_from {
+                let cost = match kinds[i] {
                     Kind::Local => 1,
                     Kind::Cross(_) => 2,
                     Kind::Refused(_) | Kind::Chain => 0,
-                })
-                .sum();
-            let room = (node.model.config().transfers_max as usize)
-                .saturating_sub(node.model.transfers().len() + node.intents.len());
-            if cost > room {
-                return Err(ModelError::OutOfRange(format!(
-                    "shard {n}: a batch costing {cost} transfer slots with {room} left"
-                )));
+                };
+                if cost <= room {
+                    room -= cost;
+                } else if node.model.transfer(batch[i].id).is_none() {
+                    kinds[i] = Kind::Refused(TR::TransfersLimitReached);
+                }
             }
         }
         // The bridge toward each credit shard, per ledger: the transfer's
@@ -505,19 +508,35 @@ impl CrossModel {
         if !accounts.is_empty() {
             node.model.unreserved(|m| m.create_accounts(&accounts));
         }
-        let room = (node.model.config().transfers_max as usize)
-            .saturating_sub(node.model.transfers().len() + node.intents.len());
-        if legs.len() > room {
-            return Err(ModelError::OutOfRange(format!(
-                "shard {n}: {} credit legs, room {room}",
-                legs.len()
-            )));
-        }
-        let results = node.model.unreserved(|m| m.create_transfers(legs));
+        // The room (docs/shards.md, "Limits"): a new leg takes a slot (for
+        // itself or its tombstone); a new leg past the room answers
+        // `transfers_limit_reached` and records nothing (the room never
+        // grows back, so every copy answers alike); a copy of a leg
+        // already recorded takes none and gets its recorded answer.
+        let mut room = (node.model.config().transfers_max as usize)
+            .checked_sub(node.model.transfers().len() + node.intents.len())
+            .expect("a slot is kept for every settle");
+        let over: Vec<bool> = legs
+            .iter()
+            .map(|leg| {
+                let new = node.model.transfer(leg.id).is_none();
+                let over = new && room == 0;
+                room -= usize::from(new && room > 0);
+                over
+            })
+            .collect();
+        let events: Vec<Transfer> = legs
+            .iter()
+            .zip(&over)
+            .map(|(leg, &over)| if over { Transfer { timestamp: 1, ..*leg } } else { *leg })
+            .collect();
+        let results = node.model.unreserved(|m| m.create_transfers(&events));
         let mut tombstones = Vec::new();
         let mut answers = Vec::with_capacity(legs.len());
-        for (leg, &result) in legs.iter().zip(&results) {
-            let answer = if result == TR::Ok {
+        for ((leg, &result), &over) in legs.iter().zip(&results).zip(&over) {
+            let answer = if over {
+                TR::TransfersLimitReached
+            } else if result == TR::Ok {
                 TR::Ok
             } else if is_exists(result) {
                 let stored = node.model.transfer(leg.id).expect("exists");
