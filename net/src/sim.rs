@@ -1469,6 +1469,9 @@ mod tests {
     #[test]
     fn a_sweep_through_the_network_is_clean() {
         let (mut replies, mut resent, mut cuts, mut errors, mut checked, mut crashes) = (0, 0, 0, 0, 0, 0);
+        // Results of the server's writes checked against the cross-shard
+        // model (two and three shards), of them naming a sharded account, moves.
+        let (mut model_checked, mut sharded, mut moves) = (0, 0, 0);
         for seed in 1..=CI_SEEDS {
             let report = run(Options { seed, steps: CI_STEPS, shards: None });
             assert_eq!(
@@ -1481,9 +1484,13 @@ mod tests {
             errors += report.error_frames_checked;
             checked += report.events_checked;
             crashes += report.world.crashes;
+            model_checked += report.world.events_checked_cross;
+            sharded += report.world.events_checked_sharded;
+            moves += report.world.moves_checked;
         }
         eprintln!(
-            "replies {replies}, re-sent {resent}, cuts {cuts}, error frames {errors}, events checked {checked}, crashes {crashes}"
+            "replies {replies}, re-sent {resent}, cuts {cuts}, error frames {errors}, events checked {checked}, crashes {crashes}; \
+             cross-shard model: {model_checked} results checked, {sharded} naming a sharded account, {moves} moves"
         );
         // The sweep exercised what it claims to.
         assert!(
@@ -1492,8 +1499,12 @@ mod tests {
                 && cuts > CI_SEEDS
                 && errors > CI_SEEDS
                 && checked > 10 * CI_SEEDS
-                && crashes > CI_SEEDS,
-            "replies {replies}, re-sent {resent}, cuts {cuts}, error frames {errors}, events checked {checked}, crashes {crashes}"
+                && crashes > CI_SEEDS
+                && model_checked > 50 * CI_SEEDS
+                && sharded > 20 * CI_SEEDS
+                && moves > CI_SEEDS,
+            "replies {replies}, re-sent {resent}, cuts {cuts}, error frames {errors}, events checked {checked}, crashes {crashes}; \
+             cross-shard model: {model_checked} results checked, {sharded} naming a sharded account, {moves} moves"
         );
     }
 }

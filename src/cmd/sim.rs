@@ -88,8 +88,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
              {} groups acknowledged, \
              {} snapshot files written ({} cut or failed, {} loaded at restarts, {} skipped as damaged, \
              {} blocks evicted to segments, {} journal files deleted), {} bits flipped at rest in the journal ({} refused), \
-             {} transfers ok, {} results checked against the model ({} of them across shards{}), {} messages \
-             delivered, {} faults injected inside production code{} ({:.0} steps/s)",
+             {} transfers ok, {} results checked against the model ({} of them across shards; {} naming a \
+             sharded account, {} moves between parts, {} of them ok), {} messages delivered, {} faults injected inside production code{} ({:.0} steps/s)",
             report.shards,
             report.steps,
             report.crashes,
@@ -108,7 +108,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             report.transfers_ok,
             report.events_checked,
             report.events_checked_cross,
-            if report.cross_model_stopped > 0 { "; the cross-shard model stopped at the transfer room" } else { "" },
+            report.events_checked_sharded,
+            report.moves_checked,
+            report.moves_ok,
             report.messages_delivered,
             report.faults_injected,
             if molly_shards::buggify::COMPILED { "" } else { " (built without --features sim)" },
@@ -179,7 +181,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         crashes,
         events_checked: checked,
         events_checked_cross: checked_cross,
-        cross_model_stopped: stopped,
+        events_checked_sharded: checked_sharded,
+        moves_checked,
+        moves_ok,
         faults_injected: faults,
         snapshots_written,
         snapshots_loaded,
@@ -190,8 +194,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } = totals;
     println!(
         "seeds {}..{}: {} clean, {failing} failing; {steps} steps, {crashes} crashes, {checked} results checked \
-         against the model ({checked_cross} with several shards; the cross-shard model stopped at the transfer \
-         room in {stopped} runs), {faults} faults injected, {snapshots_written} snapshot files written, \
+         against the model ({checked_cross} with several shards, {checked_sharded} of them naming a sharded \
+         account, {moves_checked} moves between parts ({moves_ok} ok)), {faults} faults injected, {snapshots_written} snapshot files written, \
          {snapshots_loaded} loaded at restarts, {snapshots_skipped} skipped as damaged, {evicted} blocks evicted, \
          {journal_files_deleted} journal files deleted in {seconds:.1} s ({:.1} seeds/s, {:.0} steps/s)",
         range.start,
@@ -203,7 +207,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.net {
         println!(
             "  network: {requests} requests (each answered), {resent} frames re-sent, {cuts} connections cut, \
-             {bad_frames} bad frames answered with their error frame"
+             {bad_frames} bad frames answered with their error frame; results of writes through the server \
+             checked against the model: {checked} ({checked_cross} with several shards, {checked_sharded} naming \
+             a sharded account, {moves_checked} moves between parts)"
         );
     }
     for (check, list) in &failures {

@@ -13,9 +13,10 @@
 //! ```
 //!
 //! Every check of the shard simulation still runs on what the network
-//! sends: with one shard every write's results are compared with the
-//! reference model, the journal must hold exactly what was offered, and so
-//! on ([`super::check`]).
+//! sends: every write's results are compared with the reference model
+//! (with one shard the engine's, with two or three the cross-shard model),
+//! the journal must hold exactly what was offered, and so on
+//! ([`super::check`]).
 
 use std::cell::RefCell;
 
@@ -57,11 +58,10 @@ impl Host {
     /// The world for `options` (its seed seeds the PRNG the network shares:
     /// [`Host::prng`]).
     pub fn new(options: Options) -> Self {
-        let mut world = World::new(options);
-        // Behind the network the workload has sharded accounts and moves
-        // between their parts, which the cross-shard model does not know.
-        world.cross_model = None;
-        Self { world }
+        // With several shards the cross-shard model follows every write the
+        // server submits (sharded accounts and moves between parts too), as
+        // it follows the shard world's own clients.
+        Self { world: World::new(options) }
     }
 
     /// Shards.

@@ -75,10 +75,6 @@ pub enum ModelError {
     /// The journal holds what the model says cannot be (a leg or a settle
     /// the protocol would not make).
     Mismatch(String),
-    /// Outside what the model predicts (the transfer room is reached while
-    /// settles are owed: which events get `transfers_limit_reached` then is
-    /// not modelled); the run goes on without it.
-    OutOfRange(String),
 }
 
 /// How the shard layer treats a client's event (docs/shards.md, "What clients see").
@@ -140,6 +136,27 @@ fn is_exists(result: TR) -> bool {
     )
 }
 
+/// A move between the parts of a sharded account, as docs/shards.md ("Hot
+/// accounts") defines it: debit and credit the same sharded account,
+/// `user_data_32 = from << 16 | to` naming two different shards of the
+/// `shards`; `(from, to)`. (The model's own reading, not `route::part_move`:
+/// the workload uses it to know which writes must be refused as misrouted.)
+pub fn part_move(t: &Transfer, shards: u32) -> Option<(u32, u32)> {
+    let (from, to) = (t.user_data_32 >> 16, t.user_data_32 & 0xFFFF);
+    let moves = t.debit_account_id == t.credit_account_id
+        && is_sharded(t.debit_account_id)
+        && from < shards
+        && to < shards
+        && from != to;
+    moves.then_some((from, to))
+}
+
+/// A reserved transfer id of kind 4, a move between parts (docs/shards.md,
+/// "Reserved ids" and "Hot accounts"), decoded from the documented layout.
+fn is_move_kind(id: u128) -> bool {
+    is_reserved(id) && (id >> 88) & 0xFF == 4
+}
+
 fn layer_account(id: u128, ledger: u32) -> Account {
     Account { id, ledger, code: ACCOUNT_CODE_SHARD, ..Account::default() }
 }
@@ -161,6 +178,11 @@ impl CrossModel {
             answers: BTreeMap::new(),
             finals: BTreeMap::new(),
         }
+    }
+
+    /// Shards.
+    pub fn shards(&self) -> u32 {
+        self.shards
     }
 
     /// Shard `n`'s ledger model.
@@ -192,16 +214,22 @@ impl CrossModel {
         }
     }
 
+    fn part_move(&self, t: &Transfer) -> Option<(u32, u32)> {
+        part_move(t, self.shards)
+    }
+
     /// The shard a transfer's credit account lives on, when it is another
-    /// than `shard` (a post or void names no account of its own).
+    /// than `shard` (a post or void names no account of its own); for a
+    /// move between parts applied on its `from` shard, the `to` shard.
     fn peer(&self, shard: usize, t: &Transfer) -> Option<u32> {
         let credit = t.credit_account_id;
-        if t.flags.intersects(TF::POST_PENDING | TF::VOID_PENDING)
-            || credit == 0
-            || credit == u128::MAX
-            || is_reserved(credit)
-            || is_sharded(credit)
-        {
+        if t.flags.intersects(TF::POST_PENDING | TF::VOID_PENDING) {
+            return None;
+        }
+        if let Some((from, to)) = self.part_move(t) {
+            return (from as usize == shard).then_some(to);
+        }
+        if credit == 0 || credit == u128::MAX || is_reserved(credit) || is_sharded(credit) {
             return None;
         }
         let peer = shard_for(credit, self.shards);
@@ -231,7 +259,9 @@ impl CrossModel {
         if t.timestamp != 0 || t.flags.0 & !TF::ALL.0 != 0 || t.id == 0 || t.id == u128::MAX {
             return Kind::Local;
         }
-        if is_reserved(t.id) {
+        // A move between parts may carry a reserved id of kind 4 (bits
+        // 88..96), the rebalancer's: the only reserved id a write may carry.
+        if is_reserved(t.id) && !(is_move_kind(t.id) && self.part_move(t).is_some()) {
             return Kind::Refused(TR::IdMustNotBeReserved);
         }
         // An id that exists gets its `exists*` answer before any refusal.
@@ -301,23 +331,30 @@ impl CrossModel {
             start = i + 1;
         }
         let node = &mut self.nodes[n];
-        // A transfer slot is kept for the settle of every intent: near the
-        // limit, which events the room refuses is not modelled.
+        // The transfer room (docs/shards.md, "Limits"): while settles are
+        // owed (an intent open, or one to open in this batch), a slot is
+        // kept for each, and the batch's events are charged in order
+        // against `transfers_max − transfers − open intents`: one slot for
+        // an event the ledger sees, two for a cross-shard transfer (its
+        // pending leg and its settle), none for a refused one, whatever
+        // the event's fate. A new id past the room gets
+        // `transfers_limit_reached`; an id that exists, its `exists*`
+        // answer. With no settle owed the ledger's own limit decides.
         if !node.intents.is_empty() || kinds.iter().any(|k| matches!(k, Kind::Cross(_))) {
-            let cost: usize = kinds
-                .iter()
-                .map(|k| match k {
+            let mut room = (node.model.config().transfers_max as usize)
+                .checked_sub(node.model.transfers().len() + node.intents.len())
+                .expect("a slot is kept for every settle");
+            for i in 0..open_from {
+                let cost = match kinds[i] {
                     Kind::Local => 1,
                     Kind::Cross(_) => 2,
                     Kind::Refused(_) | Kind::Chain => 0,
-                })
-                .sum();
-            let room = (node.model.config().transfers_max as usize)
-                .saturating_sub(node.model.transfers().len() + node.intents.len());
-            if cost > room {
-                return Err(ModelError::OutOfRange(format!(
-                    "shard {n}: a batch costing {cost} transfer slots with {room} left"
-                )));
+                };
+                if cost <= room {
+                    room -= cost;
+                } else if node.model.transfer(batch[i].id).is_none() {
+                    kinds[i] = Kind::Refused(TR::TransfersLimitReached);
+                }
             }
         }
         // The bridge toward each credit shard, per ledger: the transfer's
@@ -471,19 +508,35 @@ impl CrossModel {
         if !accounts.is_empty() {
             node.model.unreserved(|m| m.create_accounts(&accounts));
         }
-        let room = (node.model.config().transfers_max as usize)
-            .saturating_sub(node.model.transfers().len() + node.intents.len());
-        if legs.len() > room {
-            return Err(ModelError::OutOfRange(format!(
-                "shard {n}: {} credit legs, room {room}",
-                legs.len()
-            )));
-        }
-        let results = node.model.unreserved(|m| m.create_transfers(legs));
+        // The room (docs/shards.md, "Limits"): a new leg takes a slot (for
+        // itself or its tombstone); a new leg past the room answers
+        // `transfers_limit_reached` and records nothing (the room never
+        // grows back, so every copy answers alike); a copy of a leg
+        // already recorded takes none and gets its recorded answer.
+        let mut room = (node.model.config().transfers_max as usize)
+            .checked_sub(node.model.transfers().len() + node.intents.len())
+            .expect("a slot is kept for every settle");
+        let over: Vec<bool> = legs
+            .iter()
+            .map(|leg| {
+                let new = node.model.transfer(leg.id).is_none();
+                let over = new && room == 0;
+                room -= usize::from(new && room > 0);
+                over
+            })
+            .collect();
+        let events: Vec<Transfer> = legs
+            .iter()
+            .zip(&over)
+            .map(|(leg, &over)| if over { Transfer { timestamp: 1, ..*leg } } else { *leg })
+            .collect();
+        let results = node.model.unreserved(|m| m.create_transfers(&events));
         let mut tombstones = Vec::new();
         let mut answers = Vec::with_capacity(legs.len());
-        for (leg, &result) in legs.iter().zip(&results) {
-            let answer = if result == TR::Ok {
+        for ((leg, &result), &over) in legs.iter().zip(&results).zip(&over) {
+            let answer = if over {
+                TR::TransfersLimitReached
+            } else if result == TR::Ok {
                 TR::Ok
             } else if is_exists(result) {
                 let stored = node.model.transfer(leg.id).expect("exists");
@@ -653,5 +706,104 @@ mod tests {
         let a = m.model(0).account(a).unwrap();
         assert_eq!((a.debits_pending, a.debits_posted), (0, 0));
         assert_eq!(m.model(1).account(b).unwrap().credits_posted, 0);
+    }
+
+    /// Sharded accounts (docs/shards.md, "Hot accounts"), scripted: a part
+    /// per shard, user ↔ part transfers single-shard, a transfer from the
+    /// local part to another shard's account two-phase, moves between parts
+    /// (the `from` part's limit, a reserved id of kind 4, every refusal).
+    #[test]
+    fn the_cross_shard_model_gives_the_documented_codes_for_sharded_accounts() {
+        use crate::cross::{move_id, settle_id};
+        use crate::route::{part_move_shards, sharded_id};
+        let mut m = CrossModel::new(&Config::default(), 2);
+        let on = |shard: u32| (1..).find(|&id| shard_for(id, 2) == shard).unwrap();
+        let (a, b) = (on(0), on(1));
+        let hot = sharded_id(5);
+        let wallet = account(hot, AF::DEBITS_MUST_NOT_EXCEED_CREDITS);
+        // A create of a sharded account: each shard creates its part and answers for it.
+        let create = |id| CommandBuf::CreateAccounts(vec![wallet, account(id, AF::NONE)]);
+        assert_eq!(m.apply(0, &create(a)), Ok(Predicted::Accounts(vec![AR::Ok; 2])));
+        assert_eq!(m.apply(1, &create(b)), Ok(Predicted::Accounts(vec![AR::Ok; 2])));
+        assert_eq!(
+            m.apply(1, &CommandBuf::CreateAccounts(vec![wallet])),
+            Ok(Predicted::Accounts(vec![AR::Exists]))
+        );
+        let send = |id: u128, debit, credit, amount, flags, user_data_32| Transfer {
+            amount,
+            user_data_32,
+            ..transfer(id, debit, credit, flags)
+        };
+        let move_0_1 = part_move_shards(0, 1);
+        let (kind_4, kind_3) = (move_id(0, 7), settle_id(0, 7));
+        let batch = vec![
+            send(1, a, hot, 100, TF::NONE, 0),
+            send(2, hot, b, 10, TF::NONE, 0),
+            send(3, hot, hot, 50, TF::NONE, move_0_1),
+            send(4, hot, hot, 41, TF::NONE, move_0_1),
+            send(kind_4, hot, hot, 40, TF::NONE, move_0_1),
+            send(5, hot, hot, 1, TF::NONE, part_move_shards(0, 0)),
+            send(6, hot, hot, 1, TF::NONE, part_move_shards(0, 2)),
+            send(move_id(0, 8), hot, a, 1, TF::NONE, 0),
+            send(kind_3, hot, hot, 1, TF::NONE, move_0_1),
+            send(7, hot, hot, 1, TF::PENDING, move_0_1),
+            send(8, hot, hot, 1, TF::LINKED, move_0_1),
+            send(9, a, hot, 1, TF::NONE, 0),
+        ];
+        let expected = vec![
+            Event::Final(TR::Ok),
+            Event::Waits { id: 2, original: true },
+            Event::Waits { id: 3, original: true },
+            // The `from` part's limit: 100 credited, 60 reserved.
+            Event::Final(TR::ExceedsCredits),
+            Event::Waits { id: kind_4, original: true },
+            Event::Final(TR::AccountsMustBeDifferent),
+            Event::Final(TR::AccountsMustBeDifferent),
+            Event::Final(TR::IdMustNotBeReserved),
+            Event::Final(TR::IdMustNotBeReserved),
+            Event::Final(TR::CrossShardFlagsNotSupported),
+            Event::Final(TR::LinkedEventChainCrossShard),
+            Event::Final(TR::LinkedEventChainCrossShard),
+        ];
+        assert_eq!(m.apply(0, &CommandBuf::CreateTransfers(batch)), Ok(Predicted::Transfers(expected)));
+        // The credit legs on shard 1: from the bridge toward shard 0, to b and to the part there.
+        // (User data as sent: a move's leg carries its `user_data_32`.)
+        let leg = |id, credit, amount, user_data_32| Transfer {
+            debit_account_id: bridge_id(1, 0, 1),
+            amount,
+            user_data_32,
+            ..transfer(id, 0, credit, TF::NONE)
+        };
+        let legs = vec![leg(2, b, 10, 0), leg(3, hot, 50, move_0_1), leg(kind_4, hot, 40, move_0_1)];
+        assert_eq!(m.apply(1, &CommandBuf::Credits(legs)), Ok(Predicted::Internal));
+        let settles: Vec<Transfer> = [(2, b), (3, hot), (kind_4, hot)]
+            .iter()
+            .enumerate()
+            .map(|(i, &(id, credit))| Transfer {
+                id: settle_id(0, 100 + i as u64),
+                pending_id: id,
+                user_data_128: credit,
+                flags: TF::POST_PENDING,
+                ..Transfer::default()
+            })
+            .collect();
+        assert_eq!(m.apply(0, &CommandBuf::Settles(settles)), Ok(Predicted::Internal));
+        for id in [2, 3, kind_4] {
+            assert_eq!(m.resolve(Event::Waits { id, original: true }), Some(TR::Ok));
+        }
+        // The account's balance is unchanged by the moves; both columns grew on the parts.
+        let (part_0, part_1) = (m.model(0).account(hot).unwrap(), m.model(1).account(hot).unwrap());
+        assert_eq!((part_0.debits_posted, part_0.credits_posted), (100, 100));
+        assert_eq!((part_1.debits_posted, part_1.credits_posted), (0, 90));
+        // A retry of a move answers `exists`; changed, its difference.
+        let retry =
+            vec![send(3, hot, hot, 50, TF::NONE, move_0_1), send(3, hot, hot, 51, TF::NONE, move_0_1)];
+        assert_eq!(
+            m.apply(0, &CommandBuf::CreateTransfers(retry)),
+            Ok(Predicted::Transfers(vec![
+                Event::Final(TR::Exists),
+                Event::Final(TR::ExistsWithDifferentAmount)
+            ]))
+        );
     }
 }

@@ -3,15 +3,22 @@
 //! timeouts, full and partial posts, voids, balancing, closing, linked
 //! chains open and closed, invalid fields, same account, missing accounts,
 //! ledger and code mismatches, amounts that overflow), cross-shard transfers,
-//! and retries of earlier batches, exact or changed.
+//! and retries of earlier batches, exact or changed. With two or three
+//! shards also sharded (hot system) accounts: their parts created on every
+//! shard, transfers between users and the local part, from the local part
+//! to another shard's account, between sharded accounts, and moves between
+//! the parts of one (valid, over the `from` part's limit, with the
+//! rebalancer's reserved ids, malformed, misrouted).
 
 use std::collections::VecDeque;
 
 use molly_engine::{Account, AccountFlags as AF, Transfer, TransferFlags as TF};
 
+use super::model::part_move;
 use super::Prng;
-use crate::cross::RESERVED_ID_MIN;
+use crate::cross::{move_id, settle_id, RESERVED_ID_MIN};
 use crate::journal::CommandBuf;
+use crate::route::{is_sharded, part_move_shards, sharded_id, SHARDED_ID_MIN};
 use crate::runtime::shard_for;
 
 /// Batches kept per shard for retries.
@@ -20,17 +27,29 @@ const SENT_KEPT: usize = 256;
 const PENDINGS_KEPT: usize = 64;
 /// Events in one new transfer batch, at most.
 pub const BATCH_EVENTS_MAX: u64 = 12;
+/// With several shards, the first writes to each shard create all its
+/// accounts and parts.
+const CREATES_FIRST: u32 = 3;
+/// Sharded accounts (two or three shards): `sharded_id(n)` for these `n`.
+const SHARDED: [u128; 3] = [1, 2, 3];
 
 /// The clients' side: what was sent where, for retries and completions.
 #[derive(Debug)]
 pub struct Workload {
     shards: u32,
-    /// Account ids clients create, by owning shard.
+    /// Plain account ids clients create, by owning shard.
     owned: Vec<Vec<u128>>,
+    /// Account ids a shard may be sent (created there, debited there):
+    /// its plain ones and the sharded ones (a part on every shard).
+    local: Vec<Vec<u128>>,
     /// The same, with the ids no one creates that the shard would own.
-    owned_or_missing: Vec<Vec<u128>>,
+    local_or_missing: Vec<Vec<u128>>,
     /// Every id clients create, and two that no one ever creates.
     all: Vec<u128>,
+    /// Sharded account ids (none with one shard).
+    sharded: Vec<u128>,
+    /// Per shard: writes of all its accounts (and parts) sent first (several shards).
+    creates_sent: Vec<u32>,
     next_id: u128,
     sent: Vec<VecDeque<Vec<Transfer>>>,
     pendings: Vec<VecDeque<(u128, u128)>>,
@@ -48,8 +67,18 @@ pub struct Write {
 }
 
 /// The account clients create with `id`: ledger, code and flags follow from
-/// the id, so a re-sent account answers `exists`.
+/// the id, so a re-sent account answers `exists`. Sharded accounts: a
+/// clearing account without a limit, a hot wallet whose parts must not go
+/// below zero, and one whose parts' credits must not exceed their debits.
 pub fn account(id: u128) -> Account {
+    if is_sharded(id) {
+        let flags = match id - SHARDED_ID_MIN {
+            2 => AF::DEBITS_MUST_NOT_EXCEED_CREDITS | AF::HISTORY,
+            3 => AF::CREDITS_MUST_NOT_EXCEED_DEBITS,
+            _ => AF::NONE,
+        };
+        return Account { id, ledger: 1, code: 9, flags, ..Account::default() };
+    }
     let flags = match id % 5 {
         1 => AF::DEBITS_MUST_NOT_EXCEED_CREDITS,
         2 => AF::CREDITS_MUST_NOT_EXCEED_DEBITS,
@@ -75,15 +104,28 @@ impl Workload {
             owned[shard_for(id, shards) as usize].push(id);
         }
         assert!(owned.iter().all(|ids| ids.len() >= 2), "every shard owns accounts: {owned:?}");
-        let mut owned_or_missing = owned.clone();
+        // With one shard a sharded id is an ordinary account: none then (so
+        // one shard's seeds run as before sharded accounts were added).
+        let sharded: Vec<u128> =
+            if shards > 1 { SHARDED.iter().map(|&n| sharded_id(n)).collect() } else { Vec::new() };
+        let mut local = owned.clone();
+        let mut local_or_missing = owned.clone();
         for id in created + 1..=created + 2 {
-            owned_or_missing[shard_for(id, shards) as usize].push(id);
+            local_or_missing[shard_for(id, shards) as usize].push(id);
         }
+        for ids in local.iter_mut().chain(local_or_missing.iter_mut()) {
+            ids.extend(&sharded);
+        }
+        let mut all: Vec<u128> = (1..=created + 2).collect();
+        all.extend(&sharded);
         Self {
             shards,
             owned,
-            owned_or_missing,
-            all: (1..=created + 2).collect(),
+            local,
+            local_or_missing,
+            all,
+            sharded,
+            creates_sent: vec![0; shards as usize],
             next_id: 1,
             sent: (0..shards).map(|_| VecDeque::new()).collect(),
             pendings: (0..shards).map(|_| VecDeque::new()).collect(),
@@ -97,11 +139,33 @@ impl Workload {
 
     /// A write for `shard`.
     pub fn write(&mut self, prng: &mut Prng, shard: usize) -> Write {
+        if self.shards > 1 && self.creates_sent[shard] < CREATES_FIRST {
+            // Every account of the shard and every part first (a crash may
+            // lose a write before it is durable), so moves between parts
+            // find their parts (later writes create them again too).
+            self.creates_sent[shard] += 1;
+            let commands =
+                vec![CommandBuf::CreateAccounts(self.local[shard].iter().map(|&id| account(id)).collect())];
+            return Write { commands, fresh: vec![false], misrouted: false };
+        }
         if self.shards > 1 && prng.chance(1) {
-            // An account of another shard: refused before anything is journaled.
+            // An account of another shard, or a move from another shard's
+            // part: refused before anything is journaled.
             let other = (shard + 1 + prng.below(u64::from(self.shards) - 1) as usize) % self.shards as usize;
-            let id = self.owned[other][0];
-            let commands = vec![CommandBuf::CreateAccounts(vec![account(id)])];
+            if prng.chance(50) {
+                let id = self.owned[other][0];
+                let commands = vec![CommandBuf::CreateAccounts(vec![account(id)])];
+                return Write { commands, fresh: vec![false], misrouted: true };
+            }
+            // With a transfer of its own before it: the write is refused whole.
+            let mut first = self.transfer(prng, shard);
+            let id = self.next_id;
+            self.next_id += 1;
+            let mut move_ = self.move_between_parts(prng, shard, id);
+            first.flags = TF::NONE;
+            move_.credit_account_id = move_.debit_account_id;
+            move_.user_data_32 = part_move_shards(other as u32, shard as u32);
+            let commands = vec![CommandBuf::CreateTransfers(vec![first, move_])];
             return Write { commands, fresh: vec![false], misrouted: true };
         }
         if prng.chance(4) {
@@ -109,12 +173,18 @@ impl Workload {
             return Write { commands, fresh: vec![false], misrouted: false };
         }
         let (mut commands, mut fresh) = (Vec::new(), Vec::new());
+        let mut misrouted = false;
         for _ in 0..1 + prng.below(2) {
             let (batch, new) = self.transfers(prng, shard);
+            // A retry changed into a move from another shard's part (a
+            // sharded account to itself whose `user_data_32` was changed).
+            misrouted |= batch
+                .iter()
+                .any(|t| part_move(t, self.shards).is_some_and(|(from, _)| from as usize != shard));
             commands.push(CommandBuf::CreateTransfers(batch));
             fresh.push(new);
         }
-        Write { commands, fresh, misrouted: false }
+        Write { commands, fresh, misrouted }
     }
 
     fn pick(prng: &mut Prng, ids: &[u128]) -> u128 {
@@ -124,7 +194,7 @@ impl Workload {
     /// An account batch: usually every account of the shard (created once,
     /// then `exists`), else a few of them, some changed or invalid, some linked.
     fn accounts(&mut self, prng: &mut Prng, shard: usize) -> Vec<Account> {
-        let owned = &self.owned[shard];
+        let owned = &self.local[shard];
         if prng.chance(60) {
             return owned.iter().map(|&id| account(id)).collect();
         }
@@ -166,7 +236,7 @@ impl Workload {
                     1 => t.pending_id = t.pending_id.wrapping_add(1),
                     2 => t.timeout = t.timeout.wrapping_add(1),
                     // Still an account of this shard: a write is routed by its debit accounts.
-                    3 => t.debit_account_id = Self::pick(prng, &self.owned[shard]),
+                    3 => t.debit_account_id = Self::pick(prng, &self.local[shard]),
                     4 => t.credit_account_id = t.credit_account_id.wrapping_add(1),
                     5 => t.amount = t.amount.wrapping_add(1),
                     6 => t.user_data_128 ^= 1,
@@ -191,14 +261,17 @@ impl Workload {
         let id = self.next_id;
         self.next_id += 1;
         // A transfer goes to its debit account's shard (else the write is refused whole).
+        // (Sharded accounts have a part on every shard: with a plain credit
+        // account of another shard, a transfer from the local part is
+        // cross-shard.)
         let debit = if prng.chance(3) {
-            Self::pick(prng, &self.owned_or_missing[shard])
+            Self::pick(prng, &self.local_or_missing[shard])
         } else {
-            Self::pick(prng, &self.owned[shard])
+            Self::pick(prng, &self.local[shard])
         };
         // Mostly local; a third of the rest name any account (another shard's, or none's).
         let credit =
-            if prng.chance(70) { Self::pick(prng, &self.owned[shard]) } else { Self::pick(prng, &self.all) };
+            if prng.chance(70) { Self::pick(prng, &self.local[shard]) } else { Self::pick(prng, &self.all) };
         let ledger =
             if prng.chance(95) { account(debit).ledger } else { [0, 1, 2, 77][prng.below(4) as usize] };
         let amount = if prng.chance(1) { u128::MAX / 3 } else { 1 + u128::from(prng.below(500)) };
@@ -270,6 +343,48 @@ impl Workload {
             88 => t.flags = TF::PENDING | TF::POST_PENDING,
             89 => t.credit_account_id = RESERVED_ID_MIN + 1,
             90 => t.amount = 0,
+            91..=95 if self.shards > 1 => t = self.move_between_parts(prng, shard, id),
+            _ => {}
+        }
+        t
+    }
+
+    /// A move between the parts of a sharded account, from this shard's
+    /// part (docs/shards.md, "Hot accounts"): mostly valid, sometimes with
+    /// the rebalancer's kind of reserved id, or refused (`from` = `to`, a
+    /// shard out of range, a reserved id of another kind or on a transfer
+    /// that is not a move, unsupported flags). `id`: a new one.
+    fn move_between_parts(&mut self, prng: &mut Prng, shard: usize, id: u128) -> Transfer {
+        assert!(self.shards > 1);
+        let hot = Self::pick(prng, &self.sharded);
+        let to = (shard as u32 + 1 + prng.below(u64::from(self.shards) - 1) as u32) % self.shards;
+        let mut t = Transfer {
+            id,
+            debit_account_id: hot,
+            credit_account_id: hot,
+            amount: 1 + u128::from(prng.below(300)),
+            ledger: account(hot).ledger,
+            code: 1,
+            user_data_32: part_move_shards(shard as u32, to),
+            ..Transfer::default()
+        };
+        match prng.below(20) {
+            0..=3 => t.id = move_id(shard as u32, id as u64),
+            4 => t.user_data_32 = part_move_shards(shard as u32, shard as u32),
+            5 => t.user_data_32 = part_move_shards(shard as u32, self.shards),
+            6 => t.id = settle_id(shard as u32, id as u64),
+            7 => {
+                // The rebalancer's kind of id on a transfer between two sharded accounts.
+                t.id = move_id(shard as u32, id as u64);
+                t.credit_account_id = Self::pick(prng, &self.sharded);
+            }
+            8 => t.flags = TF::PENDING,
+            9 => t.flags = TF::BALANCING_CREDIT,
+            10..=11 => {
+                t.flags = TF::BALANCING_DEBIT;
+                t.amount = if prng.chance(20) { u128::MAX } else { u128::from(prng.below(1000)) };
+            }
+            12 => t.amount = u128::MAX / 3,
             _ => {}
         }
         t
