@@ -117,8 +117,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if let Some(net) = net {
             println!(
                 "  network: {} requests, {} frames sent ({} re-sent), {} replies ({} shard_unavailable), {} \
-                 connections ({} cut, {} timed out), {} bad frames ({} error frames checked), {} events \
-                 checked against the ledger, {} full inboxes met",
+                 connections ({} cut, {} timed out, {} refused at connections_max), {} bad frames ({} error \
+                 frames checked), {} events checked against the ledger, {} full inboxes met, {} drains ({} \
+                 replies shutting_down)",
                 net.requests,
                 net.frames_sent,
                 net.resent,
@@ -127,10 +128,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 net.connections,
                 net.cuts,
                 net.timeouts,
+                net.connections_refused,
                 net.bad_frames,
                 net.error_frames_checked,
                 net.events_checked,
-                net.backpressure
+                net.backpressure,
+                net.drains,
+                net.shutting_down
             );
         }
         return match report.violation {
@@ -155,6 +159,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut failing = 0u64;
     let mut totals = sim::SimReport::default();
     let (mut requests, mut resent, mut cuts, mut bad_frames) = (0u64, 0u64, 0u64, 0u64);
+    let (mut refused, mut drains, mut shutting_down) = (0u64, 0u64, 0u64);
     for seed in range.clone() {
         SEED_RUNNING.store(seed, Ordering::Relaxed);
         let (report, net) = run_one(seed, &args);
@@ -163,6 +168,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             resent += net.resent;
             cuts += net.cuts;
             bad_frames += net.error_frames_checked;
+            refused += net.connections_refused;
+            drains += net.drains;
+            shutting_down += net.shutting_down;
         }
         totals.add(&report);
         if let Some(violation) = report.violation {
@@ -203,7 +211,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.net {
         println!(
             "  network: {requests} requests (each answered), {resent} frames re-sent, {cuts} connections cut, \
-             {bad_frames} bad frames answered with their error frame"
+             {bad_frames} bad frames answered with their error frame, {refused} connections refused at \
+             connections_max, {drains} drains (SIGTERM, then a restart; {shutting_down} replies shutting_down)"
         );
     }
     for (check, list) in &failures {
