@@ -115,10 +115,11 @@ pub mod check {
     pub const CONNECTION_LOOP: &str =
         "a connection reads a bounded number of requests ahead and closes after an error";
     /// A drain (`Server::drain`, what SIGTERM does) answers `shutting_down`
-    /// to requests read after it, applying nothing of them; the process
-    /// stops once the server is idle, and then no request it took is still
-    /// in an inbox or unanswered at a shard (nothing is left half-applied);
-    /// a drain ends (the server goes idle).
+    /// (never `ok`) to requests read after it began, applying nothing of
+    /// them; the process stops once `Server::idle` says idle, and then no
+    /// request of the server still waits for a shard (none in an inbox with a
+    /// live reply channel, no write whose answer it awaits: nothing it took is
+    /// left half-done); a drain ends (the server goes idle).
     pub const DRAIN: &str = "a drain answers what it took and applies nothing new";
 }
 
