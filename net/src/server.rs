@@ -27,12 +27,15 @@
 //! - A request split over shards is not atomic as a whole (each event is);
 //!   if one shard fails its part, the reply says `shard_unavailable` and a
 //!   retry of the same request is safe (ids are idempotent).
-//! - Only the accept loop and the per-connection loop use glommio sockets
-//!   and tasks. The frame intake ([`Server::check_head`],
+//! - Only the accept loop uses glommio's listener and tasks. The accept
+//!   decision ([`Server::admit`], [`refuse`]) and the per-connection loop
+//!   ([`Server::connection`]) are generic over the byte stream and the
+//!   executor ([`Spawn`]); the frame intake ([`Server::check_head`],
 //!   [`Server::intake`]) is pure; the request handling ([`Server::start`])
-//!   is async code over the [`Inboxes`] trait, so the simulator
-//!   (`molly sim --net`, module `sim` with the `sim` feature) runs the
-//!   same code without sockets, on a server from [`Server::unbound`].
+//!   is async code over the [`Inboxes`] trait; draining is
+//!   [`Server::drain`] and [`Server::idle`]. So the simulator (`molly sim
+//!   --net`, module `sim` with the `sim` feature) runs the same code on
+//!   simulated connections, on a server from [`Server::unbound`].
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -45,9 +48,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::channels::local_channel;
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpListener;
 use molly_engine::{
     Account, AccountBalance, AccountFilter, AccountFilterFlags, AccountFlags, CreateAccountResult,
     CreateTransferResult, Transfer, TransferFlags,
@@ -234,32 +237,54 @@ impl Server {
                 }
             };
             let _ = stream.set_nodelay(true);
-            if self.stats.connections.fetch_add(1, Ordering::SeqCst) >= self.config.connections_max {
-                self.stats.connections.fetch_sub(1, Ordering::SeqCst);
-                self.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
-                let error = FrameError::TooManyConnections(self.config.connections_max);
-                glommio::spawn_local(async move {
-                    let mut stream = stream;
-                    let _ = stream.write_all(&error_frame(0, 0, &error, &[])).await;
-                    let _ = stream.close().await;
-                })
-                .detach();
-                continue;
+            match self.admit() {
+                Ok(slot) => {
+                    let server = self.clone();
+                    let router = router.clone();
+                    glommio::spawn_local(async move {
+                        server.connection(stream, router, &Glommio).await;
+                        drop(slot);
+                    })
+                    .detach();
+                }
+                Err(refusal) => {
+                    glommio::spawn_local(refuse(stream, refusal)).detach();
+                }
             }
-            let server = self.clone();
-            let router = router.clone();
-            glommio::spawn_local(async move {
-                server.connection(stream, router).await;
-                server.stats.connections.fetch_sub(1, Ordering::SeqCst);
-            })
-            .detach();
         }
     }
 
-    async fn connection(self: &Arc<Self>, stream: TcpStream, router: Rc<Router>) {
+    /// The accept decision: a slot among `connections_max` (held until the
+    /// [`Admitted`] is dropped, when the connection ends), or, at the limit,
+    /// the `too many connections` error frame to send before closing
+    /// ([`refuse`]); a refused connection is never read.
+    pub fn admit(self: &Arc<Self>) -> Result<Admitted, Vec<u8>> {
+        if self.stats.connections.fetch_add(1, Ordering::SeqCst) >= self.config.connections_max {
+            self.stats.connections.fetch_sub(1, Ordering::SeqCst);
+            self.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+            let error = FrameError::TooManyConnections(self.config.connections_max);
+            return Err(error_frame(0, 0, &error, &[]));
+        }
+        Ok(Admitted(self.clone()))
+    }
+
+    /// One connection, from its first byte to its close: reads frames
+    /// (reading pauses while `in_flight_max` replies are queued), starts
+    /// serving each at once, and a writer task (spawned on `tasks`) awaits
+    /// the replies in request order and writes them; an error frame ends
+    /// the connection after the replies before it; a failed write drops the
+    /// rest. Generic over the byte stream and the executor: glommio's TCP
+    /// sockets and tasks in production ([`Server::shard_task`]), simulated
+    /// connections and the simulator's executor in `molly sim --net`.
+    pub async fn connection<S, R, X>(self: &Arc<Self>, stream: S, router: Rc<R>, tasks: &X)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + 'static,
+        R: Inboxes + 'static,
+        X: Spawn,
+    {
         let (mut reader, mut writer) = futures_lite::io::split(stream);
         let (queue, pending) = local_channel::new_bounded::<PendingReply>(self.config.in_flight_max);
-        let writer_task = glommio::spawn_local(async move {
+        let writer_task = tasks.spawn(async move {
             while let Some(reply) = pending.recv().await {
                 let (bytes, close) = reply.await;
                 if writer.write_all(&bytes).await.is_err() || close {
@@ -267,6 +292,16 @@ impl Server {
                 }
             }
             let _ = writer.close().await;
+            // The replies still queued are dropped unpolled (nothing of them
+            // was submitted). The queue is emptied before it is dropped: a
+            // reader waiting for room in a full queue waits for room, not
+            // for the writer (glommio's bounded channel), and would wait
+            // forever, holding the connection's slot and its requests in
+            // flight (found by `molly sim --net`). Given room, its send
+            // fails and it stops.
+            while let Some(Some(reply)) = futures_lite::future::poll_once(pending.recv()).await {
+                drop(reply);
+            }
         });
         loop {
             let next = self.read_request(&mut reader, &router).await;
@@ -281,10 +316,10 @@ impl Server {
 
     /// Reads one frame and starts serving it. `None`: the client closed
     /// cleanly between frames (or the connection broke).
-    async fn read_request<R: AsyncRead + Unpin>(
+    async fn read_request<S: AsyncRead + Unpin, R: Inboxes + 'static>(
         self: &Arc<Self>,
-        reader: &mut R,
-        router: &Rc<Router>,
+        reader: &mut S,
+        router: &Rc<R>,
     ) -> Option<PendingReply> {
         let mut head = [0u8; HEADER_SIZE];
         match read_full(reader, &mut head).await {
@@ -648,6 +683,46 @@ fn closing(reply: Vec<u8>) -> PendingReply {
 
 /// A reply being prepared: its bytes, and whether the connection closes after it.
 type PendingReply = Pin<Box<dyn Future<Output = (Vec<u8>, bool)>>>;
+
+/// A connection's slot among `connections_max` ([`Server::admit`]), given
+/// back when dropped.
+#[derive(Debug)]
+pub struct Admitted(Arc<Server>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.stats.connections.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A connection refused at accept ([`Server::admit`]): its error frame
+/// written, then the connection closed; nothing of it is read.
+pub async fn refuse<S: AsyncWrite + Unpin>(mut stream: S, refusal: Vec<u8>) {
+    let _ = stream.write_all(&refusal).await;
+    let _ = stream.close().await;
+}
+
+/// Where a connection's writer task runs: glommio's executor in production
+/// ([`Glommio`]); the simulator's in `molly sim --net`.
+pub trait Spawn {
+    /// A spawned task, awaited for its output.
+    type Task<T: 'static>: Future<Output = T>;
+    /// Runs `future` beside the caller's task.
+    fn spawn<T: 'static>(&self, future: impl Future<Output = T> + 'static) -> Self::Task<T>;
+}
+
+/// glommio's executor: [`glommio::spawn_local`].
+#[derive(Clone, Copy, Debug)]
+pub struct Glommio;
+
+impl Spawn for Glommio {
+    type Task<T: 'static> = glommio::Task<T>;
+
+    #[inline]
+    fn spawn<T: 'static>(&self, future: impl Future<Output = T> + 'static) -> Self::Task<T> {
+        glommio::spawn_local(future)
+    }
+}
 
 /// Counts a request in flight until dropped (answered, or abandoned with its connection).
 struct InFlight(Arc<Server>);

@@ -1,66 +1,81 @@
 //! The network in the simulator (`molly sim --net`, feature `sim`): simulated
 //! clients send real protocol frames over simulated connections to the real
-//! server's request handling, which routes them through inboxes to the
-//! simulated shards of [`molly_shards::sim`] — all in one thread, driven by
+//! server — its accept decision, its per-connection loop, its frame intake
+//! and request handling — which routes them through inboxes to the
+//! simulated shards of [`molly_shards::sim`]; all in one thread, driven by
 //! one seed.
 //!
 //! ```text
-//!  clients ── frames (encoded, signed) ─► connection: ordered byte stream, delivered in pieces, or cut
-//!     ▲                                      │ server side (as `Server::connection` does): check_head ─► intake ─►
-//!     │                                      │ start (the real `serve`: plan, locate pending, submit, merge)
-//!     │                                      │ at most in_flight_max replies pending; replies in request order;
-//!     │                                      │ an error frame, then close
-//!     └── reply bytes ◄── connection ◄───────┘        │ Request (Write, lookups) into bounded inboxes
-//!                                                     ▼
+//!  clients ── frames (encoded, signed) ─► connection: ordered byte stream, delivered in pieces, late, or cut
+//!     ▲            accept: Server::admit ─► Server::connection (the real loop, on SimStream)  or  server::refuse
+//!     │              reader: read_request (check_head ─► intake ─► start) ─► queue (in_flight_max) ─► writer task:
+//!     │              awaits replies in request order, writes them (send buffer `window`), closes after an error
+//!     └── reply bytes ◄── connection ◄──┘                   │ Request (Write, lookups) into bounded inboxes
+//!                                                           ▼
 //!                                  Host (molly_shards::sim::host): shards, disks, rings, clock, crashes
 //! ```
 //!
-//! What is real: frame encoding and every check of the frame intake
-//! ([`Server::check_head`], [`Server::intake`]), the request handling
+//! What is real: frame encoding; the accept decision ([`Server::admit`]:
+//! the `connections_max` slot, or the `too many connections` frame written
+//! by [`crate::server::refuse`]); the per-connection loop
+//! ([`Server::connection`], generic over the byte stream and the executor:
+//! here it reads and writes a `SimStream` and spawns its writer task on
+//! `SimTasks`), with every check of the frame intake
+//! ([`Server::check_head`], [`Server::intake`]) and the request handling
 //! ([`Server::start`]: `serve`, `create_accounts`, `create_transfers`,
-//! `apply_plan`, `locate_pending`, lookups and sharded-account merges), the
-//! `Request`s and their reply channels, and the shard world behind them. What
-//! is modelled: the per-connection loop (`Server::connection` runs on
-//! glommio sockets; here each connection keeps the same queue of pending
-//! replies, bounded by `in_flight_max`, polled head first as the writer task
-//! awaits them, an error frame ends reading and closes after the replies
-//! before it, a failed write drops the rest), the executor (each future is
-//! polled with a no-op waker whenever the simulator chooses: a future that
-//! is not ready is simply polled again later), and the inboxes (bounded
-//! FIFO queues of `Request`s, the same contract as the runtime's `Router`;
-//! a full inbox hands the request back and `submit` yields).
+//! `apply_plan`, `locate_pending`, lookups and sharded-account merges); the
+//! drain ([`Server::drain`], `intake` answering `shutting_down`,
+//! [`Server::idle`]); the `Request`s and their reply channels, and the shard
+//! world behind them. What is modelled: the executor (each task is polled
+//! with a no-op waker whenever the simulator chooses: a task that is not
+//! ready is simply polled again later), the sockets (a `Wire` each: bytes
+//! arrive in pieces, the server's send buffer holds `window` bytes, a cut
+//! makes reads and writes fail), the inboxes (bounded FIFO queues of
+//! `Request`s, the same contract as the runtime's `Router`; a full inbox
+//! hands the request back and `submit` yields), and `molly serve`'s wait
+//! for [`Server::idle`] after SIGTERM (polled at random steps; the clean
+//! stop that follows leaves the shards as they are, and a new server starts).
 //!
 //! Faults: bytes of every connection arrive in pieces and late, connections
-//! interleave arbitrarily; a connection is cut (mid-request or mid-reply: the
-//! client cannot know what was applied); clients time out and re-send every
-//! unanswered frame, unchanged, on a new connection (the old one may still
-//! be served: duplicates); corrupted frames, frames signed with the wrong
-//! key and frames of an unknown client; plus every fault of the shard world
-//! (crashes, the whole process dying, failed fdatasyncs, fault points).
+//! interleave arbitrarily, connections wait in the backlog before the
+//! accept; a connection is cut (mid-request or mid-reply: the client cannot
+//! know what was applied); clients time out and re-send every unanswered
+//! frame, unchanged, on a new connection (the old one may still be served:
+//! duplicates); corrupted frames, frames signed with the wrong key and
+//! frames of an unknown client; in half the seeds a `connections_max` of
+//! 1–4, which the clients (1–4, plus bad frames' connections and abandoned
+//! ones still being served) go over: refused, they connect again later; in
+//! half the seeds a drain (SIGTERM) at a random step: requests read from
+//! then on are answered `shutting_down`, the process stops once idle and
+//! restarts; plus every fault of the shard world (crashes, the whole process
+//! dying, failed fdatasyncs, fault points).
 //!
 //! The checks are listed in [`check`] (and in docs/simulation.md).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
+use std::io;
 use std::path::Path;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
+use futures_lite::io::{AsyncRead, AsyncWrite};
 use molly_engine::{
     Account, AccountFilter, AccountFilterFlags, AccountFlags as AF, CreateAccountResult as AR,
     CreateTransferResult as TR, Engine, Transfer, TransferFlags as TF,
 };
 use molly_shards::route::{account_route, part_move_shards, sharded_id, AccountRoute};
-use molly_shards::runtime::{Backpressure, Request};
+use molly_shards::runtime::{reply_channel, Answer, Backpressure, Reply, Request, WriteReply};
 use molly_shards::sim::host::{Failure, Host, Stepped};
 use molly_shards::sim::{Options, Prng, SimReport};
 
+use crate::frame::FrameError;
 use crate::frame::{self, status, FrameHeader, Operation, HEADER_SIZE};
 use crate::keys::ClientKeys;
-use crate::server::{Inboxes, Server, ServerConfig};
+use crate::server::{refuse, Inboxes, Server, ServerConfig, Spawn};
 
 /// The network's checks, by the name a violation and a sweep give them
 /// (the shard world's are [`molly_shards::sim::check`]).
@@ -88,6 +103,24 @@ pub mod check {
     pub const LOOKUPS: &str = "lookups through the server equal the ledger (sharded: sum of parts)";
     /// Once faults stop, every request a client sent gets its reply.
     pub const LIVENESS: &str = "every request gets a reply (liveness)";
+    /// A connection over `connections_max` gets the `too many connections`
+    /// error frame (request 0, client 0) and nothing else, is closed, and
+    /// none of its bytes is read; the server's count of connections is the
+    /// connections it admitted and still serves, never over the limit.
+    pub const CONNECTIONS: &str = "connections over the limit are refused and change nothing";
+    /// A connection reads at most `in_flight_max` + 2 requests ahead of its
+    /// replies (`in_flight_max` queued, one the writer awaits, one the reader
+    /// holds while the queue is full), and a frame that closes the connection
+    /// (an error frame, `shutting_down`) is the last one written on it.
+    pub const CONNECTION_LOOP: &str =
+        "a connection reads a bounded number of requests ahead and closes after an error";
+    /// A drain (`Server::drain`, what SIGTERM does) answers `shutting_down`
+    /// (never `ok`) to requests read after it began, applying nothing of
+    /// them; the process stops once `Server::idle` says idle, and then no
+    /// request of the server still waits for a shard (none in an inbox with a
+    /// live reply channel, no write whose answer it awaits: nothing it took is
+    /// left half-done); a drain ends (the server goes idle).
+    pub const DRAIN: &str = "a drain answers what it took and applies nothing new";
 }
 
 /// What a run of the network simulation found.
@@ -119,6 +152,12 @@ pub struct NetReport {
     pub events_checked: u64,
     /// Times the server's submit met a full inbox.
     pub backpressure: u64,
+    /// Connections refused at `connections_max` (`too many connections`).
+    pub connections_refused: u64,
+    /// Drains (SIGTERM) that ended with the process restarting.
+    pub drains: u64,
+    /// Replies `shutting_down` (requests read during a drain).
+    pub shutting_down: u64,
 }
 
 /// User accounts (plain ids `1..=USERS`).
@@ -127,16 +166,21 @@ const USERS: u128 = 10;
 const SHARDED: [u128; 2] = [1, 2];
 /// Ids of bad frames' events: never applied, never sent in a good frame.
 const BAD_ID_MIN: u128 = 1 << 64;
-/// Requests a client has sent and not had answered, at most.
-const PIPELINE_MAX: usize = 4;
+/// Requests a client has sent and not had answered, at most (more than
+/// `in_flight_max` + 2, so the read-ahead bound is reached).
+const PIPELINE_MAX: usize = 6;
 /// Events in one request, at most.
 const EVENTS_MAX: u64 = 6;
 /// Full checks run this often (steps), and after every restart.
 const FULL_CHECK_EVERY_STEPS: u64 = 128;
 /// Rounds of the final drain, at most, before liveness is declared broken.
 const DRAIN_ROUNDS_MAX: u64 = 20_000;
+/// Steps a server drain (SIGTERM) may take before it is declared stuck
+/// (production gives up after `DRAIN_TIMEOUT`, 10 s; here nothing stalls
+/// for long, so a drain this long is a request that is never answered).
+const SERVER_DRAIN_STEPS_MAX: u64 = 5_000;
 
-type PendingReply = Pin<Box<dyn Future<Output = (Vec<u8>, bool)>>>;
+type LocalTask = Pin<Box<dyn Future<Output = ()>>>;
 
 fn fail<T>(check: &'static str, detail: impl Into<String>) -> Result<T, Failure> {
     Err((check, detail.into()))
@@ -148,12 +192,61 @@ fn poll_once<T>(future: &mut Pin<Box<dyn Future<Output = T>>>) -> Poll<T> {
     future.as_mut().poll(&mut Context::from_waker(Waker::noop()))
 }
 
-/// The shards' inboxes: bounded FIFO queues, as the runtime's.
+/// The shards' inboxes: bounded FIFO queues, as the runtime's. A write's
+/// answer is relayed to the server's request ([`SimInboxes::relay`]), so
+/// the simulator knows which writes the server still waits for.
 #[derive(Debug)]
 struct SimInboxes {
     queues: RefCell<Vec<VecDeque<Request>>>,
     depth: usize,
     full: std::cell::Cell<u64>,
+    relays: RefCell<Vec<(Answer<WriteReply>, Reply<WriteReply>)>>,
+}
+
+impl SimInboxes {
+    fn new(shards: usize, depth: usize) -> Self {
+        Self {
+            queues: RefCell::new((0..shards).map(|_| VecDeque::new()).collect()),
+            depth,
+            full: std::cell::Cell::new(0),
+            relays: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Passes the shards' answers on to the server's requests.
+    fn relay(&self) {
+        let relays = std::mem::take(&mut *self.relays.borrow_mut());
+        let mut waiting = Vec::with_capacity(relays.len());
+        for (mut answer, reply) in relays {
+            match answer.try_recv() {
+                Ok(outcome) => drop(reply.send(outcome)),
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => drop(reply),
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => waiting.push((answer, reply)),
+            }
+        }
+        *self.relays.borrow_mut() = waiting;
+    }
+
+    /// Writes at the shards whose answer a request of the server still waits for.
+    fn awaited(&self) -> usize {
+        self.relays.borrow().iter().filter(|(_, reply)| !reply.is_closed()).count()
+    }
+
+    /// Reads in the inboxes that a request of the server still waits for
+    /// (a request answered early, `shard_unavailable` after one shard's
+    /// failure, leaves its other parts behind: no one waits for them).
+    fn queued_awaited(&self) -> usize {
+        let awaited = |request: &Request| match request {
+            // Relayed: counted by `awaited`.
+            Request::Write { .. } => false,
+            Request::LookupAccounts { reply, .. } | Request::LimitedParts { reply } => !reply.is_closed(),
+            Request::LookupTransfers { reply, .. } => !reply.is_closed(),
+            Request::GetAccountTransfers { reply, .. } => !reply.is_closed(),
+            Request::GetAccountBalances { reply, .. } => !reply.is_closed(),
+            Request::Stats { reply } => !reply.is_closed(),
+        };
+        self.queues.borrow().iter().flatten().filter(|r| awaited(r)).count()
+    }
 }
 
 impl Inboxes for SimInboxes {
@@ -167,6 +260,14 @@ impl Inboxes for SimInboxes {
             self.full.set(self.full.get() + 1);
             return Err(Backpressure(request));
         }
+        let request = match request {
+            Request::Write { commands, reply } => {
+                let (inner, answer) = reply_channel();
+                self.relays.borrow_mut().push((answer, reply));
+                Request::Write { commands, reply: inner }
+            }
+            other => other,
+        };
         queues[shard].push_back(request);
         Ok(())
     }
@@ -176,58 +277,233 @@ impl Inboxes for SimInboxes {
     }
 }
 
-/// One TCP connection: an ordered byte stream each way, and the server's
-/// side of it as `Server::connection` keeps it.
+/// The simulator's executor: spawned tasks (the server's connections and
+/// their writer tasks, refusals) in one list, each polled with a no-op waker
+/// whenever the simulator runs them ([`Net::run_tasks`]).
+#[derive(Clone, Default)]
+struct SimTasks(Rc<RefCell<Vec<Option<LocalTask>>>>);
+
+/// A task's output, once it is done.
+struct SimTask<T>(Rc<RefCell<Option<T>>>);
+
+impl<T> Future for SimTask<T> {
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<T> {
+        match self.0.borrow_mut().take() {
+            Some(output) => Poll::Ready(output),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl Spawn for SimTasks {
+    type Task<T: 'static> = SimTask<T>;
+
+    fn spawn<T: 'static>(&self, future: impl Future<Output = T> + 'static) -> SimTask<T> {
+        let slot = Rc::new(RefCell::new(None));
+        let out = slot.clone();
+        self.0.borrow_mut().push(Some(Box::pin(async move {
+            let output = future.await;
+            *out.borrow_mut() = Some(output);
+        })));
+        SimTask(slot)
+    }
+}
+
+impl SimTasks {
+    /// Polls every task once, from a random one on (tasks spawned meanwhile
+    /// wait for the next run); drops those done. True when any finished.
+    fn run(&self, start: usize) -> bool {
+        let n = self.0.borrow().len();
+        let mut finished = false;
+        for i in 0..n {
+            let at = (start + i) % n;
+            let Some(mut task) = self.0.borrow_mut()[at].take() else { continue };
+            if poll_once(&mut task).is_pending() {
+                self.0.borrow_mut()[at] = Some(task);
+            } else {
+                finished = true;
+            }
+        }
+        self.0.borrow_mut().retain(Option::is_some);
+        finished
+    }
+
+    /// Drops every task (the process died), outside any borrow.
+    fn clear(&self) {
+        let tasks = std::mem::take(&mut *self.0.borrow_mut());
+        drop(tasks);
+    }
+}
+
+/// One TCP connection's bytes, shared by the client side (the simulator)
+/// and the server side (`SimStream`, what `Server::connection` reads and
+/// writes).
+#[derive(Debug, Default)]
+struct Wire {
+    /// Client → server bytes in flight, in order.
+    up: VecDeque<u8>,
+    /// Arrived at the server, not read yet.
+    server_in: VecDeque<u8>,
+    /// The client closed its side: once `up` has arrived and been read, the server reads end of stream.
+    up_closed: bool,
+    /// Cut: nothing more arrives either way; the server's reads (once what
+    /// arrived is read) and writes fail.
+    cut: bool,
+    /// The client no longer reads it (closed): what the server writes goes nowhere.
+    abandoned: bool,
+    /// Server → client bytes in flight, in order.
+    down: VecDeque<u8>,
+    /// The server's send buffer: it writes while `down` holds fewer bytes.
+    window: usize,
+    /// Bytes the server read.
+    read: u64,
+    /// Bytes the server wrote (or tried to, on a cut connection) and the
+    /// checks have not looked at yet.
+    written: Vec<u8>,
+    /// The server closed its side (or dropped the socket).
+    server_closed: bool,
+    /// The server dropped the socket: its side of the connection is over.
+    server_dropped: bool,
+}
+
+/// The server's side of a simulated connection.
+struct SimStream(Rc<RefCell<Wire>>);
+
+impl AsyncRead for SimStream {
+    fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        let mut wire = self.0.borrow_mut();
+        if !wire.server_in.is_empty() {
+            let n = buf.len().min(wire.server_in.len());
+            for (to, from) in buf.iter_mut().zip(wire.server_in.drain(..n)) {
+                *to = from;
+            }
+            wire.read += n as u64;
+            return Poll::Ready(Ok(n));
+        }
+        if wire.cut {
+            return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
+        }
+        if wire.up_closed && wire.up.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        Poll::Pending
+    }
+}
+
+impl AsyncWrite for SimStream {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let mut wire = self.0.borrow_mut();
+        if wire.cut {
+            // Checked as produced, though it goes nowhere.
+            wire.written.extend_from_slice(buf);
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        if wire.abandoned {
+            wire.written.extend_from_slice(buf);
+            return Poll::Ready(Ok(buf.len()));
+        }
+        let room = wire.window.saturating_sub(wire.down.len()).min(buf.len());
+        if room == 0 {
+            return Poll::Pending;
+        }
+        wire.down.extend(&buf[..room]);
+        wire.written.extend_from_slice(&buf[..room]);
+        Poll::Ready(Ok(room))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.0.borrow_mut().server_closed = true;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for SimStream {
+    fn drop(&mut self) {
+        let mut wire = self.0.borrow_mut();
+        wire.server_closed = true;
+        wire.server_dropped = true;
+    }
+}
+
+/// How the server took a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Accepted {
+    /// Not accepted yet (in the listen backlog).
+    Not,
+    /// Admitted: `Server::connection` runs on it.
+    Served,
+    /// Over `connections_max`: refused.
+    Refused,
+}
+
+/// One TCP connection: its bytes ([`Wire`]) and what the client and the
+/// checks know of it.
 struct Conn {
     client: usize,
     /// A bad frame's connection (the client sends it alone, then closes).
     bad: Option<BadFrame>,
-    /// Client → server bytes in flight, in order.
-    up: VecDeque<u8>,
-    /// Received by the server, not yet read as a frame.
-    server_in: Vec<u8>,
-    /// The client closed its side: after `up` arrives, the server reads end of stream.
-    up_closed: bool,
-    /// Replies being prepared, in request order (the writer task's queue).
-    pending: VecDeque<PendingReply>,
-    reader_done: bool,
-    /// The server closed the connection (after the last reply).
-    server_closed: bool,
-    /// Server → client bytes in flight, in order.
-    down: VecDeque<u8>,
+    wire: Rc<RefCell<Wire>>,
+    accepted: Accepted,
+    /// Received by the client, not yet read as a frame.
     client_in: Vec<u8>,
-    /// Cut: nothing more arrives either way; the server's next write fails.
-    cut: bool,
-    /// The client no longer reads it.
-    abandoned: bool,
     /// Request ids sent on it, unanswered, in order (replies must follow it).
     sent: VecDeque<u64>,
+    /// Where each frame sent on it ends in its byte stream, in order (the
+    /// frames the server has read are those ending at or before `Wire::read`).
+    sent_ends: Vec<u64>,
+    sent_bytes: u64,
+    /// Frames the server wrote on it (replies, error frames).
+    frames_written: u64,
+    /// The server wrote a frame after which it closes.
+    closing_written: bool,
+    /// Requests the server had read on it when its drain began: the first
+    /// requests it may serve; the others it must answer `shutting_down`.
+    read_at_drain: Option<u64>,
     /// The step of the last send or reply (for the client's timeout).
     progress_step: u64,
 }
 
 impl Conn {
-    fn new(client: usize, step: u64) -> Self {
+    fn new(client: usize, step: u64, window: usize) -> Self {
         Self {
             client,
             bad: None,
-            up: VecDeque::new(),
-            server_in: Vec::new(),
-            up_closed: false,
-            pending: VecDeque::new(),
-            reader_done: false,
-            server_closed: false,
-            down: VecDeque::new(),
+            wire: Rc::new(RefCell::new(Wire { window, ..Wire::default() })),
+            accepted: Accepted::Not,
             client_in: Vec::new(),
-            cut: false,
-            abandoned: false,
             sent: VecDeque::new(),
+            sent_ends: Vec::new(),
+            sent_bytes: 0,
+            frames_written: 0,
+            closing_written: false,
+            read_at_drain: None,
             progress_step: step,
         }
     }
 
+    /// Over for the client: closed by the server or cut, and everything it
+    /// was sent has arrived (or the client no longer reads).
     fn finished(&self) -> bool {
-        (self.server_closed || self.cut) && (self.abandoned || self.down.is_empty())
+        let wire = self.wire.borrow();
+        (wire.server_closed || wire.cut) && (wire.abandoned || wire.down.is_empty())
+    }
+
+    /// Requests (whole frames) the server has read.
+    fn frames_read(&self) -> u64 {
+        let read = self.wire.borrow().read;
+        self.sent_ends.partition_point(|&end| end <= read) as u64
+    }
+
+    /// Over for both sides.
+    fn done(&self) -> bool {
+        self.finished()
+            && (self.wire.borrow().server_dropped || self.accepted == Accepted::Not && self.wire.borrow().cut)
     }
 }
 
@@ -263,6 +539,9 @@ struct Client {
     open: BTreeSet<u64>,
     /// Answered `shard_unavailable`: to send again.
     again: VecDeque<u64>,
+    /// Refused (`too many connections`) or answered `shutting_down`: it
+    /// connects again from this step on.
+    retry_step: u64,
 }
 
 struct Net {
@@ -270,6 +549,14 @@ struct Net {
     server: Arc<Server>,
     inboxes: Rc<SimInboxes>,
     inbox_depth: usize,
+    /// The server's tasks.
+    tasks: SimTasks,
+    /// Each connection's send buffer, bytes.
+    window: usize,
+    /// The step a drain (SIGTERM) starts at, if any.
+    drain_at: Option<u64>,
+    /// The step the server started draining.
+    draining_since: Option<u64>,
     config: ServerConfig,
     keys_text: String,
     conns: Vec<Conn>,
@@ -327,23 +614,33 @@ impl Net {
                 conn: None,
                 open: BTreeSet::new(),
                 again: VecDeque::new(),
+                retry_step: 0,
             });
         }
-        let config = ServerConfig { in_flight_max: 1 + prng.below(4) as usize, ..ServerConfig::default() };
+        // Half the seeds run at a connection limit their clients reach.
+        let connections_max =
+            if prng.chance(50) { 1 + prng.below(4) as usize } else { crate::server::CONNECTIONS_MAX_DEFAULT };
+        let config = ServerConfig {
+            in_flight_max: 1 + prng.below(4) as usize,
+            connections_max,
+            ..ServerConfig::default()
+        };
         let inbox_depth = 1 + prng.below(4) as usize;
         let timeout_steps = 40 + prng.below(400);
+        let window = 64 + prng.below(4000) as usize;
+        let drain_at = prng.chance(50).then(|| prng.below(options.steps.max(1)));
         let keys = ClientKeys::parse(&keys_text, Path::new("sim")).expect("valid keys");
         let server = Server::unbound(shards, config.clone(), keys).expect("valid limits");
-        let inboxes = Rc::new(SimInboxes {
-            queues: RefCell::new((0..shards).map(|_| VecDeque::new()).collect()),
-            depth: inbox_depth,
-            full: std::cell::Cell::new(0),
-        });
+        let inboxes = Rc::new(SimInboxes::new(shards, inbox_depth));
         let mut net = Self {
             host,
             server,
             inboxes,
             inbox_depth,
+            tasks: SimTasks::default(),
+            window,
+            drain_at,
+            draining_since: None,
             config,
             keys_text,
             conns: Vec::new(),
@@ -570,7 +867,10 @@ impl Net {
         if let Some(k) = self.clients[c].conn {
             let conn = &self.conns[k];
             let timed_out = !conn.sent.is_empty() && self.step > conn.progress_step + self.timeout_steps;
-            if timed_out || conn.finished() || conn.cut {
+            // A client with nothing unanswered hangs up now and then (and
+            // at the end), giving its slot among `connections_max` back.
+            let idle = self.clients[c].open.is_empty() && (!new_requests || self.host.prng().chance(5));
+            if timed_out || idle || conn.finished() || conn.wire.borrow().cut {
                 if timed_out && !conn.finished() {
                     self.report.timeouts += 1;
                 }
@@ -579,7 +879,7 @@ impl Net {
             }
         }
         if self.clients[c].conn.is_none() {
-            if self.clients[c].open.is_empty() && !new_requests {
+            if self.clients[c].open.is_empty() && !new_requests || self.step < self.clients[c].retry_step {
                 return;
             }
             let k = self.open_conn(c);
@@ -630,7 +930,7 @@ impl Net {
 
     fn open_conn(&mut self, client: usize) -> usize {
         self.report.connections += 1;
-        self.conns.push(Conn::new(client, self.step));
+        self.conns.push(Conn::new(client, self.step, self.window));
         self.conns.len() - 1
     }
 
@@ -642,7 +942,9 @@ impl Net {
         }
         self.report.frames_sent += 1;
         let conn = &mut self.conns[k];
-        conn.up.extend(request.frame.iter().copied());
+        conn.wire.borrow_mut().up.extend(request.frame.iter().copied());
+        conn.sent_bytes += request.frame.len() as u64;
+        conn.sent_ends.push(conn.sent_bytes);
         conn.sent.push_back(id);
         conn.progress_step = self.step;
     }
@@ -651,9 +953,10 @@ impl Net {
     /// arrive, then the server reads end of stream; replies go nowhere.
     fn abandon(&mut self, k: usize) {
         let conn = &mut self.conns[k];
-        conn.abandoned = true;
-        conn.up_closed = true;
-        conn.down.clear();
+        let mut wire = conn.wire.borrow_mut();
+        wire.abandoned = true;
+        wire.up_closed = true;
+        wire.down.clear();
         conn.client_in.clear();
     }
 
@@ -702,15 +1005,16 @@ impl Net {
         let k = self.open_conn(c);
         let conn = &mut self.conns[k];
         conn.bad = Some(BadFrame { code, answered: false });
-        conn.up.extend(bytes);
-        conn.up_closed = true;
+        let mut wire = conn.wire.borrow_mut();
+        wire.up.extend(bytes);
+        wire.up_closed = true;
     }
 
     /// Reply frames that reached client `c` on connection `k`.
     fn client_reads(&mut self, k: usize) -> Result<(), Failure> {
         loop {
             let conn = &mut self.conns[k];
-            if conn.abandoned || conn.client_in.len() < HEADER_SIZE {
+            if conn.wire.borrow().abandoned || conn.client_in.len() < HEADER_SIZE {
                 return Ok(());
             }
             let head: [u8; HEADER_SIZE] = conn.client_in[..HEADER_SIZE].try_into().expect("a header");
@@ -724,6 +1028,13 @@ impl Net {
             }
             let frame: Vec<u8> = conn.client_in.drain(..total).collect();
             conn.progress_step = self.step;
+            if header.operation == Operation::Error as u16 && header.request_id == 0 && header.client_id == 0
+            {
+                // Refused at accept (checked as written): connect again later.
+                let backoff = 1 + self.host.prng().below(60);
+                self.clients[conn.client].retry_step = self.step + backoff;
+                continue;
+            }
             let client = &self.clients[conn.client];
             if conn.bad.is_none() {
                 frame::verify(&header, &frame[HEADER_SIZE..], |_| Some(&client.key))
@@ -751,7 +1062,14 @@ impl Net {
                     self.clients[c].open.remove(&id);
                 }
                 status::SHARD_UNAVAILABLE => self.clients[conn.client].again.push_back(id),
-                // Checked when produced: an error frame ends the connection.
+                status::SHUTTING_DOWN => {
+                    // The connection closes: again, on a new one, a little later.
+                    let c = conn.client;
+                    self.clients[c].again.push_back(id);
+                    let backoff = 1 + self.host.prng().below(60);
+                    self.clients[c].retry_step = self.step + backoff;
+                }
+                // Checked when written: an error frame ends the connection.
                 _ => {}
             }
         }
@@ -760,112 +1078,170 @@ impl Net {
     // ------------------------------------------------------------------
     // The server side of connections.
 
-    /// The server side of connection `k` as `Server::connection` runs it:
-    /// read frames while fewer than `in_flight_max` replies are pending;
-    /// await the head reply; write it; close after an error frame.
-    fn serve_conn(&mut self, k: usize) -> Result<(), Failure> {
-        self.read_frames(k);
-        loop {
-            let conn = &mut self.conns[k];
-            let Some(head) = conn.pending.front_mut() else { break };
-            let Poll::Ready((bytes, close)) = poll_once(head) else { break };
-            conn.pending.pop_front();
-            self.check_reply(k, &bytes, close)?;
-            let conn = &mut self.conns[k];
-            if conn.cut {
-                // The write fails: the writer stops; what was queued is dropped.
-                conn.pending.clear();
-                conn.reader_done = true;
-                conn.server_closed = true;
-                break;
+    /// The server accepts connection `k` (the accept decision is
+    /// `Server::admit`, as `accept_loop` makes it): an admitted connection
+    /// runs `Server::connection`, the real loop, on the simulator's
+    /// executor; a refused one `server::refuse`.
+    fn accept(&mut self, k: usize) -> Result<(), Failure> {
+        let stream = SimStream(self.conns[k].wire.clone());
+        match self.server.admit() {
+            Ok(slot) => {
+                self.conns[k].accepted = Accepted::Served;
+                if self.draining_since.is_some() {
+                    self.conns[k].read_at_drain = Some(0);
+                }
+                let server = self.server.clone();
+                let inboxes = self.inboxes.clone();
+                let tasks = self.tasks.clone();
+                drop(self.tasks.spawn(async move {
+                    server.connection(stream, inboxes, &tasks).await;
+                    drop(slot);
+                }));
             }
-            if !conn.abandoned {
-                conn.down.extend(bytes);
+            Err(refusal) => {
+                self.conns[k].accepted = Accepted::Refused;
+                self.report.connections_refused += 1;
+                drop(self.tasks.spawn(refuse(stream, refusal)));
             }
-            if close {
-                conn.pending.clear();
-                conn.reader_done = true;
-                conn.server_closed = true;
-                break;
-            }
-            self.read_frames(k);
         }
-        let conn = &mut self.conns[k];
-        if conn.reader_done && conn.pending.is_empty() {
-            conn.server_closed = true;
+        self.check_connections()
+    }
+
+    /// The server's count of connections is those it admitted and still
+    /// serves, never over the limit.
+    fn check_connections(&self) -> Result<(), Failure> {
+        let served = self
+            .conns
+            .iter()
+            .filter(|c| c.accepted == Accepted::Served && !c.wire.borrow().server_dropped)
+            .count();
+        let counted = self.server.stats().connections.load(std::sync::atomic::Ordering::SeqCst);
+        if served != counted || served > self.config.connections_max {
+            return fail(
+                check::CONNECTIONS,
+                format!(
+                    "{served} connections served, the server counts {counted}, connections_max {}",
+                    self.config.connections_max
+                ),
+            );
         }
         Ok(())
     }
 
-    /// The frame intake on connection `k`: the real checks on the bytes received.
-    fn read_frames(&mut self, k: usize) {
-        let server = self.server.clone();
-        let conn = &mut self.conns[k];
-        while !conn.reader_done && conn.pending.len() < self.config.in_flight_max {
-            let at_end = conn.up_closed && conn.up.is_empty() || conn.cut;
-            if conn.server_in.len() < HEADER_SIZE {
-                if at_end {
-                    conn.reader_done = true;
-                    if !conn.server_in.is_empty() {
-                        let mut head = [0u8; HEADER_SIZE];
-                        head[..conn.server_in.len()].copy_from_slice(&conn.server_in);
-                        let reply = server.truncated(&head, conn.server_in.len(), HEADER_SIZE);
-                        conn.pending.push_back(Box::pin(async move { (reply, true) }));
-                    }
+    /// The server's tasks run (each polled once), then what they wrote is checked.
+    fn run_tasks(&mut self) -> Result<(), Failure> {
+        self.inboxes.relay();
+        let start = self.prng().below(1 << 16) as usize;
+        let finished = self.tasks.run(start);
+        for k in self.live_conns() {
+            self.check_written(k)?;
+        }
+        if finished {
+            self.check_connections()?;
+        }
+        Ok(())
+    }
+
+    /// The frames the server wrote on connection `k`, checked as written
+    /// (whether or not they arrive): a refusal alone on a refused
+    /// connection; nothing after a frame that closes the connection; at
+    /// most `in_flight_max` + 2 requests read ahead of the replies.
+    fn check_written(&mut self, k: usize) -> Result<(), Failure> {
+        loop {
+            let conn = &mut self.conns[k];
+            let frame = {
+                let mut wire = conn.wire.borrow_mut();
+                if wire.written.len() < HEADER_SIZE {
+                    break;
                 }
-                return;
-            }
-            let head: [u8; HEADER_SIZE] = conn.server_in[..HEADER_SIZE].try_into().expect("a header");
-            let (header, operation) = match server.check_head(&head) {
-                Ok(checked) => checked,
-                Err(reply) => {
-                    conn.reader_done = true;
-                    conn.pending.push_back(Box::pin(async move { (reply, true) }));
-                    return;
+                let header: FrameHeader = bytemuck::pod_read_unaligned(&wire.written[..HEADER_SIZE]);
+                let total = HEADER_SIZE + header.body_len as usize;
+                if wire.written.len() < total {
+                    break;
                 }
+                wire.written.drain(..total).collect::<Vec<u8>>()
             };
-            let body_len = header.body_len as usize;
-            if conn.server_in.len() < HEADER_SIZE + body_len {
-                if at_end {
-                    conn.reader_done = true;
-                    let have = conn.server_in.len();
-                    let reply = server.truncated(&head, have, HEADER_SIZE + body_len);
-                    conn.pending.push_back(Box::pin(async move { (reply, true) }));
-                }
-                return;
+            let header: FrameHeader = bytemuck::pod_read_unaligned(&frame[..HEADER_SIZE]);
+            if conn.closing_written {
+                return fail(
+                    check::CONNECTION_LOOP,
+                    format!(
+                        "connection {k}: a frame (request {}) written after an error frame",
+                        header.request_id
+                    ),
+                );
             }
-            let mut body = vec![0u128; body_len.div_ceil(16)];
-            bytemuck::cast_slice_mut::<u128, u8>(&mut body)[..body_len]
-                .copy_from_slice(&conn.server_in[HEADER_SIZE..HEADER_SIZE + body_len]);
-            conn.server_in.drain(..HEADER_SIZE + body_len);
-            match server.intake(&head, header, operation, body) {
-                Ok(request) => {
-                    let reply = server.start(&self.inboxes, request);
-                    conn.pending.push_back(Box::pin(async move { (reply.await, false) }));
+            conn.frames_written += 1;
+            let refusal = FrameError::TooManyConnections(0).code();
+            if conn.accepted == Accepted::Refused {
+                let read = conn.wire.borrow().read;
+                if header.operation != Operation::Error as u16
+                    || header.status != refusal
+                    || header.request_id != 0
+                    || header.client_id != 0
+                    || read != 0
+                {
+                    return fail(
+                        check::CONNECTIONS,
+                        format!(
+                            "refused connection {k}: wrote operation {:#x} status {} (request {}), read {read} bytes",
+                            header.operation, header.status, header.request_id
+                        ),
+                    );
                 }
-                Err(reply) => {
-                    conn.reader_done = true;
-                    conn.pending.push_back(Box::pin(async move { (reply, true) }));
-                    return;
-                }
+                conn.closing_written = true;
+                continue;
+            }
+            let closing =
+                header.operation == Operation::Error as u16 || header.status == status::SHUTTING_DOWN;
+            conn.closing_written = closing;
+            let index = conn.frames_written - 1;
+            if conn.bad.is_none()
+                && header.status == status::OK
+                && conn.read_at_drain.is_some_and(|before| index >= before)
+            {
+                return fail(
+                    check::DRAIN,
+                    format!(
+                        "connection {k}: request {} read after the drain began was served (answered ok)",
+                        header.request_id
+                    ),
+                );
+            }
+            self.check_reply(k, &frame)?;
+        }
+        // Requests read (whole frames) against frames written.
+        let conn = &self.conns[k];
+        if conn.bad.is_none() && conn.accepted == Accepted::Served {
+            let frames_read = conn.frames_read();
+            let ahead = frames_read.saturating_sub(conn.frames_written);
+            if ahead > self.config.in_flight_max as u64 + 2 {
+                return fail(
+                    check::CONNECTION_LOOP,
+                    format!(
+                        "connection {k}: {frames_read} requests read, {} frames written: {ahead} ahead, in_flight_max {}",
+                        conn.frames_written, self.config.in_flight_max
+                    ),
+                );
             }
         }
+        Ok(())
     }
 
     // ------------------------------------------------------------------
-    // Checks of replies, as the server produces them (delivered or not).
+    // Checks of replies, as the server writes them (delivered or not).
 
-    fn check_reply(&mut self, k: usize, bytes: &[u8], close: bool) -> Result<(), Failure> {
+    fn check_reply(&mut self, k: usize, bytes: &[u8]) -> Result<(), Failure> {
         self.report.replies += 1;
         let head: [u8; HEADER_SIZE] = bytes[..HEADER_SIZE].try_into().expect("a header");
         let header: FrameHeader = bytemuck::pod_read_unaligned(&head);
         let body = &bytes[HEADER_SIZE..];
         if let Some(bad) = &mut self.conns[k].bad {
-            if header.operation != Operation::Error as u16 || header.status != bad.code || !close {
+            if header.operation != Operation::Error as u16 || header.status != bad.code {
                 return fail(
                     check::BAD_FRAMES,
                     format!(
-                        "a bad frame (error code {} expected) was answered operation {:#x}, status {}, close {close}",
+                        "a bad frame (error code {} expected) was answered operation {:#x}, status {}",
                         bad.code, header.operation, header.status
                     ),
                 );
@@ -877,11 +1253,11 @@ impl Net {
         let Some(request) = self.requests.get(&header.request_id) else {
             return fail(check::REPLIES, format!("a reply to request {}, never sent", header.request_id));
         };
-        if header.operation != request.operation as u16 || close {
+        if header.operation != request.operation as u16 {
             return fail(
                 check::REPLIES,
                 format!(
-                    "request {} ({:?}) answered operation {:#x}, status {}, close {close}: {}",
+                    "request {} ({:?}) answered operation {:#x}, status {}: {}",
                     header.request_id,
                     request.operation,
                     header.operation,
@@ -893,6 +1269,10 @@ impl Net {
         let writes = matches!(request.operation, Operation::CreateAccounts | Operation::CreateTransfers);
         match header.status {
             status::OK => {}
+            status::SHUTTING_DOWN if self.draining_since.is_some() => {
+                self.report.shutting_down += 1;
+                return self.check_not_applied(header.request_id);
+            }
             status::SHARD_UNAVAILABLE if writes => {
                 self.report.unavailable += 1;
                 return Ok(());
@@ -919,6 +1299,26 @@ impl Net {
             Operation::GetAccountTransfers => self.check_history(id, header.event_count, body),
             _ => Ok(()),
         }
+    }
+
+    /// A request answered `shutting_down`: if it was sent once (its ids
+    /// new), none of its transfers is in the ledger.
+    fn check_not_applied(&mut self, id: u64) -> Result<(), Failure> {
+        let request = &self.requests[&id];
+        if request.sends != 1 {
+            return Ok(());
+        }
+        let engines = self.host.engines();
+        for t in &request.transfers {
+            self.report.events_checked += 1;
+            if transfer_view(&engines, t.id).is_some() {
+                return fail(
+                    check::DRAIN,
+                    format!("transfer {} of request {id}, answered shutting_down, is in the ledger", t.id),
+                );
+            }
+        }
+        Ok(())
     }
 
     fn codes(id: u64, events: usize, count: u32, body: &[u8]) -> Result<Vec<u32>, Failure> {
@@ -1120,45 +1520,57 @@ impl Net {
     fn carry(&mut self, k: usize, up: bool) -> Result<(), Failure> {
         let chunk = 1 + self.prng().below(2000) as usize;
         let conn = &mut self.conns[k];
-        if conn.cut {
+        let mut wire = conn.wire.borrow_mut();
+        if wire.cut {
             return Ok(());
         }
         if up {
-            let n = chunk.min(conn.up.len());
-            conn.server_in.extend(conn.up.drain(..n));
+            let n = chunk.min(wire.up.len());
+            let arrived: Vec<u8> = wire.up.drain(..n).collect();
+            wire.server_in.extend(arrived);
         } else {
-            let n = chunk.min(conn.down.len());
-            conn.client_in.extend(conn.down.drain(..n));
+            let n = chunk.min(wire.down.len());
+            conn.client_in.extend(wire.down.drain(..n));
+            if n > 0 {
+                // Bytes flowing are progress (a large reply through a small send buffer).
+                conn.progress_step = self.step;
+            }
+            drop(wire);
             self.client_reads(k)?;
         }
         Ok(())
     }
 
     /// A connection is cut: bytes in flight are lost (or a prefix arrives),
-    /// the server's next write fails, the client sees it broken.
+    /// the server's reads (once it has read what arrived) and writes fail,
+    /// the client sees it broken.
     fn cut(&mut self, k: usize) {
         self.report.cuts += 1;
-        let len = self.conns[k].up.len() as u64;
+        let len = self.conns[k].wire.borrow().up.len() as u64;
         let keep = self.prng().below(len + 1) as usize;
-        let conn = &mut self.conns[k];
-        let arrived: Vec<u8> = conn.up.drain(..keep).collect();
-        conn.server_in.extend(arrived);
-        conn.up.clear();
-        conn.up_closed = true;
-        conn.cut = true;
-        conn.down.clear();
+        let mut wire = self.conns[k].wire.borrow_mut();
+        let arrived: Vec<u8> = wire.up.drain(..keep).collect();
+        wire.server_in.extend(arrived);
+        wire.up.clear();
+        wire.up_closed = true;
+        wire.cut = true;
+        wire.down.clear();
     }
 
-    /// The process died: the server, every connection and every request in
-    /// an inbox go with it; a new server starts on the recovered shards.
-    fn process_died(&mut self) {
+    /// The process stopped (died, or restarted after a drain): the server,
+    /// its tasks, every connection and every request in an inbox go with
+    /// it; a new server starts on the shards.
+    fn process_stopped(&mut self) {
+        self.tasks.clear();
         for conn in &mut self.conns {
-            conn.pending.clear();
-            conn.cut = true;
-            conn.up.clear();
-            conn.down.clear();
-            conn.reader_done = true;
-            conn.server_closed = true;
+            let mut wire = conn.wire.borrow_mut();
+            wire.cut = true;
+            wire.up.clear();
+            wire.down.clear();
+            wire.server_in.clear();
+            wire.written.clear();
+            wire.server_closed = true;
+            wire.server_dropped = true;
         }
         for queue in self.inboxes.queues.borrow_mut().iter_mut() {
             queue.clear();
@@ -1167,17 +1579,58 @@ impl Net {
         let keys = ClientKeys::parse(&self.keys_text, Path::new("sim")).expect("valid keys");
         self.server =
             Server::unbound(self.shards() as usize, self.config.clone(), keys).expect("valid limits");
-        self.inboxes = Rc::new(SimInboxes {
-            queues: RefCell::new((0..self.shards()).map(|_| VecDeque::new()).collect()),
-            depth: self.inbox_depth,
-            full: std::cell::Cell::new(0),
-        });
+        self.inboxes = Rc::new(SimInboxes::new(self.shards() as usize, self.inbox_depth));
+        self.draining_since = None;
+    }
+
+    /// SIGTERM: the server drains (`Server::drain`, as `molly serve` does).
+    fn start_drain(&mut self) {
+        if self.draining_since.is_none() {
+            self.server.drain();
+            self.draining_since = Some(self.step);
+            for conn in &mut self.conns {
+                conn.read_at_drain = Some(conn.frames_read());
+            }
+        }
+    }
+
+    /// While draining, `molly serve` polls `Server::idle` (every 5 ms): once
+    /// idle the process stops, then restarts. The shards stop cleanly (all
+    /// they acknowledged is durable), so they carry on as they are; the
+    /// server, its connections and its inboxes are new.
+    fn poll_drain(&mut self) -> Result<(), Failure> {
+        let Some(since) = self.draining_since else { return Ok(()) };
+        if self.server.idle() {
+            self.inboxes.relay();
+            let queued = self.inboxes.queued_awaited();
+            let awaited = self.inboxes.awaited();
+            if queued > 0 || awaited > 0 {
+                return fail(
+                    check::DRAIN,
+                    format!(
+                        "the server is idle after its drain but it still waits for {queued} of its requests \
+                         in inboxes and {awaited} of its writes at the shards"
+                    ),
+                );
+            }
+            self.report.drains += 1;
+            self.process_stopped();
+            return self.full_check(false);
+        }
+        if self.step > since + SERVER_DRAIN_STEPS_MAX {
+            return fail(
+                check::DRAIN,
+                format!(
+                    "draining since step {since}: {} requests still in flight",
+                    self.server.stats().in_flight.load(std::sync::atomic::Ordering::SeqCst)
+                ),
+            );
+        }
+        Ok(())
     }
 
     fn live_conns(&self) -> Vec<usize> {
-        (0..self.conns.len())
-            .filter(|&k| !(self.conns[k].finished() && self.conns[k].pending.is_empty()))
-            .collect()
+        (0..self.conns.len()).filter(|&k| !self.conns[k].done()).collect()
     }
 
     fn step(&mut self) -> Result<(), Failure> {
@@ -1194,14 +1647,14 @@ impl Net {
             }
             35..=49 => {
                 let with_bytes: Vec<usize> =
-                    live.iter().copied().filter(|&k| !self.conns[k].up.is_empty()).collect();
+                    live.iter().copied().filter(|&k| !self.conns[k].wire.borrow().up.is_empty()).collect();
                 if let Some(k) = pick(self, &with_bytes) {
                     self.carry(k, true)?;
                 }
             }
             50..=62 => {
                 let with_bytes: Vec<usize> =
-                    live.iter().copied().filter(|&k| !self.conns[k].down.is_empty()).collect();
+                    live.iter().copied().filter(|&k| !self.conns[k].wire.borrow().down.is_empty()).collect();
                 if let Some(k) = pick(self, &with_bytes) {
                     self.carry(k, false)?;
                 }
@@ -1217,7 +1670,7 @@ impl Net {
                     Stepped::Quiet => {}
                     Stepped::Restarted(_) => self.full_check(false)?,
                     Stepped::ProcessDied => {
-                        self.process_died();
+                        self.process_stopped();
                         self.full_check(false)?;
                     }
                 }
@@ -1238,10 +1691,21 @@ impl Net {
                 }
             }
         }
-        // The server side runs whenever it can (its futures only move when
-        // inboxes are served and shards answer: those are the simulator's choices).
+        if self.drain_at == Some(self.step) {
+            self.start_drain();
+        }
+        // Connections waiting in the backlog are accepted, some now, some later.
         for k in self.live_conns() {
-            self.serve_conn(k)?;
+            if self.conns[k].accepted == Accepted::Not && self.prng().chance(60) {
+                self.accept(k)?;
+            }
+        }
+        // The server's tasks run whenever they can (its futures only move
+        // when bytes arrive, inboxes are served and shards answer: those are
+        // the simulator's choices).
+        self.run_tasks()?;
+        if self.draining_since.is_some() && self.prng().chance(20) {
+            self.poll_drain()?;
         }
         if self.step.is_multiple_of(FULL_CHECK_EVERY_STEPS) {
             self.full_check(false)?;
@@ -1266,24 +1730,30 @@ impl Net {
                 self.client_acts(c, false);
             }
             for k in self.live_conns() {
-                while !self.conns[k].up.is_empty() {
+                while !self.conns[k].wire.borrow().up.is_empty() {
                     self.carry(k, true)?;
                 }
-                self.serve_conn(k)?;
+                if self.conns[k].accepted == Accepted::Not {
+                    self.accept(k)?;
+                }
             }
+            self.run_tasks()?;
             for n in 0..self.shards() as usize {
                 self.pump(n, usize::MAX)?;
             }
             self.host.drain_round()?;
+            self.run_tasks()?;
             for k in self.live_conns() {
-                self.serve_conn(k)?;
-                while !self.conns[k].down.is_empty() {
+                while !self.conns[k].wire.borrow().down.is_empty() {
                     self.carry(k, false)?;
                 }
             }
+            self.run_tasks()?;
+            self.poll_drain()?;
             let answered = self.requests.values().all(|r| r.done);
             let idle = self.inboxes.queues.borrow().iter().all(VecDeque::is_empty)
-                && self.conns.iter().all(|c| c.pending.is_empty());
+                && self.server.idle()
+                && self.conns.iter().all(|c| !c.closing_written || c.wire.borrow().server_closed);
             if answered && idle && self.host.quiet() {
                 return Ok(());
             }
@@ -1427,6 +1897,7 @@ fn run_net(options: Options, linked_sharded_creates: bool) -> NetReport {
     net.report.backpressure += net.inboxes.full.get();
     let mut report = std::mem::take(&mut net.report);
     // Futures hold replies into the world: drop them first.
+    net.tasks.clear();
     net.conns.clear();
     report.world = net.host.finish(step.min(options.steps), outcome.err());
     report
@@ -1472,6 +1943,7 @@ mod tests {
         // Results of the server's writes checked against the cross-shard
         // model (two and three shards), of them naming a sharded account, moves.
         let (mut model_checked, mut sharded, mut moves) = (0, 0, 0);
+        let (mut refused, mut drains, mut shutting_down) = (0, 0, 0);
         for seed in 1..=CI_SEEDS {
             let report = run(Options { seed, steps: CI_STEPS, shards: None });
             assert_eq!(
@@ -1487,10 +1959,18 @@ mod tests {
             model_checked += report.world.events_checked_cross;
             sharded += report.world.events_checked_sharded;
             moves += report.world.moves_checked;
+            refused += report.connections_refused;
+            drains += report.drains;
+            shutting_down += report.shutting_down;
         }
         eprintln!(
-            "replies {replies}, re-sent {resent}, cuts {cuts}, error frames {errors}, events checked {checked}, crashes {crashes}; \
+            "replies {replies}, re-sent {resent}, cuts {cuts}, error frames {errors}, events checked {checked}, \
+             crashes {crashes}, connections refused {refused}, drains {drains}, shutting_down {shutting_down}; \
              cross-shard model: {model_checked} results checked, {sharded} naming a sharded account, {moves} moves"
+        );
+        assert!(
+            refused > CI_SEEDS / 4 && drains > CI_SEEDS / 4 && shutting_down > 0,
+            "refused {refused}, drains {drains}, shutting_down {shutting_down}"
         );
         // The sweep exercised what it claims to.
         assert!(

@@ -119,8 +119,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if let Some(net) = net {
             println!(
                 "  network: {} requests, {} frames sent ({} re-sent), {} replies ({} shard_unavailable), {} \
-                 connections ({} cut, {} timed out), {} bad frames ({} error frames checked), {} events \
-                 checked against the ledger, {} full inboxes met",
+                 connections ({} cut, {} timed out, {} refused at connections_max), {} bad frames ({} error \
+                 frames checked), {} events checked against the ledger, {} full inboxes met, {} drains ({} \
+                 replies shutting_down)",
                 net.requests,
                 net.frames_sent,
                 net.resent,
@@ -129,10 +130,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 net.connections,
                 net.cuts,
                 net.timeouts,
+                net.connections_refused,
                 net.bad_frames,
                 net.error_frames_checked,
                 net.events_checked,
-                net.backpressure
+                net.backpressure,
+                net.drains,
+                net.shutting_down
             );
         }
         return match report.violation {
@@ -157,6 +161,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut failing = 0u64;
     let mut totals = sim::SimReport::default();
     let (mut requests, mut resent, mut cuts, mut bad_frames) = (0u64, 0u64, 0u64, 0u64);
+    let (mut refused, mut drains, mut shutting_down) = (0u64, 0u64, 0u64);
     for seed in range.clone() {
         SEED_RUNNING.store(seed, Ordering::Relaxed);
         let (report, net) = run_one(seed, &args);
@@ -165,6 +170,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             resent += net.resent;
             cuts += net.cuts;
             bad_frames += net.error_frames_checked;
+            refused += net.connections_refused;
+            drains += net.drains;
+            shutting_down += net.shutting_down;
         }
         totals.add(&report);
         if let Some(violation) = report.violation {
@@ -207,9 +215,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.net {
         println!(
             "  network: {requests} requests (each answered), {resent} frames re-sent, {cuts} connections cut, \
-             {bad_frames} bad frames answered with their error frame; results of writes through the server \
-             checked against the model: {checked} ({checked_cross} with several shards, {checked_sharded} naming \
-             a sharded account, {moves_checked} moves between parts)"
+             {bad_frames} bad frames answered with their error frame, {refused} connections refused at \
+             connections_max, {drains} drains (SIGTERM, then a restart; {shutting_down} replies shutting_down); \
+             results of writes through the server checked against the model: {checked} ({checked_cross} with \
+             several shards, {checked_sharded} naming a sharded account, {moves_checked} moves between parts)"
         );
     }
     for (check, list) in &failures {
