@@ -164,8 +164,9 @@ pub const RING_DEPTH_DEFAULT: usize = 64;
 /// history held in memory before it can be evicted).
 pub const SNAPSHOT_EVERY_BYTES_DEFAULT: u64 = 256 << 20;
 
-/// Default pace of the background snapshot writer: 256 MiB/s.
-pub const SNAPSHOT_WRITE_BYTES_PER_S_DEFAULT: u64 = 256 << 20;
+/// Default pace of the background snapshot writer: 64 MiB/s (measured
+/// against 128, 256 and unpaced over the protocol: docs/benchmarks.md).
+pub const SNAPSHOT_WRITE_BYTES_PER_S_DEFAULT: u64 = 64 << 20;
 
 /// Default transfers kept in memory per shard once durable in a segment.
 pub const TRANSFERS_IN_MEMORY_DEFAULT: usize =
