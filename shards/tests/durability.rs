@@ -451,6 +451,10 @@ mod corruption {
 /// after a restart too; a damaged segment costs only the snapshots that name
 /// it (an older snapshot or the journal takes over), never wrong balances.
 #[test]
+#[cfg_attr(
+    feature = "sim",
+    ignore = "counts 65,536-record blocks; `sim` makes them 64 (its simulator sweep covers segments and eviction)"
+)]
 fn history_leaves_memory_for_segments_and_still_answers() {
     use molly_engine::{AccountFilter, AccountFilterFlags, CreateTransferResult, BLOCK_TRANSFERS};
     let dir = TempDir::new("segments");
