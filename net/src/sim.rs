@@ -1932,6 +1932,25 @@ mod tests {
         }
     }
 
+    /// Found when the simulator first ran the real connection loop: the
+    /// writer task stopped (a failed write, or after an error frame) while
+    /// the reader waited for room in the full reply queue, and the reader
+    /// waited forever (glommio's bounded channel waits for room, not for
+    /// the receiver), holding the connection's slot and its requests in
+    /// flight, so a drain never finished. Fixed in `Server::connection`
+    /// (the writer empties the queue before dropping it). With the fix
+    /// taken out, these seeds fail (liveness, drain); 22 of seeds 1..41 did.
+    #[test]
+    fn regression_a_stopped_writer_releases_a_reader_waiting_for_room() {
+        for seed in [1, 3, 4, 7, 8] {
+            let report = run(Options { seed, steps: 600, shards: None });
+            assert_eq!(
+                report.world.violation, None,
+                "seed {seed}: `molly sim --net --seed {seed} --steps 600`"
+            );
+        }
+    }
+
     /// The CI sweep of the network mode.
     const CI_SEEDS: u64 = 200;
     const CI_STEPS: u64 = 600;
