@@ -599,5 +599,11 @@ fn the_rebalancer_refills_a_dry_part_from_a_rich_one() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(room(0), 300, "the balance is the sum of the parts: 1,000 − 400");
+    // The move's credit has landed; its post on the debit shard may still be
+    // on its way (the rebalancer does not wait for it here).
+    while (0..2).any(|shard| runtime.stats(shard).unwrap().intents_open != 0) {
+        assert!(Instant::now() < deadline, "the last move was never settled");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert_settled(&runtime);
 }
