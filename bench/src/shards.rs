@@ -58,6 +58,9 @@ pub struct ShardScenario {
     pub snapshot_every_bytes: u64,
     /// Pace of the background snapshot writer in bytes per second (0: not paced).
     pub snapshot_write_bytes_per_s: u64,
+    /// How long a group of settles only waits for company, microseconds
+    /// (`RuntimeConfig::settle_linger`).
+    pub settle_linger_us: u64,
     /// Fraction of the user-to-user transfers whose credit account is on
     /// another shard (0..=1; no effect with one shard).
     pub cross_shard: f64,
@@ -249,6 +252,7 @@ pub fn run(scenario: &ShardScenario, mut progress: impl FnMut(u64)) -> anyhow::R
     config.prefault = true;
     config.snapshot_every_bytes = scenario.snapshot_every_bytes;
     config.snapshot_write_bytes_per_s = scenario.snapshot_write_bytes_per_s;
+    config.settle_linger = std::time::Duration::from_micros(scenario.settle_linger_us);
     config.inbox_depth = scenario.in_flight.max(16);
     config.engine = Config {
         batch_events_max: scenario.batch,

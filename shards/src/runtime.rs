@@ -55,6 +55,11 @@ pub struct RuntimeConfig {
     pub pin: bool,
     /// How long an idle shard sleeps between polls of its inbox.
     pub idle_sleep: Duration,
+    /// How long a group holding only settles (cross-shard transfers whose
+    /// callers were already answered) stays open for a caller's next write
+    /// to share its commit (zero: written at once). Nobody waits for such a
+    /// group; reads that would wait for it end the wait at once.
+    pub settle_linger: Duration,
     /// Touch the engine's reserved memory at start (see `Engine::prefault`).
     pub prefault: bool,
     /// Write a snapshot after this many journal bytes (0: only at shutdown).
@@ -183,6 +188,7 @@ impl RuntimeConfig {
             inbox_depth: INBOX_DEPTH_DEFAULT,
             pin: true,
             idle_sleep: Duration::from_micros(50),
+            settle_linger: SETTLE_LINGER_DEFAULT,
             prefault: false,
             snapshot_every_bytes: SNAPSHOT_EVERY_BYTES_DEFAULT,
             snapshot_write_bytes_per_s: SNAPSHOT_WRITE_BYTES_PER_S_DEFAULT,
@@ -196,6 +202,11 @@ impl RuntimeConfig {
         }
     }
 }
+
+/// Default of [`RuntimeConfig::settle_linger`]: long enough for a caller
+/// answered at the start of it to send its next write (in process and over
+/// loopback), short against a group commit.
+pub const SETTLE_LINGER_DEFAULT: Duration = Duration::from_micros(500);
 
 /// Default requests queued per shard.
 pub const INBOX_DEPTH_DEFAULT: usize = 1024;
@@ -420,6 +431,7 @@ impl Runtime {
                 engine: config.engine.clone(),
                 group_bytes_max: config.group_bytes_max,
                 idle_sleep: config.idle_sleep,
+                settle_linger: config.settle_linger,
                 prefault: config.prefault,
                 snapshot_every_bytes: config.snapshot_every_bytes,
                 snapshot_write_bytes_per_s: config.snapshot_write_bytes_per_s,
@@ -593,6 +605,7 @@ struct ShardContext {
     engine: Config,
     group_bytes_max: usize,
     idle_sleep: Duration,
+    settle_linger: Duration,
     prefault: bool,
     snapshot_every_bytes: u64,
     snapshot_write_bytes_per_s: u64,
@@ -660,6 +673,7 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
     let mut snapshots = Snapshots::default();
     let mut carry: Option<Request> = None;
     let mut rings = Rings::new(context.shards as usize);
+    let mut lingering: Option<Instant> = None;
     loop {
         if snapshots.poll(&mut core) {
             update_journal_usage(&context);
@@ -675,6 +689,17 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
         }
         context.metrics.inbox_depth.set(context.inbox.len() as i64);
 
+        // A group of settles only waits a little for company (a caller's
+        // next write), so it does not cost a commit of its own.
+        if core.group_can_wait() && carry.is_none() && !context.settle_linger.is_zero() {
+            let since = *lingering.get_or_insert_with(Instant::now);
+            if since.elapsed() < context.settle_linger && !context.stop.load(Ordering::SeqCst) {
+                rings.send(&mut core, &context.rings_out);
+                glommio::timer::sleep(context.idle_sleep).await;
+                continue;
+            }
+        }
+        lingering = None;
         let Some((offset, sealed)) = core.seal(now_ns()) else {
             rings.send(&mut core, &context.rings_out);
             if context.stop.load(Ordering::SeqCst) && ready_to_exit(&core, &rings, &context, carry.is_none())

@@ -9,10 +9,13 @@
 //! ```text
 //!  offer(request, now) ─► reads answered · writes staged (Err(request) = group full
 //!                         or its cross-shard transfers would pass `intents_max`)
-//!  deliver(peer, message, now) ─► credit legs / answers staged (Err(message) = group full)
+//!  deliver(peer, message, now) ─► credit legs / answers staged (Err(message) = group full);
+//!                         an answer also answers the writes it decides (reads then
+//!                         wait until its settle is applied)
 //!  seal(now) ─► Some((offset, bytes)) to write + fdatasync   (None: nothing to do)
-//!  durable() ─► apply the group; reply to writes whose cross-shard transfers are settled,
-//!              park the others; queue messages in outbox(peer)
+//!  durable() ─► apply the group; reply to writes with no cross-shard transfer
+//!              undecided, park the others; queue messages in outbox(peer);
+//!              answer the reads deferred for it
 //!  write_failed(reason) ─► refuse writes from now on
 //! ```
 //!
@@ -112,6 +115,18 @@ pub struct ShardCore {
     sealed: bool,
     /// The written group is being applied (between `durable_peers` and `durable`).
     applying: bool,
+    /// Groups applied so far (by [`ShardCore::durable`]).
+    groups_applied: u64,
+    /// Reads wait until this many groups are applied: the group holding
+    /// the settles of writes already answered (see [`ShardCore::deliver`]).
+    reads_after: u64,
+    /// Intents found open at start that are not settled yet: any of them
+    /// may have been answered before the crash (see [`ShardCore::deliver`]),
+    /// so reads wait for them too.
+    recovered_open: HashSet<u128, FixedHasher>,
+    /// Reads taken while `reads_after` was ahead or `recovered_open` not
+    /// empty, oldest first.
+    reads_deferred: VecDeque<Request>,
     /// Segment files holding the full transfer blocks written so far.
     segments: Vec<SegmentRef>,
     /// A snapshot is being written (by whoever took its job).
@@ -174,6 +189,10 @@ impl ShardCore {
             message_legs_max,
             sealed: false,
             applying: false,
+            groups_applied: 0,
+            reads_after: 0,
+            recovered_open: HashSet::default(),
+            reads_deferred: VecDeque::new(),
             segments: Vec::new(),
             snapshot_running: false,
             snapshots_good: Vec::new(),
@@ -239,6 +258,7 @@ impl ShardCore {
         self.cross = cross;
         let open = self.cross.open_ids();
         self.send_credits(&open);
+        self.recovered_open = open.iter().copied().collect();
         // What peers had in flight to this shard is lost: they send it again.
         for peer in (0..self.shards as usize).filter(|&p| p != self.shard) {
             self.outbox[peer].push_back(Message::Restarted);
@@ -278,6 +298,7 @@ impl ShardCore {
         self.cross.intents().is_empty()
             && self.parked.is_empty()
             && self.group.is_empty()
+            && self.reads_deferred.is_empty()
             && self.outbox.iter().all(VecDeque::is_empty)
     }
 
@@ -332,6 +353,21 @@ impl ShardCore {
                 self.intents_staged += bound;
                 self.stage(commands, Source::Client { reply, taken: Instant::now(), bound }, now_ns);
             }
+            read if self.reads_wait() => {
+                // A write was answered before its settle was applied: reads
+                // wait for it, so they never see less than was answered.
+                self.reads_deferred.push_back(read);
+            }
+            read => self.read(read),
+        }
+        Ok(())
+    }
+
+    /// Answers a read from the applied state.
+    fn read(&self, request: Request) {
+        let shard = self.shard;
+        match request {
+            Request::Write { .. } => unreachable!("writes are staged"),
             Request::LookupAccounts { ids, reply } => {
                 let mut out = Vec::with_capacity(ids.len());
                 let _ = self.engine.lookup_accounts(&ids, &mut out);
@@ -362,7 +398,28 @@ impl ShardCore {
                 let _ = reply.send(stats(shard, &self.engine, &self.cross));
             }
         }
-        Ok(())
+    }
+
+    /// True while reads must wait: a settle of a write already answered
+    /// is staged but not applied, or an intent found open at start (perhaps
+    /// answered before the crash) is not settled yet. A failed shard
+    /// applies nothing more: reads see what was applied.
+    fn reads_wait(&self) -> bool {
+        (self.reads_after > self.groups_applied || !self.recovered_open.is_empty()) && self.failed.is_none()
+    }
+
+    /// Answers the deferred reads once they need not wait any more.
+    fn answer_deferred_reads(&mut self) {
+        if !self.reads_wait() {
+            for read in std::mem::take(&mut self.reads_deferred) {
+                self.read(read);
+            }
+        }
+    }
+
+    /// Reads waiting for a group to be applied (see [`ShardCore::deliver`]).
+    pub fn reads_deferred(&self) -> usize {
+        self.reads_deferred.len()
     }
 
     /// Takes one message from shard `from` at time `now_ns`: credit legs are
@@ -400,11 +457,13 @@ impl ShardCore {
             Message::Credits(legs) => CommandBuf::Credits(legs),
             Message::Answers(answers) => {
                 let mut legs = Vec::with_capacity(answers.len());
+                let mut codes = Vec::with_capacity(answers.len());
                 for &(id, code) in &answers {
                     // Copies of an answer (after a restart of either side) find the intent settled or settling.
                     let open = self.cross.intents().get(&id).is_some_and(|i| i.peer as usize == from);
                     if open && !self.settling.contains(&id) {
                         legs.push(self.cross.settle_leg(&self.engine, id, code));
+                        codes.push((id, code));
                     }
                 }
                 if legs.is_empty() {
@@ -418,7 +477,20 @@ impl ShardCore {
                     let fresh = self.settling.insert(s.pending_id);
                     assert!(fresh, "one answer per intent in a message");
                 }
-                CommandBuf::Settles(legs)
+                self.stage(vec![CommandBuf::Settles(legs)], Source::Peer, now_ns);
+                // The outcome of each of these transfers is final now: its
+                // pending leg is durable here, and the peer answered only
+                // once its credit leg (or tombstone) was durable there. A
+                // crash before the settle is durable re-sends the leg and
+                // gets the same answer. So the writes waiting for them are
+                // answered now, a group earlier than the settle's apply;
+                // reads wait for that apply (`reads_after`), and later
+                // writes are applied after it (journal order).
+                for (id, code) in codes {
+                    self.settle_waiters(id, code);
+                }
+                self.reads_after = self.groups_applied + 1;
+                return Ok(());
             }
         };
         self.stage(vec![command], Source::Peer, now_ns);
@@ -450,6 +522,20 @@ impl ShardCore {
     /// True when a group is staged (a client write, a peer message, a tick).
     pub fn has_group(&self) -> bool {
         !self.group.is_empty()
+    }
+
+    /// True when the open group holds nothing anyone waits for: only
+    /// settles (their writes were answered when the answers came) and
+    /// ticks, and no read waits for it. The driver may hold such a group
+    /// open a little, so the next client write shares its commit.
+    pub fn group_can_wait(&self) -> bool {
+        !self.group.is_empty()
+            && self.reads_deferred.is_empty()
+            && self.group.iter().all(|p| {
+                matches!(p.source, Source::Tick)
+                    || (matches!(p.source, Source::Peer)
+                        && p.commands.iter().all(|c| matches!(c, CommandBuf::Settles(_))))
+            })
     }
 
     /// The group to write now, with its journal offset: the open group, or
@@ -499,6 +585,8 @@ impl ShardCore {
             self.apply_pending(pending, &mut opened);
         }
         self.send_credits(&opened);
+        self.groups_applied += 1;
+        self.answer_deferred_reads();
     }
 
     /// Moves the sealed group from written to being applied (once per group).
@@ -531,6 +619,7 @@ impl ShardCore {
             }
             for (id, code) in std::mem::take(&mut self.effects.settled) {
                 self.settling.remove(&id);
+                self.recovered_open.remove(&id);
                 self.settle_waiters(id, code);
             }
         }
@@ -613,6 +702,8 @@ impl ShardCore {
         self.settling.clear();
         self.intents_staged = 0;
         self.failed = Some(reason);
+        // Nothing more will be applied: reads see what was.
+        self.answer_deferred_reads();
     }
 
     /// Takes a snapshot's state at the journal's position (between groups;

@@ -899,3 +899,43 @@ fn a_credit_shard_at_its_limit_answers_a_copy_of_an_applied_leg_ok() {
     assert_eq!(credits(&mut engine, &[leg(8), leg(7)]), [(8, TR::TransfersLimitReached), (7, TR::Ok)]);
     assert_eq!(credits(&mut engine, &[leg(7), leg(8)]), [(7, TR::Ok), (8, TR::TransfersLimitReached)]);
 }
+
+/// The debit shard answers its caller when the credit shard's answer
+/// arrives (both legs are durable then), before the settle is journaled;
+/// a read taken meanwhile waits until the settle is applied, so it never
+/// shows the answered transfer unsettled. The settle-only group holds
+/// nobody up, so the runtime may keep it open for the next write.
+#[test]
+fn the_answer_comes_before_the_settle_and_reads_wait_for_it() {
+    let (mut cluster, ids) = setup();
+    let (a, b) = (&ids[0], &ids[1]);
+    let mut before = Vec::new();
+    cluster.nodes[0].core.engine().lookup_accounts(&[a[0]], &mut before).unwrap();
+    let mut sent = cluster.submit(0, vec![t(1, a[0], b[0], 10)]);
+    for step in [Step::Write(0), Step::Sync(0), Step::Deliver(0, 1), Step::Write(1), Step::Sync(1)] {
+        cluster.flush_outboxes();
+        cluster.step(step);
+        assert_eq!(results(&mut sent), None, "answered before the credit leg was durable ({step:?})");
+    }
+    assert!(!cluster.nodes[0].core.group_can_wait(), "nothing staged yet");
+    cluster.flush_outboxes();
+    cluster.step(Step::Deliver(1, 0));
+    assert_eq!(results(&mut sent).expect("answered with the answer"), [TR::Ok]);
+    let engine = cluster.nodes[0].core.engine();
+    assert_eq!(engine.transfer_state(1), Some(TransferState::Pending), "the settle is staged, not applied");
+    assert!(cluster.nodes[0].core.group_can_wait(), "only a settle is staged");
+    // A read now waits for the settle.
+    let (reply, mut found) = reply_channel();
+    cluster.nodes[0].core.offer(Request::LookupAccounts { ids: vec![a[0]], reply }, cluster.now).unwrap();
+    assert!(found.try_recv().is_err(), "a read does not see the transfer unsettled");
+    assert_eq!(cluster.nodes[0].core.reads_deferred(), 1);
+    assert!(!cluster.nodes[0].core.group_can_wait(), "a read waits for the group");
+    cluster.step(Step::Write(0));
+    assert!(found.try_recv().is_err(), "not before the settle is durable and applied");
+    cluster.step(Step::Sync(0));
+    let account = found.try_recv().expect("answered once the settle is applied")[0];
+    assert_eq!((account.debits_posted, account.debits_pending), (before[0].debits_posted + 10, 0));
+    assert_eq!(cluster.nodes[0].core.engine().transfer_state(1), Some(TransferState::Posted));
+    cluster.run(None, &mut Prng(0), false);
+    cluster.check_settled();
+}

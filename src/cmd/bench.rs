@@ -169,6 +169,11 @@ pub struct ShardsArgs {
     /// speed; as `[serve] snapshot_write_mib_per_s`).
     #[arg(long, default_value_t = molly_shards::runtime::SNAPSHOT_WRITE_BYTES_PER_S_DEFAULT >> 20)]
     snapshot_write_mib_per_s: u64,
+    /// How long a group of settles only waits for the next batch to share
+    /// its commit, in microseconds (0: written at once; as `[serve]
+    /// settle_linger_us`).
+    #[arg(long, default_value_t = molly_shards::runtime::SETTLE_LINGER_DEFAULT.as_micros() as u64)]
+    settle_linger_us: u64,
     /// Fraction of transfers whose credit account is on another shard
     /// (two-phase between shards; no effect with one shard).
     #[arg(long, default_value_t = 0.0)]
@@ -211,6 +216,7 @@ fn shards(args: ShardsArgs) -> anyhow::Result<()> {
             seed: 1,
             snapshot_every_bytes: args.snapshot_every_bytes,
             snapshot_write_bytes_per_s: args.snapshot_write_mib_per_s.saturating_mul(1 << 20),
+            settle_linger_us: args.settle_linger_us,
             cross_shard: args.cross_shard,
             hot: args.hot,
             hot_plain: args.hot_plain,

@@ -89,7 +89,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
              {} snapshot files written ({} cut or failed, {} loaded at restarts, {} skipped as damaged, \
              {} blocks evicted to segments, {} journal files deleted), {} bits flipped at rest in the journal ({} refused), \
              {} transfers ok, {} results checked against the model ({} of them across shards; {} naming a \
-             sharded account, {} moves between parts, {} of them ok), {} messages delivered, {} faults injected inside production code{} ({:.0} steps/s)",
+             sharded account, {} moves between parts, {} of them ok), {} lookups deferred until a settle was applied, {} messages delivered, {} faults injected inside production code{} ({:.0} steps/s)",
             report.shards,
             report.steps,
             report.crashes,
@@ -111,6 +111,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             report.events_checked_sharded,
             report.moves_checked,
             report.moves_ok,
+            report.reads_deferred,
             report.messages_delivered,
             report.faults_injected,
             if molly_shards::buggify::COMPILED { "" } else { " (built without --features sim)" },
@@ -192,6 +193,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         events_checked_sharded: checked_sharded,
         moves_checked,
         moves_ok,
+        reads_deferred,
         faults_injected: faults,
         snapshots_written,
         snapshots_loaded,
@@ -203,7 +205,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!(
         "seeds {}..{}: {} clean, {failing} failing; {steps} steps, {crashes} crashes, {checked} results checked \
          against the model ({checked_cross} with several shards, {checked_sharded} of them naming a sharded \
-         account, {moves_checked} moves between parts ({moves_ok} ok)), {faults} faults injected, {snapshots_written} snapshot files written, \
+         account, {moves_checked} moves between parts ({moves_ok} ok); {reads_deferred} lookups deferred until a settle was applied), {faults} faults injected, {snapshots_written} snapshot files written, \
          {snapshots_loaded} loaded at restarts, {snapshots_skipped} skipped as damaged, {evicted} blocks evicted, \
          {journal_files_deleted} journal files deleted in {seconds:.1} s ({:.1} seeds/s, {:.0} steps/s)",
         range.start,

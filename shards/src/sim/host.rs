@@ -247,13 +247,14 @@ impl Host {
                 && node.job.is_none()
                 && node.open.is_empty()
                 && node.parked.is_empty()
+                && node.reads.is_empty()
         }) && world.rings.iter().flatten().all(std::collections::VecDeque::is_empty)
     }
 
     /// Writes whose answers never came (for the liveness check's message).
     pub fn unanswered(&self) -> usize {
         let nodes = &self.world.nodes;
-        nodes.iter().map(|node| node.open.len() + node.parked.len()).sum::<usize>()
+        nodes.iter().map(|node| node.open.len() + node.parked.len() + node.reads.len()).sum::<usize>()
             + nodes.iter().filter_map(|node| node.in_flight.as_ref()).map(|f| f.clients.len()).sum::<usize>()
     }
 

@@ -210,6 +210,9 @@ pub struct SimReport {
     pub moves_checked: u64,
     /// Moves between parts answered `ok` (and checked against the model).
     pub moves_ok: u64,
+    /// Lookups a shard deferred until its open group was applied (a write
+    /// answered before its settle was), checked against the model then.
+    pub reads_deferred: u64,
     /// Messages delivered between shards.
     pub messages_delivered: u64,
     /// Times a fault point inside production code fired (`buggify!`; 0
@@ -243,6 +246,7 @@ impl SimReport {
         self.events_checked_sharded += other.events_checked_sharded;
         self.moves_checked += other.moves_checked;
         self.moves_ok += other.moves_ok;
+        self.reads_deferred += other.reads_deferred;
         self.messages_delivered += other.messages_delivered;
         self.faults_injected += other.faults_injected;
     }
@@ -321,6 +325,11 @@ struct Node {
     in_flight: Option<InFlight>,
     /// Durable writes waiting for their cross-shard transfers to settle.
     parked: Vec<ClientWrite>,
+    /// Lookups the shard deferred (a write was answered before its settle
+    /// was applied): answered once the open group is, and checked then.
+    reads: Vec<(u128, Answer<Vec<Transfer>>)>,
+    /// The transfer this shard answered `ok` last (lookups ask for it often).
+    last_ok: Option<u128>,
     /// The reference model (one shard only: it knows no cross-shard protocol).
     model: Option<Model>,
     /// The shard's directory: journal files, snapshot files and segments.
@@ -629,6 +638,8 @@ impl World {
                     open: Vec::new(),
                     in_flight: None,
                     parked: Vec::new(),
+                    reads: Vec::new(),
+                    last_ok: None,
                     model,
                     files,
                     job: None,
@@ -789,6 +800,7 @@ impl World {
             for (t, result) in batch.iter().zip(results) {
                 if *result == TR::Ok {
                     self.report.transfers_ok += 1;
+                    self.nodes[n].last_ok = Some(t.id);
                     if let Some(before) = self.acked.insert(t.id, n) {
                         return fail(
                             check::APPLIED_TWICE,
@@ -874,6 +886,7 @@ impl World {
                 }
             }
         }
+        self.check_deferred_reads(n)?;
         self.poll_parked(n)?;
         self.flush();
         Ok(())
@@ -987,7 +1000,8 @@ impl World {
             // The open group has no room: the message waits at the head of its ring.
             self.rings[from][to].push_front(encode(&back));
         }
-        Ok(())
+        // Answers settle intents: their writes are answered at once.
+        self.poll_parked(to)
     }
 
     // ------------------------------------------------------------------
@@ -1131,6 +1145,8 @@ impl World {
         };
         node.files.crash(&mut self.prng);
         node.journal = JournalFiles::new(&shard_dir(n));
+        // Deferred reads die with the shard (nobody answers them).
+        node.reads.clear();
         // A snapshot being written dies with the process.
         node.job = None;
         if self.bit_rot && self.prng.chance(10) {
@@ -1375,25 +1391,84 @@ impl World {
         }
     }
 
-    /// A lookup is answered at once, from applied state.
+    /// A lookup is answered at once, from applied state; or, while a write
+    /// is answered whose settle is not applied yet, once the open group is.
     fn lookup(&mut self, n: usize) -> Result<(), Failure> {
         let (reply, mut answer) = reply_channel();
-        let ids = vec![1 + u128::from(self.prng.below(self.workload_ids()))];
+        // Often the transfer this shard answered ok last (a cross-shard one
+        // is answered before its settle is applied: the read must see it).
+        let id = match self.nodes[n].last_ok {
+            Some(id) if self.prng.chance(50) => id,
+            _ => 1 + u128::from(self.prng.below(self.workload_ids())),
+        };
         self.nodes[n]
             .core
-            .offer(Request::LookupTransfers { ids: ids.clone(), reply }, self.now_ns)
+            .offer(Request::LookupTransfers { ids: vec![id], reply }, self.now_ns)
             .or_else(|_| fail(check::READS, "a read was refused"))?;
-        let found = answer.try_recv().or_else(|_| fail(check::READS, "a read was not answered at once"))?;
-        let model = self.nodes[n].model.as_ref().or(self.cross_model.as_ref().map(|c| c.model(n)));
-        if let Some(model) = model {
-            let expected: Vec<Transfer> = model.transfer(ids[0]).into_iter().copied().collect();
-            if found != expected {
+        match answer.try_recv() {
+            Ok(found) => self.check_read(n, id, &found),
+            Err(TryRecvError::Empty) if self.nodes[n].core.reads_deferred() > 0 => {
+                self.nodes[n].reads.push((id, answer));
+                Ok(())
+            }
+            Err(_) => fail(check::READS, "a read was neither answered at once nor deferred"),
+        }
+    }
+
+    /// Lookup `id` on shard `n` found `found`: what the model holds now;
+    /// and a cross-shard transfer this shard answered `ok` is posted (the
+    /// answer comes before the settle is applied: reads wait for it).
+    fn check_read(&self, n: usize, id: u128, found: &[Transfer]) -> Result<(), Failure> {
+        if self.acked.get(&id) == Some(&n) && found.first().is_some_and(cross::is_debit_leg) {
+            let state = self.nodes[n].core.engine().transfer_state(id);
+            if state != Some(TransferState::Posted) {
                 return fail(
                     check::READS,
-                    format!("lookup of {}: shard {found:?}, model {expected:?}", ids[0]),
+                    format!(
+                        "lookup of {id} on shard {n}, which answered it ok: its pending leg is {state:?}"
+                    ),
                 );
             }
         }
+        let model = self.nodes[n].model.as_ref().or(self.cross_model.as_ref().map(|c| c.model(n)));
+        if let Some(model) = model {
+            let expected: Vec<Transfer> = model.transfer(id).into_iter().copied().collect();
+            if found != expected {
+                return fail(check::READS, format!("lookup of {id}: shard {found:?}, model {expected:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// A group of shard `n` was applied (and the models stepped through
+    /// it): deferred reads answered now are checked against the state
+    /// after it; those still waiting must be ones the shard still defers
+    /// (intents recovered open, not settled yet).
+    fn check_deferred_reads(&mut self, n: usize) -> Result<(), Failure> {
+        let mut still = Vec::new();
+        for (id, mut answer) in std::mem::take(&mut self.nodes[n].reads) {
+            match answer.try_recv() {
+                Ok(found) => {
+                    self.report.reads_deferred += 1;
+                    self.check_read(n, id, &found)?;
+                }
+                Err(TryRecvError::Empty) => still.push((id, answer)),
+                Err(TryRecvError::Closed) => {
+                    return fail(check::READS, format!("a deferred lookup of {id} was dropped"))
+                }
+            }
+        }
+        if !still.is_empty() && self.nodes[n].core.reads_deferred() != still.len() {
+            return fail(
+                check::READS,
+                format!(
+                    "{} lookups wait, but shard {n} defers {}",
+                    still.len(),
+                    self.nodes[n].core.reads_deferred()
+                ),
+            );
+        }
+        self.nodes[n].reads = still;
         Ok(())
     }
 
@@ -1579,6 +1654,15 @@ impl World {
                         return fail(
                             check::LIVENESS,
                             format!("shard {n}: {} writes never answered", self.nodes[n].parked.len()),
+                        );
+                    }
+                    if !self.nodes[n].reads.is_empty() {
+                        return fail(
+                            check::LIVENESS,
+                            format!(
+                                "shard {n}: {} deferred lookups never answered",
+                                self.nodes[n].reads.len()
+                            ),
                         );
                     }
                 }

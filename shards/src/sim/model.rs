@@ -198,13 +198,17 @@ impl CrossModel {
         model.check(engine, full).map_err(|e| format!("shard {n}: {e}"))
     }
 
-    /// What a client is answered for `event`, once every transfer it waits
-    /// for is settled; `None` while one is not.
+    /// What a client is answered for `event`, once the outcome of every
+    /// transfer it waits for is decided; `None` while one is not. A
+    /// cross-shard transfer's outcome is decided once its credit shard
+    /// journaled the answer to its credit leg (docs/shards.md: the debit
+    /// shard answers its caller when that answer arrives, before the
+    /// settle is applied): the final code is that answer.
     pub fn resolve(&self, event: Event) -> Option<TR> {
         match event {
             Event::Final(code) => Some(code),
             Event::Waits { id, original } => {
-                let code = *self.finals.get(&id)?;
+                let code = *self.finals.get(&id).or_else(|| self.answers.get(&id))?;
                 Some(match (original, code) {
                     (true, code) => code,
                     (false, TR::Ok) => TR::Exists,
