@@ -61,6 +61,9 @@ pub struct ShardScenario {
     /// How long a group of settles only waits for company, microseconds
     /// (`RuntimeConfig::settle_linger`).
     pub settle_linger_us: u64,
+    /// How long a shard spins before parking, microseconds
+    /// (`RuntimeConfig::spin_before_park`).
+    pub spin_before_park_us: u64,
     /// Fraction of the user-to-user transfers whose credit account is on
     /// another shard (0..=1; no effect with one shard).
     pub cross_shard: f64,
@@ -253,6 +256,7 @@ pub fn run(scenario: &ShardScenario, mut progress: impl FnMut(u64)) -> anyhow::R
     config.snapshot_every_bytes = scenario.snapshot_every_bytes;
     config.snapshot_write_bytes_per_s = scenario.snapshot_write_bytes_per_s;
     config.settle_linger = std::time::Duration::from_micros(scenario.settle_linger_us);
+    config.spin_before_park = std::time::Duration::from_micros(scenario.spin_before_park_us);
     config.inbox_depth = scenario.in_flight.max(16);
     config.engine = Config {
         batch_events_max: scenario.batch,

@@ -60,6 +60,12 @@ pub struct RuntimeConfig {
     /// to share its commit (zero: written at once). Nobody waits for such a
     /// group; reads that would wait for it end the wait at once.
     pub settle_linger: Duration,
+    /// How long a shard's executor spins before it parks in the kernel
+    /// (zero: it parks at once). Each park costs a process-wide
+    /// `membarrier` (glommio's sleep protocol), an IPI to every other core,
+    /// which interrupts the other shards; spinning trades CPU for fewer of
+    /// them (see tuning/README.md).
+    pub spin_before_park: Duration,
     /// Touch the engine's reserved memory at start (see `Engine::prefault`).
     pub prefault: bool,
     /// Write a snapshot after this many journal bytes (0: only at shutdown).
@@ -189,6 +195,7 @@ impl RuntimeConfig {
             pin: true,
             idle_sleep: Duration::from_micros(50),
             settle_linger: SETTLE_LINGER_DEFAULT,
+            spin_before_park: Duration::ZERO,
             prefault: false,
             snapshot_every_bytes: SNAPSHOT_EVERY_BYTES_DEFAULT,
             snapshot_write_bytes_per_s: SNAPSHOT_WRITE_BYTES_PER_S_DEFAULT,
@@ -448,7 +455,11 @@ impl Runtime {
                 intents_max: config.intents_max,
                 states: states.clone(),
             };
-            let builder = glommio::LocalExecutorBuilder::new(placement).name(&format!("molly-shard-{shard}"));
+            let mut builder =
+                glommio::LocalExecutorBuilder::new(placement).name(&format!("molly-shard-{shard}"));
+            if !config.spin_before_park.is_zero() {
+                builder = builder.spin_before_park(config.spin_before_park);
+            }
             let handle = std::thread::Builder::new()
                 .name(format!("molly-shard-{shard}"))
                 .spawn(move || {

@@ -174,6 +174,10 @@ pub struct ShardsArgs {
     /// settle_linger_us`).
     #[arg(long, default_value_t = molly_shards::runtime::SETTLE_LINGER_DEFAULT.as_micros() as u64)]
     settle_linger_us: u64,
+    /// How long a shard spins before parking in the kernel, microseconds
+    /// (0: parks at once; as `[serve] spin_before_park_us`).
+    #[arg(long, default_value_t = 0)]
+    spin_before_park_us: u64,
     /// Fraction of transfers whose credit account is on another shard
     /// (two-phase between shards; no effect with one shard).
     #[arg(long, default_value_t = 0.0)]
@@ -217,6 +221,7 @@ fn shards(args: ShardsArgs) -> anyhow::Result<()> {
             snapshot_every_bytes: args.snapshot_every_bytes,
             snapshot_write_bytes_per_s: args.snapshot_write_mib_per_s.saturating_mul(1 << 20),
             settle_linger_us: args.settle_linger_us,
+            spin_before_park_us: args.spin_before_park_us,
             cross_shard: args.cross_shard,
             hot: args.hot,
             hot_plain: args.hot_plain,

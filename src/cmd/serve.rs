@@ -115,6 +115,9 @@ pub struct ServeSection {
     /// waits for a caller's next write to share its commit, microseconds
     /// (0: written at once).
     pub settle_linger_us: u64,
+    /// How long a shard spins before parking in the kernel, microseconds
+    /// (0: parks at once; see tuning/README.md).
+    pub spin_before_park_us: u64,
     /// Touch the engine's reserved memory at start.
     pub prefault: bool,
     /// Journal bytes between snapshots (0: only at shutdown).
@@ -169,6 +172,7 @@ impl Default for ServeSection {
             group_bytes_max: molly_shards::durable::GROUP_BYTES_MAX_DEFAULT,
             idle_sleep_us: 50,
             settle_linger_us: molly_shards::runtime::SETTLE_LINGER_DEFAULT.as_micros() as u64,
+            spin_before_park_us: 0,
             prefault: false,
             snapshot_every_bytes: molly_shards::runtime::SNAPSHOT_EVERY_BYTES_DEFAULT,
             snapshot_write_mib_per_s: molly_shards::runtime::SNAPSHOT_WRITE_BYTES_PER_S_DEFAULT >> 20,
@@ -236,6 +240,7 @@ impl ServeConfig {
         runtime.group_bytes_max = self.serve.group_bytes_max;
         runtime.idle_sleep = Duration::from_micros(self.serve.idle_sleep_us);
         runtime.settle_linger = Duration::from_micros(self.serve.settle_linger_us);
+        runtime.spin_before_park = Duration::from_micros(self.serve.spin_before_park_us);
         runtime.prefault = self.serve.prefault;
         runtime.snapshot_every_bytes = self.serve.snapshot_every_bytes;
         runtime.snapshot_write_bytes_per_s = self.serve.snapshot_write_mib_per_s.saturating_mul(1 << 20);
