@@ -611,3 +611,39 @@ fn the_rebalancer_refills_a_dry_part_from_a_rich_one() {
     }
     assert_settled(&runtime);
 }
+
+/// A group holding only settles lingers for company, but never holds up a
+/// read (which waits for those settles) or a stop: with a linger of a
+/// minute, a read after a cross-shard write is answered, posted, and the
+/// runtime stops, all long before it (liveness waits, not timings).
+#[test]
+fn a_lingering_settle_group_gives_way_to_a_read_and_a_stop() {
+    let dir = TempDir::new("linger");
+    let owned = by_shard(40, 2);
+    let lingering =
+        RuntimeConfig { settle_linger: Duration::from_secs(60), rebalance: None, ..config(&dir, 2) };
+    let mut runtime = Runtime::start(lingering).unwrap();
+    for (shard, ids) in owned.iter().enumerate() {
+        let accounts = ids.iter().map(|&id| account(id)).collect();
+        runtime.write(shard, vec![CommandBuf::CreateAccounts(accounts)]).unwrap();
+    }
+    let started = Instant::now();
+    let sent = transfer(1, owned[0][0], owned[1][0], 5);
+    let results = transfer_results(&runtime.write(0, vec![CommandBuf::CreateTransfers(vec![sent])]).unwrap());
+    assert_eq!(results, [CreateTransferResult::Ok]);
+    // The settle waits in a lingering group; this read must end the wait.
+    let payer = runtime.lookup_accounts(0, vec![owned[0][0]])[0];
+    assert_eq!((payer.debits_posted, payer.debits_pending), (5, 0), "the read sees the transfer posted");
+    assert_eq!(runtime.stats(0).unwrap().intents_open, 0);
+    // Another answered transfer, then a stop: the stop writes its settle.
+    let sent = transfer(2, owned[0][0], owned[1][0], 7);
+    let results = transfer_results(&runtime.write(0, vec![CommandBuf::CreateTransfers(vec![sent])]).unwrap());
+    assert_eq!(results, [CreateTransferResult::Ok]);
+    runtime.shutdown();
+    assert!(started.elapsed() < Duration::from_secs(50), "a lingering group held a read or the stop");
+    drop(runtime);
+    let runtime = Runtime::start(RuntimeConfig { rebalance: None, ..config(&dir, 2) }).unwrap();
+    let payer = runtime.lookup_accounts(0, vec![owned[0][0]])[0];
+    assert_eq!((payer.debits_posted, payer.debits_pending), (12, 0), "both posted, durably");
+    assert_settled(&runtime);
+}
