@@ -96,6 +96,9 @@ fn bench_shards_writes_a_json_report() {
     assert_eq!(report["runs"][1]["scenario"]["shards"], 2);
     assert_eq!(report["runs"][1]["transfers"], 40_000);
     assert_eq!(report["runs"][1]["rejected"], 0);
+    // The default shape sends 10% of the transfers across shards, all applied.
+    assert_eq!(report["runs"][1]["scenario"]["cross_shard"], 0.1);
+    assert!(report["runs"][1]["cross_shard_transfers"].as_u64().unwrap() > 2_000);
     // The journals were removed; only the report is left.
     let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left, [std::ffi::OsString::from("shards.json")]);
