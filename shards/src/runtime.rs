@@ -701,17 +701,17 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
         context.metrics.inbox_depth.set(context.inbox.len() as i64);
 
         // A group of settles only waits a little for company (a caller's
-        // next write), so it does not cost a commit of its own.
-        if core.group_can_wait() && carry.is_none() && !context.settle_linger.is_zero() {
-            let since = *lingering.get_or_insert_with(Instant::now);
-            if since.elapsed() < context.settle_linger && !context.stop.load(Ordering::SeqCst) {
-                rings.send(&mut core, &context.rings_out);
-                glommio::timer::sleep(context.idle_sleep).await;
-                continue;
-            }
+        // next write), so it does not cost a commit of its own: it is not
+        // sealed yet, and the loop idles as when there is nothing to write.
+        let linger = core.group_can_wait()
+            && carry.is_none()
+            && !context.settle_linger.is_zero()
+            && !context.stop.load(Ordering::SeqCst)
+            && lingering.get_or_insert_with(Instant::now).elapsed() < context.settle_linger;
+        if !linger {
+            lingering = None;
         }
-        lingering = None;
-        let Some((offset, sealed)) = core.seal(now_ns()) else {
+        let Some((offset, sealed)) = (if linger { None } else { core.seal(now_ns()) }) else {
             rings.send(&mut core, &context.rings_out);
             if context.stop.load(Ordering::SeqCst) && ready_to_exit(&core, &rings, &context, carry.is_none())
             {

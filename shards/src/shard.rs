@@ -115,17 +115,17 @@ pub struct ShardCore {
     sealed: bool,
     /// The written group is being applied (between `durable_peers` and `durable`).
     applying: bool,
-    /// Groups applied so far (by [`ShardCore::durable`]).
-    groups_applied: u64,
-    /// Reads wait until this many groups are applied: the group holding
-    /// the settles of writes already answered (see [`ShardCore::deliver`]).
-    reads_after: u64,
+    /// The open group holds settles of writes already answered (see
+    /// [`ShardCore::deliver`]): reads wait until it is applied. (Answers
+    /// are delivered only while no group is sealed, so the open group is
+    /// the next one [`ShardCore::durable`] applies.)
+    answered_unsettled: bool,
     /// Intents found open at start that are not settled yet: any of them
     /// may have been answered before the crash (see [`ShardCore::deliver`]),
     /// so reads wait for them too.
     recovered_open: HashSet<u128, FixedHasher>,
-    /// Reads taken while `reads_after` was ahead or `recovered_open` not
-    /// empty, oldest first.
+    /// Reads taken while `answered_unsettled` or `recovered_open` held
+    /// them back, oldest first.
     reads_deferred: VecDeque<Request>,
     /// Segment files holding the full transfer blocks written so far.
     segments: Vec<SegmentRef>,
@@ -189,8 +189,7 @@ impl ShardCore {
             message_legs_max,
             sealed: false,
             applying: false,
-            groups_applied: 0,
-            reads_after: 0,
+            answered_unsettled: false,
             recovered_open: HashSet::default(),
             reads_deferred: VecDeque::new(),
             segments: Vec::new(),
@@ -405,7 +404,7 @@ impl ShardCore {
     /// answered before the crash) is not settled yet. A failed shard
     /// applies nothing more: reads see what was applied.
     fn reads_wait(&self) -> bool {
-        (self.reads_after > self.groups_applied || !self.recovered_open.is_empty()) && self.failed.is_none()
+        (self.answered_unsettled || !self.recovered_open.is_empty()) && self.failed.is_none()
     }
 
     /// Answers the deferred reads once they need not wait any more.
@@ -484,12 +483,12 @@ impl ShardCore {
                 // crash before the settle is durable re-sends the leg and
                 // gets the same answer. So the writes waiting for them are
                 // answered now, a group earlier than the settle's apply;
-                // reads wait for that apply (`reads_after`), and later
+                // reads wait for that apply (`answered_unsettled`), and later
                 // writes are applied after it (journal order).
                 for (id, code) in codes {
                     self.settle_waiters(id, code);
                 }
-                self.reads_after = self.groups_applied + 1;
+                self.answered_unsettled = true;
                 return Ok(());
             }
         };
@@ -585,7 +584,7 @@ impl ShardCore {
             self.apply_pending(pending, &mut opened);
         }
         self.send_credits(&opened);
-        self.groups_applied += 1;
+        self.answered_unsettled = false;
         self.answer_deferred_reads();
     }
 
