@@ -37,8 +37,9 @@ const BLOCK_SHIFT: u32 = 16;
 #[cfg(feature = "small-blocks")]
 const BLOCK_SHIFT: u32 = 6;
 const BLOCK_MASK: usize = BLOCK_TRANSFERS - 1;
-/// Buffers of evicted blocks kept for reuse, so a new tail rarely allocates
-/// (or page-faults) in the middle of a batch.
+/// Buffers of evicted blocks kept for reuse at least (see
+/// [`TransferStore::evict`]), so a new tail rarely allocates (or page-faults)
+/// in the middle of a batch.
 const SPARE_MAX: usize = 2;
 
 /// A full block's records kept outside the engine's memory. The engine only
@@ -226,7 +227,11 @@ impl TransferStore {
 
     /// Drops from memory every full block with a cold copy except the newest
     /// `keep` blocks; returns how many were dropped. Buffers nobody else holds
-    /// are kept for reuse (up to a small number).
+    /// are kept for the blocks filled next, up to `keep` of them (at least
+    /// two): a host evicts in bursts (after each snapshot), and a buffer
+    /// handed back to the allocator comes back as fresh pages the kernel
+    /// zeroes on first touch, in the middle of a batch. Peak memory does not
+    /// grow: the spares are used up before new buffers are allocated.
     pub fn evict(&mut self, keep: usize) -> usize {
         let mut evicted = 0;
         let end = self.blocks.len().saturating_sub(keep);
@@ -236,7 +241,7 @@ impl TransferStore {
                     unreachable!()
                 };
                 if let Ok(mut records) = Arc::try_unwrap(records) {
-                    if self.spare.len() < SPARE_MAX {
+                    if self.spare.len() < SPARE_MAX.max(keep) {
                         records.clear();
                         self.spare.push(records);
                     }
@@ -336,6 +341,39 @@ mod tests {
         }
         assert!(store.iter().copied().eq((0..total).map(record)));
         assert_eq!(shared.records()[7], record(7));
+    }
+
+    #[test]
+    fn a_burst_of_evicted_buffers_is_reused_up_to_the_window_kept() {
+        // Small blocks under the simulator's feature; the rule is the same.
+        let blocks = 8;
+        let mut store = TransferStore::new((blocks + 4) * BLOCK_TRANSFERS);
+        for slot in 0..blocks * BLOCK_TRANSFERS {
+            store.push(record(slot));
+        }
+        let buffers: Vec<*const Transfer> =
+            (0..blocks).map(|b| store.blocks()[b].records().as_ptr()).collect();
+        for block in 0..blocks {
+            let cold: Arc<dyn ColdBlock> = Arc::new(Copy(store.blocks()[block].records().to_vec()));
+            store.attach(block, cold);
+        }
+        // Keep the newest 3 in memory: 5 evicted at once, 3 of their buffers kept.
+        assert_eq!(store.evict(3), 5);
+        assert_eq!(store.spare.len(), 3);
+        // The next blocks fill the kept buffers before asking the allocator.
+        for slot in blocks * BLOCK_TRANSFERS..(blocks + 3) * BLOCK_TRANSFERS {
+            store.push(record(slot));
+        }
+        // Block 8 filled the tail allocated before the eviction; 9 and 10
+        // and the tail now are the kept buffers.
+        assert!(store.spare.is_empty());
+        let mut reused: Vec<*const Transfer> =
+            (blocks + 1..blocks + 3).map(|b| store.blocks()[b].records().as_ptr()).collect();
+        reused.push(store.tail.as_ptr());
+        for buffer in reused {
+            assert!(buffers[..5].contains(&buffer), "a new block reuses an evicted buffer");
+        }
+        assert!(store.iter().copied().eq((0..(blocks + 3) * BLOCK_TRANSFERS).map(record)));
     }
 
     #[test]

@@ -40,7 +40,6 @@
 //! kept free for the settle of every open intent (so a settle never fails).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::BuildHasherDefault;
 
 use molly_engine::{
     Account, AccountFlags, BatchError, CreateAccountResult as AR, CreateTransferResult as TR, Engine,
@@ -214,8 +213,10 @@ enum Kind {
     Chain,
 }
 
-/// A hasher with fixed keys: the same inserts give the same map on every run.
-pub type FixedHasher = BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
+/// A fast hasher with a fixed seed (foldhash): the same inserts give the same
+/// map on every run. Like the engine's id index, it is not keyed per process:
+/// ids come from authenticated clients, and every map it serves is bounded.
+pub type FixedHasher = foldhash::fast::FixedState;
 
 /// One shard's cross-shard state: the open intents (the only state the
 /// engine does not hold; snapshots carry it).
