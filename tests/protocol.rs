@@ -111,7 +111,7 @@ fn accounts_transfers_lookups_and_queries_round_trip() {
         let client = server.client().await;
         client.ping().await.unwrap();
         let info = client.server_info().await.unwrap();
-        assert_eq!((info.protocol_version, info.shards, info.batch_events_max), (1, 2, 8190));
+        assert_eq!((info.protocol_version, info.shards, info.batch_events_max), (2, 2, 8190));
 
         let accounts: Vec<Account> = (1..=40).map(account).collect();
         assert!(client.create_accounts(&accounts).await.unwrap().iter().all(|r| *r == AR::Ok));

@@ -1,4 +1,4 @@
-//! Frames of the binary protocol (version 1): a fixed 64-byte little-endian
+//! Frames of the binary protocol (version 2): a fixed 64-byte little-endian
 //! header and a body of fixed-size records. The specification is
 //! docs/protocol.md; this module is its reference implementation.
 //!
@@ -10,22 +10,25 @@
 //!
 //! - `checksum`: xxh3-128 over header bytes 16..64 and the body (catches
 //!   corruption before anything else is read).
-//! - `mac`: HMAC-SHA256, truncated to 128 bits, keyed with the client's
-//!   key, over header bytes 32..64 and the body (authenticates every frame).
+//! - `mac`: BLAKE3 in keyed mode, truncated to 128 bits, keyed with a key
+//!   derived from the client's key, over header bytes 32..64 and the body
+//!   (authenticates every frame). Version 1 used HMAC-SHA256, 3.6× slower
+//!   here over a 1 MiB body (docs/protocol.md, "Version history").
 //! - Decoding checks, in order: magic, version, operation, body length
 //!   against the limit, body length against the event count, then (with the
 //!   whole frame) checksum, then MAC. The first failure is the error, and a
 //!   frame that fails any check is never applied.
 
 use bytemuck::{Pod, Zeroable};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use subtle::ConstantTimeEq;
 use xxhash_rust::xxh3::Xxh3;
 
 /// `b"MOLY"` little-endian.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"MOLY");
 /// The protocol version this code speaks.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
+/// The BLAKE3 key-derivation context of frame MAC keys (docs/protocol.md).
+pub const MAC_KEY_CONTEXT: &str = "molly protocol v2 frame mac";
 /// Header size in bytes.
 pub const HEADER_SIZE: usize = 64;
 /// Default largest body: 8190 records of 128 bytes (1 MiB frames with the header room).
@@ -140,7 +143,7 @@ const _: () = assert!(core::mem::size_of::<ServerInfo>() == 64);
 pub struct FrameHeader {
     /// xxh3-128 of header bytes 16..64 and the body.
     pub checksum: u128,
-    /// HMAC-SHA256/128 of header bytes 32..64 and the body, with the client's key.
+    /// BLAKE3-keyed/128 of header bytes 32..64 and the body, with the client's derived key.
     pub mac: u128,
     /// Chosen by the client; a reply carries its request's id.
     pub request_id: u64,
@@ -233,8 +236,6 @@ impl FrameError {
     }
 }
 
-type HmacSha256 = Hmac<Sha256>;
-
 fn checksum(header: &FrameHeader, body: &[u8]) -> u128 {
     let mut hasher = Xxh3::new();
     hasher.update(&bytemuck::bytes_of(header)[16..]);
@@ -242,21 +243,20 @@ fn checksum(header: &FrameHeader, body: &[u8]) -> u128 {
     hasher.digest128()
 }
 
-fn hmac_over(key: &[u8], header: &FrameHeader, body: &[u8]) -> HmacSha256 {
-    let mut hmac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
-    hmac.update(&bytemuck::bytes_of(header)[32..]);
-    hmac.update(body);
-    hmac
-}
-
+/// The frame MAC: BLAKE3 keyed with `derive_key(MAC_KEY_CONTEXT, key)` (a
+/// client key is 16 to 64 bytes; keyed BLAKE3 takes exactly 32), over header
+/// bytes 32..64 and the body, the first 16 bytes of the tag.
 fn mac(key: &[u8], header: &FrameHeader, body: &[u8]) -> u128 {
-    let tag = hmac_over(key, header, body).finalize().into_bytes();
-    u128::from_le_bytes(tag[..16].try_into().expect("32-byte tag"))
+    let mut hasher = blake3::Hasher::new_keyed(&blake3::derive_key(MAC_KEY_CONTEXT, key));
+    hasher.update(&bytemuck::bytes_of(header)[32..]);
+    hasher.update(body);
+    let tag = hasher.finalize();
+    u128::from_le_bytes(tag.as_bytes()[..16].try_into().expect("32-byte tag"))
 }
 
-/// Constant-time check of the header's MAC (the leftmost 16 bytes of the tag).
+/// Constant-time check of the header's MAC.
 fn mac_matches(key: &[u8], header: &FrameHeader, body: &[u8]) -> bool {
-    hmac_over(key, header, body).verify_truncated_left(&header.mac.to_le_bytes()).is_ok()
+    mac(key, header, body).to_le_bytes().ct_eq(&header.mac.to_le_bytes()).into()
 }
 
 /// Builds a frame: header fields, then MAC with `key`, then checksum.
@@ -412,6 +412,23 @@ mod tests {
     }
 
     #[test]
+    fn the_mac_is_the_documented_one() {
+        // docs/protocol.md: BLAKE3 keyed with derive_key("molly protocol v2
+        // frame mac", client key), over header bytes 32..64 then the body,
+        // first 16 bytes, little-endian; the checksum is xxh3-128 over header
+        // bytes 16..64 then the body. Computed here in one shot, the way
+        // another language's client would.
+        let frame = transfers_frame(2);
+        let mut signed = frame[32..].to_vec();
+        let key = blake3::derive_key("molly protocol v2 frame mac", KEY);
+        let tag = blake3::keyed_hash(&key, &signed);
+        assert_eq!(&frame[16..32], &tag.as_bytes()[..16]);
+        signed = frame[16..].to_vec();
+        assert_eq!(&frame[..16], &xxhash_rust::xxh3::xxh3_128(&signed).to_le_bytes());
+        assert_eq!(u16::from_le_bytes([frame[44], frame[45]]), 2, "version 2");
+    }
+
+    #[test]
     fn every_check_has_its_error() {
         let good = transfers_frame(2);
         let with = |at: usize, bytes: &[u8]| {
@@ -421,7 +438,7 @@ mod tests {
         };
         let decode = |frame: &[u8]| decode(frame, BODY_SIZE_MAX_DEFAULT, keys).map(|(f, _)| f.operation);
         assert_eq!(decode(&with(40, b"XOLY")), Err(FrameError::BadMagic(u32::from_le_bytes(*b"XOLY"))));
-        assert_eq!(decode(&with(44, &2u16.to_le_bytes())), Err(FrameError::BadVersion(2)));
+        assert_eq!(decode(&with(44, &1u16.to_le_bytes())), Err(FrameError::BadVersion(1)));
         assert_eq!(decode(&with(46, &99u16.to_le_bytes())), Err(FrameError::UnknownOperation(99)));
         assert_eq!(
             decode(&with(52, &(BODY_SIZE_MAX_DEFAULT + 128).to_le_bytes())),

@@ -1,5 +1,5 @@
 //! Client keys: which clients may talk to the server, and the key each
-//! signs its frames with (HMAC-SHA256, see [`crate::frame`]).
+//! signs its frames with (keyed BLAKE3, see [`crate::frame`]).
 //!
 //! The file is text, one client per line: `<client_id> <key as hex>`
 //! (16 to 64 bytes), `#` comments and blank lines ignored. It holds secrets:

@@ -14,7 +14,7 @@
 //!
 //! ```text
 //!  bytes ─► check_header (magic, version, operation, limits) ─► wait for the body
-//!        ─► checksum (xxh3-128) ─► MAC (HMAC-SHA256/128, client key) ─► Frame { header, body }
+//!        ─► checksum (xxh3-128) ─► MAC (BLAKE3-keyed/128, client key) ─► Frame { header, body }
 //!        └─ any failure ─► FrameError (a stable code for the error frame), nothing applied
 //! ```
 //!
