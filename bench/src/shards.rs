@@ -58,6 +58,8 @@ pub struct ShardScenario {
     pub snapshot_every_bytes: u64,
     /// Pace of the background snapshot writer in bytes per second (0: not paced).
     pub snapshot_write_bytes_per_s: u64,
+    /// Pace of the journal preallocation thread in bytes per second (0: off).
+    pub journal_prealloc_bytes_per_s: u64,
     /// How long a group of settles only waits for company, microseconds
     /// (`RuntimeConfig::settle_linger`).
     pub settle_linger_us: u64,
@@ -255,6 +257,7 @@ pub fn run(scenario: &ShardScenario, mut progress: impl FnMut(u64)) -> anyhow::R
     config.prefault = true;
     config.snapshot_every_bytes = scenario.snapshot_every_bytes;
     config.snapshot_write_bytes_per_s = scenario.snapshot_write_bytes_per_s;
+    config.journal_prealloc_bytes_per_s = scenario.journal_prealloc_bytes_per_s;
     config.settle_linger = std::time::Duration::from_micros(scenario.settle_linger_us);
     config.spin_before_park = std::time::Duration::from_micros(scenario.spin_before_park_us);
     config.inbox_depth = scenario.in_flight.max(16);

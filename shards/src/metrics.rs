@@ -48,6 +48,10 @@ pub struct ShardMetrics {
     pub journal_files_deleted: IntCounter,
     /// Deletions of covered journal files that failed (retried after the next snapshot).
     pub journal_delete_errors: IntCounter,
+    /// New journal files that were a preallocated spare (see [`crate::prealloc`]).
+    pub journal_files_preallocated: IntCounter,
+    /// Spares that could not be written or renamed (the file was created instead).
+    pub journal_spare_errors: IntCounter,
 }
 
 impl ShardMetrics {
@@ -114,6 +118,14 @@ impl ShardMetrics {
                 "molly_journal_delete_errors_total",
                 "Deletions of covered journal files that failed (retried after the next snapshot).",
             ),
+            journal_files_preallocated: counter(
+                "molly_journal_files_preallocated_total",
+                "New journal files that were a spare written full of zeros ahead (group commits overwrite).",
+            ),
+            journal_spare_errors: counter(
+                "molly_journal_spare_errors_total",
+                "Spare journal files that could not be written or renamed (the file was created instead).",
+            ),
         }
     }
 
@@ -137,6 +149,8 @@ impl ShardMetrics {
         registry.register(Box::new(self.journal_files_bytes.clone()))?;
         registry.register(Box::new(self.journal_files_deleted.clone()))?;
         registry.register(Box::new(self.journal_delete_errors.clone()))?;
+        registry.register(Box::new(self.journal_files_preallocated.clone()))?;
+        registry.register(Box::new(self.journal_spare_errors.clone()))?;
         Ok(())
     }
 

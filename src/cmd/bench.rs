@@ -169,6 +169,11 @@ pub struct ShardsArgs {
     /// speed; as `[serve] snapshot_write_mib_per_s`).
     #[arg(long, default_value_t = molly_shards::runtime::SNAPSHOT_WRITE_BYTES_PER_S_DEFAULT >> 20)]
     snapshot_write_mib_per_s: u64,
+    /// Pace in MiB/s of the thread that writes each shard's next journal
+    /// file full of zeros ahead of use (0: no preallocation; as `[serve]
+    /// journal_prealloc_mib_per_s`).
+    #[arg(long, default_value_t = molly_shards::runtime::JOURNAL_PREALLOC_BYTES_PER_S_DEFAULT >> 20)]
+    journal_prealloc_mib_per_s: u64,
     /// How long a group of settles only waits for the next batch to share
     /// its commit, in microseconds (0: written at once; as `[serve]
     /// settle_linger_us`).
@@ -221,6 +226,7 @@ fn shards(args: ShardsArgs) -> anyhow::Result<()> {
             seed: 1,
             snapshot_every_bytes: args.snapshot_every_bytes,
             snapshot_write_bytes_per_s: args.snapshot_write_mib_per_s.saturating_mul(1 << 20),
+            journal_prealloc_bytes_per_s: args.journal_prealloc_mib_per_s.saturating_mul(1 << 20),
             settle_linger_us: args.settle_linger_us,
             spin_before_park_us: args.spin_before_park_us,
             cross_shard: args.cross_shard,

@@ -129,6 +129,10 @@ pub struct ServeSection {
     /// A shard's journal moves to a new file once the current one holds
     /// this many bytes (and at every snapshot); at least 4096.
     pub journal_file_bytes: u64,
+    /// Pace, MiB/s, of the thread that writes each shard's next journal
+    /// file full of zeros ahead of use, so group commits overwrite
+    /// allocated blocks (0: off; see docs/shards.md).
+    pub journal_prealloc_mib_per_s: u64,
     /// Keep every journal file: no deletion of the files the kept
     /// snapshots cover (the whole history stays replayable; disk grows).
     pub keep_journal: bool,
@@ -177,6 +181,7 @@ impl Default for ServeSection {
             snapshot_every_bytes: molly_shards::runtime::SNAPSHOT_EVERY_BYTES_DEFAULT,
             snapshot_write_mib_per_s: molly_shards::runtime::SNAPSHOT_WRITE_BYTES_PER_S_DEFAULT >> 20,
             journal_file_bytes: molly_shards::journal_files::JOURNAL_FILE_BYTES_DEFAULT,
+            journal_prealloc_mib_per_s: molly_shards::runtime::JOURNAL_PREALLOC_BYTES_PER_S_DEFAULT >> 20,
             keep_journal: false,
             transfers_in_memory: molly_shards::runtime::TRANSFERS_IN_MEMORY_DEFAULT,
             ring_depth: molly_shards::runtime::RING_DEPTH_DEFAULT,
@@ -245,6 +250,7 @@ impl ServeConfig {
         runtime.snapshot_every_bytes = self.serve.snapshot_every_bytes;
         runtime.snapshot_write_bytes_per_s = self.serve.snapshot_write_mib_per_s.saturating_mul(1 << 20);
         runtime.journal_file_bytes = self.serve.journal_file_bytes;
+        runtime.journal_prealloc_bytes_per_s = self.serve.journal_prealloc_mib_per_s.saturating_mul(1 << 20);
         runtime.keep_journal = self.serve.keep_journal;
         runtime.transfers_in_memory = self.serve.transfers_in_memory;
         runtime.ring_depth = self.serve.ring_depth;
