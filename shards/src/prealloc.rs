@@ -9,8 +9,8 @@
 //!
 //! A background thread per shard writes the *spare*, `journal-next.spare`
 //! in the shard's directory: `journal_file_bytes` of zeros with direct I/O
-//! (no page cache), paced (like the snapshot writer: a burst at the device's
-//! full speed would queue the journal's own writes behind it), then
+//! (no page cache), paced by the snapshot writer's [`Pace`] (a burst at the
+//! device's full speed would queue the journal's own writes behind it), then
 //! `fdatasync`. When the journal moves to a new file, the shard renames a
 //! ready spare to the new file's name (then syncs the directory, as for a
 //! created file) and asks for the next spare; with none ready it creates
@@ -28,7 +28,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+
+use crate::snapshot::Pace;
 
 /// The spare's name in a shard's directory (not a journal file's name, so
 /// recovery and deletion never see it).
@@ -138,12 +139,12 @@ fn write_zeros(path: &Path, bytes: u64, bytes_per_s: u64, stop: &AtomicBool) -> 
         .custom_flags(libc::O_DIRECT)
         .open(path)
         .map_err(|e| e.to_string())?;
-    // Direct I/O wants an aligned buffer: a chunk of zeros at a 4 KiB boundary.
-    let buffer = vec![0u8; CHUNK + 4096];
-    let start = buffer.as_ptr().align_offset(4096);
+    // Direct I/O wants an aligned buffer: a chunk of zeros at a sector boundary.
+    let buffer = vec![0u8; CHUNK + SECTOR as usize];
+    let start = buffer.as_ptr().align_offset(SECTOR as usize);
     let zeros = &buffer[start..start + CHUNK];
     let bytes = bytes.next_multiple_of(SECTOR);
-    let began = Instant::now();
+    let pace = Pace::new(bytes_per_s);
     let mut written = 0u64;
     while written < bytes {
         if stop.load(Ordering::SeqCst) {
@@ -152,16 +153,15 @@ fn write_zeros(path: &Path, bytes: u64, bytes_per_s: u64, stop: &AtomicBool) -> 
         let n = (bytes - written).min(CHUNK as u64) as usize;
         file.write_all(&zeros[..n]).map_err(|e| e.to_string())?;
         written += n as u64;
-        let due = Duration::from_secs_f64(written as f64 / bytes_per_s as f64);
-        if let Some(ahead) = due.checked_sub(began.elapsed()) {
-            std::thread::sleep(ahead);
-        }
+        pace.wrote(n);
     }
     file.sync_data().map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
     use super::*;
 
     #[test]

@@ -266,15 +266,50 @@ pub const PACE_CHUNK_BYTES: usize = 1 << 20;
 /// ahead of a journal write. Reads, renames and mappings are [`Disk`]'s.
 #[derive(Debug)]
 pub struct Paced {
-    bytes_per_s: u64,
-    /// When the bytes written so far are due at the paced rate.
-    due: std::cell::Cell<Option<std::time::Instant>>,
+    pace: Pace,
 }
 
 impl Paced {
     /// Writes paced to `bytes_per_s` (0: as fast as the device takes them).
     pub fn new(bytes_per_s: u64) -> Self {
+        Self { pace: Pace::new(bytes_per_s) }
+    }
+}
+
+/// A background writer's rate: after each chunk, [`Pace::wrote`] sleeps
+/// until the bytes written so far are due at `bytes_per_s` (0: never). A
+/// writer that fell behind (a slow device) does not burst to catch up.
+/// Used by [`Paced`] and by the journal's spare writer ([`crate::prealloc`]).
+#[derive(Debug)]
+pub struct Pace {
+    bytes_per_s: u64,
+    /// When the bytes written so far are due at the paced rate.
+    due: std::cell::Cell<Option<std::time::Instant>>,
+}
+
+impl Pace {
+    /// A pace of `bytes_per_s` (0: not paced).
+    pub fn new(bytes_per_s: u64) -> Self {
         Self { bytes_per_s, due: std::cell::Cell::new(None) }
+    }
+
+    /// True when this pace never sleeps.
+    pub fn is_unpaced(&self) -> bool {
+        self.bytes_per_s == 0
+    }
+
+    /// `bytes` were just written: sleeps until they are due.
+    pub fn wrote(&self, bytes: usize) {
+        if self.is_unpaced() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let cost = std::time::Duration::from_secs_f64(bytes as f64 / self.bytes_per_s as f64);
+        let due = self.due.get().map_or(now, |due| due.max(now)) + cost;
+        self.due.set(Some(due));
+        if due > now {
+            std::thread::sleep(due - now);
+        }
     }
 }
 
@@ -294,20 +329,14 @@ impl Storage for Paced {
     }
 
     fn write_all(&self, file: &mut PacedFile, bytes: &[u8]) -> std::io::Result<()> {
-        if self.bytes_per_s == 0 {
+        if self.pace.is_unpaced() {
             return file.file.write_all(bytes);
         }
         for chunk in bytes.chunks(PACE_CHUNK_BYTES) {
             file.file.write_all(chunk)?;
             sync_range(&file.file, file.offset, chunk.len())?;
             file.offset += chunk.len() as u64;
-            let now = std::time::Instant::now();
-            let cost = std::time::Duration::from_secs_f64(chunk.len() as f64 / self.bytes_per_s as f64);
-            let due = self.due.get().map_or(now, |due| due.max(now)) + cost;
-            self.due.set(Some(due));
-            if due > now {
-                std::thread::sleep(due - now);
-            }
+            self.pace.wrote(chunk.len());
         }
         Ok(())
     }
