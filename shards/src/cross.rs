@@ -149,6 +149,8 @@ pub struct Intent {
     pub amount: u128,
     /// The credit shard.
     pub peer: u32,
+    /// The pending leg's timestamp (names its settle: [`settle_id`]).
+    pub leg_timestamp: u64,
 }
 
 impl Intent {
@@ -267,7 +269,9 @@ impl Cross {
             let Some(peer) = peer.filter(|_| is_debit_leg(&leg) && !cross.intents.contains_key(&t.id)) else {
                 return Err(format!("intent {} does not match its pending leg", t.id));
             };
-            cross.intents.insert(t.id, Intent { sent: *t, amount: leg.amount, peer });
+            cross
+                .intents
+                .insert(t.id, Intent { sent: *t, amount: leg.amount, peer, leg_timestamp: leg.timestamp });
         }
         cross.check(engine)?;
         Ok(cross)
@@ -594,28 +598,33 @@ impl Cross {
                 ..*t
             },
         }));
+        let created_from = engine.transfers().len();
         let ran = engine.create_transfers(&events, &mut results);
         self.scratch_events = events;
         self.scratch_bridges = bridges;
         ran?;
-        // 6. Open an intent for every pending leg created.
+        // 6. Open an intent for every pending leg created. The engine appends
+        //    one record per event that applied, in event order, so each leg
+        //    is read from its slot (no id lookup).
+        let mut slot = created_from;
         for (i, kind) in kinds.iter().enumerate() {
-            if let (Kind::Cross(peer), TR::Ok) = (*kind, results[i]) {
+            if results[i] != TR::Ok {
+                continue;
+            }
+            let record = engine.transfers().get(slot as u32);
+            slot += 1;
+            if let Kind::Cross(peer) = *kind {
                 let t = batch[i];
+                assert!(record.id == t.id && is_debit_leg(record), "the pending leg was just created");
                 // Only a balancing transfer's amount can differ from the one sent.
-                let amount = if t.flags.contains(TF::BALANCING_DEBIT) {
-                    let leg = self.transfer(engine, t.id).expect("the pending leg was just created");
-                    assert!(is_debit_leg(&leg));
-                    leg.amount
-                } else {
-                    t.amount
-                };
-                let previous = self.intents.insert(t.id, Intent { sent: t, amount, peer });
+                let (amount, leg_timestamp) = (record.amount, record.timestamp);
+                let previous = self.intents.insert(t.id, Intent { sent: t, amount, peer, leg_timestamp });
                 assert!(previous.is_none(), "a transfer id opens one intent");
                 effects.opened.push(t.id);
                 effects.waits.push((i as u32, t.id, true));
             }
         }
+        assert_eq!(slot, engine.transfers().len(), "one record per event applied");
         // 7. Results as the client sees them.
         for (i, kind) in kinds.iter().enumerate() {
             let result = results[i];
@@ -804,11 +813,10 @@ impl Cross {
 
     /// The post (answer ok) or void (any other answer, recorded) of intent
     /// `id`, to journal as part of a `Settles` command.
-    pub fn settle_leg(&mut self, engine: &Engine, id: u128, answer: TR) -> Transfer {
-        let intent = self.intents[&id];
-        let leg = self.transfer(engine, id).expect("an open intent has its pending leg");
+    pub fn settle_leg(&self, id: u128, answer: TR) -> Transfer {
+        let intent = &self.intents[&id];
         Transfer {
-            id: settle_id(self.shard, leg.timestamp),
+            id: settle_id(self.shard, intent.leg_timestamp),
             pending_id: id,
             user_data_128: intent.sent.credit_account_id,
             user_data_32: if answer.is_ok() { 0 } else { answer as u32 },

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use molly_engine::{CreateTransferResult as TR, Engine, Transfer};
+use smallvec::SmallVec;
 
 use crate::buggify::buggify;
 use crate::cross::{Cross, Effects, FixedHasher, Message};
@@ -108,7 +109,7 @@ pub struct ShardCore {
     outbox: Vec<VecDeque<Message>>,
     parked: BTreeMap<u64, Parked>,
     parked_next: u64,
-    waiters: HashMap<u128, Vec<Waiter>, FixedHasher>,
+    waiters: HashMap<u128, SmallVec<[Waiter; 1]>, FixedHasher>,
     /// Legs per message: a message becomes one journal entry on its receiver.
     message_legs_max: usize,
     /// A group is sealed and being written: nothing may join it.
@@ -461,7 +462,7 @@ impl ShardCore {
                     // Copies of an answer (after a restart of either side) find the intent settled or settling.
                     let open = self.cross.intents().get(&id).is_some_and(|i| i.peer as usize == from);
                     if open && !self.settling.contains(&id) {
-                        legs.push(self.cross.settle_leg(&self.engine, id, code));
+                        legs.push(self.cross.settle_leg(id, code));
                         codes.push((id, code));
                     }
                 }
@@ -618,7 +619,9 @@ impl ShardCore {
             }
             for (id, code) in std::mem::take(&mut self.effects.settled) {
                 self.settling.remove(&id);
-                self.recovered_open.remove(&id);
+                if !self.recovered_open.is_empty() {
+                    self.recovered_open.remove(&id);
+                }
                 self.settle_waiters(id, code);
             }
         }
@@ -648,7 +651,14 @@ impl ShardCore {
         }
         for (peer, legs) in legs.into_iter().enumerate() {
             // Fault point: legs split one per message.
-            for chunk in legs.chunks(if buggify!(10) { 1 } else { self.message_legs_max }) {
+            let per_message = if buggify!(10) { 1 } else { self.message_legs_max };
+            if legs.len() <= per_message {
+                if !legs.is_empty() {
+                    self.outbox[peer].push_back(Message::Credits(legs));
+                }
+                continue;
+            }
+            for chunk in legs.chunks(per_message) {
                 self.outbox[peer].push_back(Message::Credits(chunk.to_vec()));
             }
         }
