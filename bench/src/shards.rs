@@ -1,5 +1,6 @@
 //! `molly bench shards`: durable transfers through the pinned shard runtime,
-//! in process (the wire protocol comes later).
+//! in process (no protocol, no network: what `molly bench` over the
+//! protocol adds to it is the edge's cost).
 //!
 //! Accounts are partitioned with `shard_for`; each transfer goes to the
 //! shard `molly_shards::route` names (its debit account's, or its user's
@@ -12,9 +13,16 @@
 //! shard), or plain ones on one shard each (`hot_plain`), to measure what
 //! sharding them is worth.
 //! Batches are generated before the timed run; a driver thread keeps
-//! `in_flight` batches queued per shard, and a batch's latency runs from its
-//! submission to its durable reply. CPU time is the whole process's (shards
-//! and driver), so the figure stays comparable on a shared machine.
+//! `in_flight` of them in flight, and a batch's latency runs from its
+//! submission to its durable reply. With `split` (the command's default),
+//! a batch is a client's as `molly serve` gets it: its transfers debit
+//! users of every shard, it is split by route into one part per shard
+//! (submitted together, as the server does), `in_flight` counts such
+//! batches, and a batch's latency runs until its last part is durable.
+//! Without it, a batch's transfers all debit accounts of one shard (users
+//! take turns by shard) and `in_flight` counts per shard. CPU time is the
+//! whole process's (shards and driver), so the figure stays comparable on
+//! a shared machine.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -45,8 +53,12 @@ pub struct ShardScenario {
     pub transfers: u64,
     /// Transfers per batch.
     pub batch: u32,
-    /// Batches queued per shard at once.
+    /// Batches queued per shard at once (with `split`: client batches in
+    /// flight, each with a part on every shard it touches).
     pub in_flight: usize,
+    /// Batches are clients' batches over every shard, split by route
+    /// (see the module doc); otherwise each batch debits one shard's users.
+    pub split: bool,
     /// Where the journals go (a fresh subdirectory is made and removed).
     pub data_dir: PathBuf,
     /// Pin shards to CPUs.
@@ -94,7 +106,7 @@ pub struct ShardReport {
     pub batch_latency: Latency,
     /// Journal groups written (one write + one fdatasync each).
     pub groups: u64,
-    /// Mean batches per group.
+    /// Mean batches (with `split`: parts of batches) per group.
     pub batches_per_group: f64,
     /// Cross-shard transfers among them.
     pub cross_shard_transfers: u64,
@@ -154,9 +166,13 @@ impl SystemAccounts {
     }
 }
 
+/// A batch as submitted: one part per shard it touches.
+type Batch = Vec<(usize, Vec<Transfer>)>;
+
 /// Every batch, generated before the clock starts.
 struct Workload {
-    queues: Vec<std::collections::VecDeque<Vec<Transfer>>>,
+    /// One queue per shard, or one queue of split batches.
+    queues: Vec<std::collections::VecDeque<Batch>>,
     cross_shard_transfers: u64,
     /// Engine transfers each shard will hold.
     engine_transfers: Vec<u64>,
@@ -168,14 +184,20 @@ fn generate(scenario: &ShardScenario, owned: &[Vec<u128>], system: &SystemAccoun
     let shards = scenario.shards;
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(scenario.seed);
     let mut workload = Workload {
-        queues: vec![Default::default(); shards],
+        queues: vec![Default::default(); if scenario.split { 1 } else { shards }],
         cross_shard_transfers: 0,
         engine_transfers: vec![0; shards],
     };
     let mut open: Vec<Vec<Transfer>> = vec![Vec::new(); shards];
+    let mut open_split = 0usize;
     for n in 0..scenario.transfers {
-        // Users take turns by shard, a batch's worth at a time.
-        let home = (n / u64::from(scenario.batch)) as usize % shards;
+        // Users take turns by shard, a batch's worth at a time (split: any
+        // shard's, at random).
+        let home = if scenario.split {
+            rng.random_range(0..shards)
+        } else {
+            (n / u64::from(scenario.batch)) as usize % shards
+        };
         let ids = &owned[home];
         let user = ids[rng.random_range(0..ids.len())];
         let (debit, credit) = if rng.random_bool(scenario.hot) {
@@ -216,14 +238,49 @@ fn generate(scenario: &ShardScenario, owned: &[Vec<u128>], system: &SystemAccoun
             workload.engine_transfers[peer as usize] += 1;
         }
         open[shard].push(t);
-        if open[shard].len() == scenario.batch as usize {
-            workload.queues[shard].push_back(std::mem::take(&mut open[shard]));
+        if scenario.split {
+            open_split += 1;
+            if open_split == scenario.batch as usize || n + 1 == scenario.transfers {
+                open_split = 0;
+                let parts = open.iter_mut().map(std::mem::take).enumerate().filter(|(_, p)| !p.is_empty());
+                workload.queues[0].push_back(parts.collect());
+            }
+        } else if open[shard].len() == scenario.batch as usize {
+            workload.queues[shard].push_back(vec![(shard, std::mem::take(&mut open[shard]))]);
         }
     }
-    for (shard, batch) in open.into_iter().enumerate().filter(|(_, b)| !b.is_empty()) {
-        workload.queues[shard].push_back(batch);
+    for (shard, part) in open.into_iter().enumerate().filter(|(_, p)| !p.is_empty()) {
+        workload.queues[shard].push_back(vec![(shard, part)]);
     }
     workload
+}
+
+/// A batch on its way: parts not yet taken (a shard's inbox was full) and
+/// the answers still to come.
+struct InFlight {
+    submitted: Instant,
+    unsent: Batch,
+    answers: Vec<(usize, Answer<WriteReply>)>,
+}
+
+impl InFlight {
+    /// Submits the parts not yet taken, oldest first, until a shard refuses one.
+    fn submit(&mut self, runtime: &Runtime) {
+        while let Some((shard, part)) = self.unsent.pop() {
+            let (reply, answer) = reply_channel();
+            let request = Request::Write { commands: vec![CommandBuf::CreateTransfers(part)], reply };
+            match runtime.submit(shard, request) {
+                Ok(()) => self.answers.push((shard, answer)),
+                Err(Backpressure(Request::Write { mut commands, .. })) => {
+                    if let Some(CommandBuf::CreateTransfers(part)) = commands.pop() {
+                        self.unsent.push((shard, part));
+                    }
+                    return;
+                }
+                Err(Backpressure(_)) => unreachable!("a write was submitted"),
+            }
+        }
+    }
 }
 
 /// Runs one scenario on a fresh data directory (removed afterwards).
@@ -286,48 +343,55 @@ pub fn run(scenario: &ShardScenario, mut progress: impl FnMut(u64)) -> anyhow::R
     let groups_before: u64 = runtime.metrics().iter().map(|m| m.groups.get()).sum();
 
     let mut histogram = latency_histogram();
-    let mut waiting: Vec<Vec<(Instant, Answer<WriteReply>)>> =
-        (0..scenario.shards).map(|_| Vec::new()).collect();
-    let (mut done, mut rejected, mut batches) = (0u64, 0u64, 0u64);
+    // Parts outstanding per shard (sent or waiting to be), and the batches in flight.
+    let mut outstanding = vec![0usize; scenario.shards];
+    let mut flying: Vec<InFlight> = Vec::new();
+    let (mut done, mut rejected, mut parts) = (0u64, 0u64, 0u64);
     let cpu_started = process_cpu_seconds();
     let started = Instant::now();
     loop {
         let mut idle = true;
-        for shard in 0..scenario.shards {
-            while waiting[shard].len() < scenario.in_flight {
-                let Some(batch) = queues[shard].pop_front() else { break };
-                let (reply, answer) = reply_channel();
-                match runtime.submit(
-                    shard,
-                    Request::Write { commands: vec![CommandBuf::CreateTransfers(batch)], reply },
-                ) {
-                    Ok(()) => waiting[shard].push((Instant::now(), answer)),
-                    Err(Backpressure(Request::Write { mut commands, .. })) => {
-                        if let Some(CommandBuf::CreateTransfers(batch)) = commands.pop() {
-                            queues[shard].push_front(batch);
-                        }
-                        break;
-                    }
-                    Err(Backpressure(_)) => unreachable!("a write was submitted"),
+        // Start every batch at a queue's head whose shards all have room.
+        for queue in queues.iter_mut() {
+            while queue.front().is_some_and(|b| b.iter().all(|(s, _)| outstanding[*s] < scenario.in_flight)) {
+                let mut unsent = queue.pop_front().expect("a head");
+                unsent.reverse();
+                for (shard, _) in &unsent {
+                    outstanding[*shard] += 1;
                 }
+                flying.push(InFlight { submitted: Instant::now(), unsent, answers: Vec::new() });
                 idle = false;
             }
-            let mut i = 0;
-            while i < waiting[shard].len() {
-                match waiting[shard][i].1.try_recv() {
+        }
+        let mut i = 0;
+        while i < flying.len() {
+            let batch = &mut flying[i];
+            if !batch.unsent.is_empty() {
+                batch.submit(&runtime);
+            }
+            let mut j = 0;
+            while j < batch.answers.len() {
+                let shard = batch.answers[j].0;
+                match batch.answers[j].1.try_recv() {
                     Ok(reply) => {
-                        let (submitted, _) = waiting[shard].swap_remove(i);
-                        histogram.record(submitted.elapsed().as_nanos().max(1) as u64)?;
+                        batch.answers.swap_remove(j);
+                        outstanding[shard] -= 1;
                         let outcomes = reply.map_err(|e| anyhow::anyhow!("shard {shard}: {e}"))?;
                         let (ok, bad) = transfer_results(&outcomes);
                         done += ok + bad;
                         rejected += bad;
-                        batches += 1;
+                        parts += 1;
                         idle = false;
                     }
-                    Err(TryRecvError::Empty) => i += 1,
+                    Err(TryRecvError::Empty) => j += 1,
                     Err(TryRecvError::Closed) => bail!("shard {shard} stopped"),
                 }
+            }
+            if batch.unsent.is_empty() && batch.answers.is_empty() {
+                let batch = flying.swap_remove(i);
+                histogram.record(batch.submitted.elapsed().as_nanos().max(1) as u64)?;
+            } else {
+                i += 1;
             }
         }
         progress(done);
@@ -358,9 +422,80 @@ pub fn run(scenario: &ShardScenario, mut progress: impl FnMut(u64)) -> anyhow::R
         transfers_per_second: done as f64 / seconds,
         batch_latency: Latency::from_ns(&histogram),
         groups,
-        batches_per_group: batches as f64 / groups.max(1) as f64,
+        batches_per_group: parts as f64 / groups.max(1) as f64,
         cross_shard_transfers,
         cpu_seconds,
         transfers_per_cpu_second: done as f64 / cpu_seconds.max(1e-9),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scenario(split: bool, data_dir: PathBuf) -> ShardScenario {
+        ShardScenario {
+            shards: 2,
+            accounts: 1000,
+            transfers: 10_500,
+            batch: 1000,
+            in_flight: 2,
+            split,
+            data_dir,
+            pin: false,
+            seed: 7,
+            snapshot_every_bytes: 0,
+            snapshot_write_bytes_per_s: 0,
+            journal_prealloc_bytes_per_s: 0,
+            settle_linger_us: 0,
+            spin_before_park_us: 0,
+            cross_shard: 0.1,
+            hot: 0.1,
+            hot_plain: false,
+        }
+    }
+
+    fn owned(scenario: &ShardScenario) -> Vec<Vec<u128>> {
+        let mut owned = vec![Vec::new(); scenario.shards];
+        for id in 1..=u128::from(scenario.accounts) {
+            owned[shard_for(id, scenario.shards as u32) as usize].push(id);
+        }
+        owned
+    }
+
+    #[test]
+    fn a_split_batch_is_a_clients_batch_cut_by_route() {
+        let scenario = scenario(true, PathBuf::new());
+        let system = SystemAccounts::new(&scenario);
+        let workload = generate(&scenario, &owned(&scenario), &system);
+        assert_eq!(workload.queues.len(), 1, "one queue of client batches");
+        let batches: Vec<&Batch> = workload.queues[0].iter().collect();
+        assert_eq!(batches.len(), 11, "10,500 transfers in batches of 1,000");
+        let mut ids = Vec::new();
+        for batch in &batches[..10] {
+            assert_eq!(batch.iter().map(|(_, part)| part.len()).sum::<usize>(), 1000);
+            assert_eq!(batch.len(), 2, "a client's batch debits users of both shards");
+        }
+        for batch in &batches {
+            for (shard, part) in batch.iter() {
+                for t in part {
+                    assert_eq!(transfer_route(t, 2), TransferRoute::Shard(*shard as u32));
+                    ids.push(t.id);
+                }
+            }
+        }
+        ids.sort_unstable();
+        assert_eq!(ids, (1..=10_500).collect::<Vec<u128>>(), "every transfer once");
+    }
+
+    #[test]
+    fn a_split_run_applies_every_transfer_and_settles_every_intent() {
+        let dir = std::env::temp_dir().join(format!("molly-bench-split-{}", std::process::id()));
+        for split in [true, false] {
+            let report = run(&scenario(split, dir.clone()), |_| {}).unwrap();
+            assert_eq!((report.transfers, report.rejected), (10_500, 0), "split {split}");
+            assert!(report.cross_shard_transfers > 500, "split {split}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -137,6 +137,15 @@ pub struct EngineArgs {
     no_prefault: bool,
 }
 
+/// What a batch of `molly bench shards` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum BatchShape {
+    /// A client's batch over every shard, split by route.
+    Client,
+    /// One shard's batch.
+    Shard,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct ShardsArgs {
     /// Shard counts to run, one run each (default: 1 and 2).
@@ -151,10 +160,19 @@ pub struct ShardsArgs {
     /// Transfers per batch.
     #[arg(long, default_value_t = 8190)]
     batch: u32,
-    /// Batches queued per shard at once (more raises throughput and latency:
-    /// a group commit then carries several batches).
+    /// Batches in flight at once (per shard with --batches shard; more
+    /// raises throughput and latency: a group commit then carries several).
     #[arg(long, default_value_t = 1)]
     in_flight: usize,
+    /// What a batch is. `client` (default): a client's batch as `molly
+    /// serve` gets it over the protocol, transfers debiting users of every
+    /// shard, split by route into one part per shard; --in-flight counts
+    /// such batches, and a batch's latency runs until its last part is
+    /// durable. `shard`: every batch debits one shard's users (shards take
+    /// turns) and --in-flight counts batches per shard (the shape of runs
+    /// recorded before 2026-12-02's seventh session).
+    #[arg(long, value_enum, default_value_t = BatchShape::Client)]
+    batches: BatchShape,
     /// Directory for the journals (a fresh subdirectory is made and removed).
     #[arg(long, default_value = "data")]
     data_dir: PathBuf,
@@ -205,11 +223,13 @@ pub struct ShardsArgs {
 fn shards(args: ShardsArgs) -> anyhow::Result<()> {
     let machine = Machine::detect();
     println!(
-        "molly bench shards: {} transfers per run, {} accounts, batch {}, {} in flight per shard, journals in {} ({} cpus)",
+        "molly bench shards: {} transfers per run, {} accounts, batch {}{}, {} in flight{}, journals in {} ({} cpus)",
         args.transfers,
         args.accounts,
         args.batch,
+        if args.batches == BatchShape::Client { " (clients', split by shard)" } else { " (one shard's each)" },
         args.in_flight,
+        if args.batches == BatchShape::Client { "" } else { " per shard" },
         args.data_dir.display(),
         machine.cpus
     );
@@ -221,6 +241,7 @@ fn shards(args: ShardsArgs) -> anyhow::Result<()> {
             transfers: args.transfers,
             batch: args.batch,
             in_flight: args.in_flight,
+            split: args.batches == BatchShape::Client,
             data_dir: args.data_dir.clone(),
             pin: !args.no_pin,
             seed: 1,
