@@ -13,8 +13,10 @@
 //! shard), or plain ones on one shard each (`hot_plain`), to measure what
 //! sharding them is worth.
 //! Batches are generated before the timed run; a driver thread keeps
-//! `in_flight` of them in flight, and a batch's latency runs from its
-//! submission to its durable reply. With `split` (the command's default),
+//! `in_flight` of them in flight (with one, it sleeps until an answer comes,
+//! as a client does, instead of polling: that took CPU from the shards it
+//! measures), and a batch's latency runs from its submission to its durable
+//! reply. With `split` (the command's default),
 //! a batch is a client's as `molly serve` gets it: its transfers debit
 //! users of every shard, it is split by route into one part per shard
 //! (submitted together, as the server does), `in_flight` counts such
@@ -283,6 +285,27 @@ impl InFlight {
     }
 }
 
+/// What the driver has been answered.
+struct Tally {
+    /// Parts outstanding per shard (sent or waiting to be).
+    outstanding: Vec<usize>,
+    done: u64,
+    rejected: u64,
+    parts: u64,
+}
+
+impl Tally {
+    fn add(&mut self, shard: usize, reply: WriteReply) -> anyhow::Result<()> {
+        self.outstanding[shard] -= 1;
+        let outcomes = reply.map_err(|e| anyhow::anyhow!("shard {shard}: {e}"))?;
+        let (ok, bad) = transfer_results(&outcomes);
+        self.done += ok + bad;
+        self.rejected += bad;
+        self.parts += 1;
+        Ok(())
+    }
+}
+
 /// Runs one scenario on a fresh data directory (removed afterwards).
 pub fn run(scenario: &ShardScenario, mut progress: impl FnMut(u64)) -> anyhow::Result<ShardReport> {
     ensure!(
@@ -343,21 +366,22 @@ pub fn run(scenario: &ShardScenario, mut progress: impl FnMut(u64)) -> anyhow::R
     let groups_before: u64 = runtime.metrics().iter().map(|m| m.groups.get()).sum();
 
     let mut histogram = latency_histogram();
-    // Parts outstanding per shard (sent or waiting to be), and the batches in flight.
-    let mut outstanding = vec![0usize; scenario.shards];
+    let mut tally = Tally { outstanding: vec![0; scenario.shards], done: 0, rejected: 0, parts: 0 };
     let mut flying: Vec<InFlight> = Vec::new();
-    let (mut done, mut rejected, mut parts) = (0u64, 0u64, 0u64);
     let cpu_started = process_cpu_seconds();
     let started = Instant::now();
     loop {
         let mut idle = true;
         // Start every batch at a queue's head whose shards all have room.
         for queue in queues.iter_mut() {
-            while queue.front().is_some_and(|b| b.iter().all(|(s, _)| outstanding[*s] < scenario.in_flight)) {
+            while queue
+                .front()
+                .is_some_and(|b| b.iter().all(|(s, _)| tally.outstanding[*s] < scenario.in_flight))
+            {
                 let mut unsent = queue.pop_front().expect("a head");
                 unsent.reverse();
                 for (shard, _) in &unsent {
-                    outstanding[*shard] += 1;
+                    tally.outstanding[*shard] += 1;
                 }
                 flying.push(InFlight { submitted: Instant::now(), unsent, answers: Vec::new() });
                 idle = false;
@@ -375,12 +399,7 @@ pub fn run(scenario: &ShardScenario, mut progress: impl FnMut(u64)) -> anyhow::R
                 match batch.answers[j].1.try_recv() {
                     Ok(reply) => {
                         batch.answers.swap_remove(j);
-                        outstanding[shard] -= 1;
-                        let outcomes = reply.map_err(|e| anyhow::anyhow!("shard {shard}: {e}"))?;
-                        let (ok, bad) = transfer_results(&outcomes);
-                        done += ok + bad;
-                        rejected += bad;
-                        parts += 1;
+                        tally.add(shard, reply)?;
                         idle = false;
                     }
                     Err(TryRecvError::Empty) => j += 1,
@@ -394,12 +413,24 @@ pub fn run(scenario: &ShardScenario, mut progress: impl FnMut(u64)) -> anyhow::R
                 i += 1;
             }
         }
-        progress(done);
-        if done >= scenario.transfers {
+        progress(tally.done);
+        if tally.done >= scenario.transfers {
             break;
         }
         if idle {
-            std::thread::sleep(Duration::from_micros(20));
+            // With one batch in flight, wait as a client does: asleep until
+            // an answer comes (polling takes CPU from the shards measured).
+            // With several, an answer may come on any of them: poll, with a
+            // short sleep; also while a part refused for backpressure waits.
+            match flying.as_mut_slice() {
+                [batch] if batch.unsent.is_empty() && !batch.answers.is_empty() => {
+                    let (shard, answer) = batch.answers.swap_remove(0);
+                    let reply =
+                        answer.blocking_recv().map_err(|_| anyhow::anyhow!("shard {shard} stopped"))?;
+                    tally.add(shard, reply)?;
+                }
+                _ => std::thread::sleep(Duration::from_micros(20)),
+            }
         }
     }
     let seconds = started.elapsed().as_secs_f64();
@@ -416,16 +447,16 @@ pub fn run(scenario: &ShardScenario, mut progress: impl FnMut(u64)) -> anyhow::R
     let _ = std::fs::remove_dir_all(&dir);
     Ok(ShardReport {
         scenario: scenario.clone(),
-        transfers: done,
-        rejected,
+        transfers: tally.done,
+        rejected: tally.rejected,
         seconds,
-        transfers_per_second: done as f64 / seconds,
+        transfers_per_second: tally.done as f64 / seconds,
         batch_latency: Latency::from_ns(&histogram),
         groups,
-        batches_per_group: parts as f64 / groups.max(1) as f64,
+        batches_per_group: tally.parts as f64 / groups.max(1) as f64,
         cross_shard_transfers,
         cpu_seconds,
-        transfers_per_cpu_second: done as f64 / cpu_seconds.max(1e-9),
+        transfers_per_cpu_second: tally.done as f64 / cpu_seconds.max(1e-9),
     })
 }
 
