@@ -347,6 +347,7 @@ fn configuration_file_defaults_and_refusals() {
         "connections_max = 1024",
         "transfers_max = 12582912",
         "rebalance_interval_ms = 100",
+        "idle_park_us = 10000",
     ] {
         assert!(text.contains(line), "{line} missing from:\n{text}");
     }

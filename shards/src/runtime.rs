@@ -4,6 +4,7 @@
 //!
 //! ```text
 //!  callers ──submit──► inbox (ArrayQueue, bounded: full = Backpressure)
+//!                         │   then ring the shard's doorbell (wakes it if parked)
 //!                         │ shard loop (pinned to one CPU):
 //!                         ├─ reads: answered from applied state at once
 //!                         └─ writes: everything waiting → one group
@@ -54,8 +55,16 @@ pub struct RuntimeConfig {
     pub inbox_depth: usize,
     /// Pin shard `i` to CPU `i mod CPUs` (fails loudly if the CPU is not available).
     pub pin: bool,
-    /// How long an idle shard sleeps between polls of its inbox.
+    /// How long a shard sleeps between polls while something is pending
+    /// that no message announces (a lingering group, a full peer ring, a
+    /// stop in progress).
     pub idle_sleep: Duration,
+    /// The longest a shard with nothing to do parks: a request in its inbox
+    /// or a message in one of its rings wakes it at once ([`Doorbell`]);
+    /// this bounds how late it notices what nothing announces (a finished
+    /// snapshot, a pending transfer's expiry). Zero: it never parks longer
+    /// than `idle_sleep` (polls, as before doorbells).
+    pub idle_park: Duration,
     /// How long a group holding only settles (cross-shard transfers whose
     /// callers were already answered) stays open for a caller's next write
     /// to share its commit (zero: written at once). Nobody waits for such a
@@ -134,7 +143,49 @@ pub struct ShardHandle {
 #[derive(Clone, Debug)]
 pub struct Router {
     inboxes: Arc<[Arc<ArrayQueue<Request>>]>,
+    doorbells: Arc<[Doorbell]>,
     stop: Arc<AtomicBool>,
+}
+
+/// Wakes a parked shard when work arrives for it: whoever queues a request
+/// in its inbox or a message in one of its rings rings it afterwards. Only
+/// a shard that said it is parked costs the ringer a system call (one byte
+/// written to a socket pair whose other end the shard's executor reads);
+/// otherwise a ring is an atomic load.
+///
+/// No wake is lost: the shard sets `parked`, then looks at its inbox and
+/// rings once more before it sleeps; a ringer queues first, then reads
+/// `parked` (both sequentially consistent, so one of the two sees the
+/// other). A byte written while the shard was not waiting only wakes it
+/// once for nothing. And a parked shard wakes after `idle_park` anyway.
+pub struct Doorbell {
+    parked: AtomicBool,
+    bell: std::os::unix::net::UnixStream,
+}
+
+impl std::fmt::Debug for Doorbell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Doorbell").field("parked", &self.parked.load(Ordering::Relaxed)).finish()
+    }
+}
+
+impl Doorbell {
+    /// A doorbell and the end its shard reads.
+    fn pair() -> std::io::Result<(Self, std::os::unix::net::UnixStream)> {
+        let (bell, heard) = std::os::unix::net::UnixStream::pair()?;
+        bell.set_nonblocking(true)?;
+        Ok((Self { parked: AtomicBool::new(false), bell }, heard))
+    }
+
+    /// Wakes the shard if it is parked (call after queuing its work).
+    pub fn ring(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.parked.load(Ordering::SeqCst) && self.parked.swap(false, Ordering::SeqCst) {
+            use std::io::Write;
+            // A full socket buffer means a wake is already on its way.
+            let _ = (&self.bell).write(&[1]);
+        }
+    }
 }
 
 impl Router {
@@ -145,7 +196,9 @@ impl Router {
 
     /// Queues a request on `shard`; a full inbox hands it back.
     pub fn submit(&self, shard: usize, request: Request) -> Result<(), Backpressure> {
-        self.inboxes[shard].push(request).map_err(Backpressure)
+        self.inboxes[shard].push(request).map_err(Backpressure)?;
+        self.doorbells[shard].ring();
+        Ok(())
     }
 
     /// True once the runtime is stopping: the shards answer what is queued and exit.
@@ -206,6 +259,7 @@ impl RuntimeConfig {
             inbox_depth: INBOX_DEPTH_DEFAULT,
             pin: true,
             idle_sleep: Duration::from_micros(50),
+            idle_park: IDLE_PARK_DEFAULT,
             settle_linger: SETTLE_LINGER_DEFAULT,
             spin_before_park: Duration::ZERO,
             prefault: false,
@@ -227,6 +281,9 @@ impl RuntimeConfig {
 /// answered at the start of it to send its next write (in process and over
 /// loopback), short against a group commit.
 pub const SETTLE_LINGER_DEFAULT: Duration = Duration::from_micros(500);
+
+/// Default of [`RuntimeConfig::idle_park`].
+pub const IDLE_PARK_DEFAULT: Duration = Duration::from_millis(10);
 
 /// Default requests queued per shard.
 pub const INBOX_DEPTH_DEFAULT: usize = 1024;
@@ -410,7 +467,19 @@ impl Runtime {
         let stop = Arc::new(AtomicBool::new(false));
         let inboxes: Vec<Arc<ArrayQueue<Request>>> =
             (0..config.shards).map(|_| Arc::new(ArrayQueue::new(config.inbox_depth))).collect();
-        let router = Router { inboxes: inboxes.iter().cloned().collect(), stop: stop.clone() };
+        let mut doorbells = Vec::with_capacity(config.shards);
+        let mut heard = Vec::with_capacity(config.shards);
+        for shard in 0..config.shards {
+            let (doorbell, ear) = Doorbell::pair()
+                .map_err(|e| StartError::Executor { shard, reason: format!("doorbell: {e}") })?;
+            doorbells.push(doorbell);
+            heard.push(Some(ear));
+        }
+        let router = Router {
+            inboxes: inboxes.iter().cloned().collect(),
+            doorbells: doorbells.into(),
+            stop: stop.clone(),
+        };
         if let Some(rebalance) = &config.rebalance {
             if !(1..=100).contains(&rebalance.low_water_percent) || rebalance.interval.is_zero() {
                 return Err(StartError::Config(
@@ -451,6 +520,8 @@ impl Runtime {
                 engine: config.engine.clone(),
                 group_bytes_max: config.group_bytes_max,
                 idle_sleep: config.idle_sleep,
+                idle_park: config.idle_park,
+                heard: heard[shard].take().expect("one per shard"),
                 settle_linger: config.settle_linger,
                 prefault: config.prefault,
                 snapshot_every_bytes: config.snapshot_every_bytes,
@@ -552,7 +623,7 @@ impl Runtime {
 
     /// Queues a request on `shard`; a full inbox hands it back.
     pub fn submit(&self, shard: usize, request: Request) -> Result<(), Backpressure> {
-        self.inboxes[shard].push(request).map_err(Backpressure)
+        self.router.submit(shard, request)
     }
 
     /// Journals and applies `commands` on `shard`, waiting for the reply.
@@ -598,6 +669,9 @@ impl Runtime {
     /// channel close).
     pub fn shutdown(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        for doorbell in self.router.doorbells.iter() {
+            doorbell.ring();
+        }
         if let Some(rebalancer) = self.rebalancer.take() {
             let _ = rebalancer.join();
         }
@@ -630,6 +704,9 @@ struct ShardContext {
     engine: Config,
     group_bytes_max: usize,
     idle_sleep: Duration,
+    idle_park: Duration,
+    /// The shard's end of its doorbell.
+    heard: std::os::unix::net::UnixStream,
     settle_linger: Duration,
     prefault: bool,
     snapshot_every_bytes: u64,
@@ -697,6 +774,33 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
         glommio::spawn_local((task.0)(ShardHandle { shard, router: context.router.clone() })).detach();
     }
 
+    // The doorbell's other end: a task reads it and tells the loop.
+    let (woken, wake) = glommio::channels::local_channel::new_bounded::<()>(1);
+    let heard = context.heard.try_clone().map(|ear| {
+        use std::os::fd::IntoRawFd;
+        // SAFETY: the descriptor is a connected Unix stream socket this
+        // executor now owns alone (the clone passes its ownership over).
+        unsafe { <glommio::net::UnixStream as std::os::fd::FromRawFd>::from_raw_fd(ear.into_raw_fd()) }
+    });
+    // While the doorbell is heard, the shard parks when quiet; else it polls.
+    let mut listening = heard.is_ok();
+    match heard {
+        Ok(mut heard) => {
+            glommio::spawn_local(async move {
+                use futures_lite::AsyncReadExt;
+                let mut bytes = [0u8; 64];
+                while let Ok(1..) = heard.read(&mut bytes).await {
+                    let _ = woken.try_send(());
+                }
+            })
+            .detach();
+        }
+        // No doorbell: the shard polls every `idle_sleep` (park below waits
+        // for `idle_park` only with one).
+        Err(_) => drop(woken),
+    }
+    let doorbell = &context.router.doorbells[shard];
+
     let mut bytes_since_snapshot = 0u64;
     let mut snapshots = Snapshots::default();
     let mut carry: Option<Request> = None;
@@ -729,12 +833,32 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
             lingering = None;
         }
         let Some((offset, sealed)) = (if linger { None } else { core.seal(now_ns()) }) else {
-            rings.send(&mut core, &context.rings_out);
+            rings.send(&mut core, &context.rings_out, &context.router.doorbells);
             if context.stop.load(Ordering::SeqCst) && ready_to_exit(&core, &rings, &context, carry.is_none())
             {
                 break;
             }
-            glommio::timer::sleep(context.idle_sleep).await;
+            // Nothing to do but wait for work: park until the doorbell rings
+            // (or `idle_park`). With something pending that no message
+            // announces, poll every `idle_sleep`.
+            let quiet = !linger && carry.is_none() && rings.empty() && !context.idle_park.is_zero();
+            if quiet && listening {
+                doorbell.parked.store(true, Ordering::SeqCst);
+                let work = context.stop.load(Ordering::SeqCst)
+                    || !context.inbox.is_empty()
+                    || context.rings_in.iter().any(|r| !r.is_empty());
+                if !work {
+                    // `true`: the reading task ended (the socket failed).
+                    let deaf =
+                        glommio::timer::timeout(context.idle_park, async { Ok(wake.recv().await.is_none()) })
+                            .await
+                            .unwrap_or(false);
+                    listening = !deaf;
+                }
+                doorbell.parked.store(false, Ordering::SeqCst);
+            } else {
+                glommio::timer::sleep(context.idle_sleep).await;
+            }
             continue;
         };
         let bytes = sealed.len();
@@ -782,9 +906,9 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
             Ok(()) => {
                 // Answers to peers first: their callers wait on them.
                 core.durable_peers();
-                rings.send(&mut core, &context.rings_out);
+                rings.send(&mut core, &context.rings_out, &context.router.doorbells);
                 core.durable();
-                rings.send(&mut core, &context.rings_out);
+                rings.send(&mut core, &context.rings_out, &context.router.doorbells);
                 bytes_since_snapshot += bytes as u64;
                 if context.snapshot_every_bytes > 0
                     && bytes_since_snapshot >= context.snapshot_every_bytes
@@ -972,8 +1096,11 @@ impl Rings {
         }
     }
 
-    fn send(&mut self, core: &mut ShardCore, rings_out: &[Arc<Ring>]) {
+    /// Moves the core's outgoing messages into the peers' rings, and rings
+    /// the doorbell of every peer that got one.
+    fn send(&mut self, core: &mut ShardCore, rings_out: &[Arc<Ring>], doorbells: &[Doorbell]) {
         for (to, ring) in rings_out.iter().enumerate() {
+            let mut sent = false;
             loop {
                 let bytes = match self.unsent[to].take() {
                     Some(bytes) => bytes,
@@ -986,6 +1113,10 @@ impl Rings {
                     self.unsent[to] = Some(back);
                     break;
                 }
+                sent = true;
+            }
+            if sent {
+                doorbells[to].ring();
             }
         }
     }

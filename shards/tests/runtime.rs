@@ -647,3 +647,39 @@ fn a_lingering_settle_group_gives_way_to_a_read_and_a_stop() {
     assert_eq!((payer.debits_posted, payer.debits_pending), (12, 0), "both posted, durably");
     assert_settled(&runtime);
 }
+
+/// A shard with nothing to do parks (here for up to a minute) and is woken
+/// by its doorbell: a caller's request, a peer's cross-shard message (both
+/// ways) and the stop each end its park at once. With `idle_park` zero it
+/// polls instead, and the same work gets done.
+#[test]
+fn a_parked_shard_is_woken_by_a_request_a_peer_and_the_stop() {
+    for idle_park in [Duration::from_secs(60), Duration::ZERO] {
+        let dir = TempDir::new("doorbell");
+        let owned = by_shard(40, 2);
+        let parking = RuntimeConfig { idle_park, rebalance: None, ..config(&dir, 2) };
+        let started = Instant::now();
+        let mut runtime = Runtime::start(parking).unwrap();
+        for (shard, ids) in owned.iter().enumerate() {
+            // Let both shards park before each request.
+            std::thread::sleep(Duration::from_millis(20));
+            let accounts = ids.iter().map(|&id| account(id)).collect();
+            runtime.write(shard, vec![CommandBuf::CreateAccounts(accounts)]).unwrap();
+        }
+        for (id, (from, to)) in [(1, (0, 1)), (2, (1, 0))] {
+            std::thread::sleep(Duration::from_millis(20));
+            let sent = transfer(id, owned[from][0], owned[to][0], 5);
+            let outcomes = runtime.write(from, vec![CommandBuf::CreateTransfers(vec![sent])]).unwrap();
+            assert_eq!(transfer_results(&outcomes), [CreateTransferResult::Ok], "{idle_park:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let credited = runtime.lookup_accounts(1, vec![owned[1][0]])[0];
+        assert_eq!((credited.credits_posted, credited.debits_posted), (5, 5), "{idle_park:?}");
+        std::thread::sleep(Duration::from_millis(20));
+        runtime.shutdown();
+        assert!(started.elapsed() < Duration::from_secs(50), "a parked shard was not woken ({idle_park:?})");
+        drop(runtime);
+        let runtime = Runtime::start(RuntimeConfig { rebalance: None, ..config(&dir, 2) }).unwrap();
+        assert_settled(&runtime);
+    }
+}

@@ -109,8 +109,14 @@ pub struct ServeSection {
     pub inbox_depth: usize,
     /// Largest journal group (one write + one fdatasync), bytes.
     pub group_bytes_max: usize,
-    /// How long an idle shard sleeps between inbox polls, microseconds.
+    /// How long a shard sleeps between polls while something is pending
+    /// that no message announces (a lingering group, a full peer ring),
+    /// microseconds.
     pub idle_sleep_us: u64,
+    /// The longest a shard with nothing to do parks, microseconds: a
+    /// request or a peer's message wakes it at once (0: it polls every
+    /// `idle_sleep_us` instead).
+    pub idle_park_us: u64,
     /// How long a group of settles only (their callers already answered)
     /// waits for a caller's next write to share its commit, microseconds
     /// (0: written at once).
@@ -175,6 +181,7 @@ impl Default for ServeSection {
             inbox_depth: molly_shards::runtime::INBOX_DEPTH_DEFAULT,
             group_bytes_max: molly_shards::durable::GROUP_BYTES_MAX_DEFAULT,
             idle_sleep_us: 50,
+            idle_park_us: molly_shards::runtime::IDLE_PARK_DEFAULT.as_micros() as u64,
             settle_linger_us: molly_shards::runtime::SETTLE_LINGER_DEFAULT.as_micros() as u64,
             spin_before_park_us: 0,
             prefault: false,
@@ -244,6 +251,7 @@ impl ServeConfig {
         runtime.inbox_depth = self.serve.inbox_depth;
         runtime.group_bytes_max = self.serve.group_bytes_max;
         runtime.idle_sleep = Duration::from_micros(self.serve.idle_sleep_us);
+        runtime.idle_park = Duration::from_micros(self.serve.idle_park_us);
         runtime.settle_linger = Duration::from_micros(self.serve.settle_linger_us);
         runtime.spin_before_park = Duration::from_micros(self.serve.spin_before_park_us);
         runtime.prefault = self.serve.prefault;
