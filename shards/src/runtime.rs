@@ -521,7 +521,7 @@ impl Runtime {
                 group_bytes_max: config.group_bytes_max,
                 idle_sleep: config.idle_sleep,
                 idle_park: config.idle_park,
-                heard: heard[shard].take().expect("one per shard"),
+                heard: heard[shard].take(),
                 settle_linger: config.settle_linger,
                 prefault: config.prefault,
                 snapshot_every_bytes: config.snapshot_every_bytes,
@@ -705,8 +705,8 @@ struct ShardContext {
     group_bytes_max: usize,
     idle_sleep: Duration,
     idle_park: Duration,
-    /// The shard's end of its doorbell.
-    heard: std::os::unix::net::UnixStream,
+    /// The shard's end of its doorbell (taken by the shard loop).
+    heard: Option<std::os::unix::net::UnixStream>,
     settle_linger: Duration,
     prefault: bool,
     snapshot_every_bytes: u64,
@@ -726,7 +726,7 @@ struct ShardContext {
     states: Arc<Vec<AtomicU8>>,
 }
 
-async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryReport, StartError>>) {
+async fn run_shard(mut context: ShardContext, ready: SyncSender<Result<RecoveryReport, StartError>>) {
     let shard = context.shard;
     let recovered = match recover_shard(
         &context.dir,
@@ -776,16 +776,16 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
 
     // The doorbell's other end: a task reads it and tells the loop.
     let (woken, wake) = glommio::channels::local_channel::new_bounded::<()>(1);
-    let heard = context.heard.try_clone().map(|ear| {
+    let heard = context.heard.take().map(|ear| {
         use std::os::fd::IntoRawFd;
-        // SAFETY: the descriptor is a connected Unix stream socket this
-        // executor now owns alone (the clone passes its ownership over).
+        // SAFETY: the descriptor is a connected Unix stream socket whose
+        // ownership passes from `ear` (consumed) to the glommio stream.
         unsafe { <glommio::net::UnixStream as std::os::fd::FromRawFd>::from_raw_fd(ear.into_raw_fd()) }
     });
     // While the doorbell is heard, the shard parks when quiet; else it polls.
-    let mut listening = heard.is_ok();
+    let mut listening = heard.is_some();
     match heard {
-        Ok(mut heard) => {
+        Some(mut heard) => {
             glommio::spawn_local(async move {
                 use futures_lite::AsyncReadExt;
                 let mut bytes = [0u8; 64];
@@ -795,9 +795,7 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
             })
             .detach();
         }
-        // No doorbell: the shard polls every `idle_sleep` (park below waits
-        // for `idle_park` only with one).
-        Err(_) => drop(woken),
+        None => drop(woken),
     }
     let doorbell = &context.router.doorbells[shard];
 
@@ -841,7 +839,11 @@ async fn run_shard(context: ShardContext, ready: SyncSender<Result<RecoveryRepor
             // Nothing to do but wait for work: park until the doorbell rings
             // (or `idle_park`). With something pending that no message
             // announces, poll every `idle_sleep`.
-            let quiet = !linger && carry.is_none() && rings.empty() && !context.idle_park.is_zero();
+            let quiet = !linger
+                && carry.is_none()
+                && rings.empty()
+                && !context.idle_park.is_zero()
+                && !context.stop.load(Ordering::SeqCst);
             if quiet && listening {
                 doorbell.parked.store(true, Ordering::SeqCst);
                 let work = context.stop.load(Ordering::SeqCst)
