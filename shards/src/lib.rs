@@ -48,6 +48,7 @@ pub mod durable;
 pub mod journal;
 pub mod journal_files;
 pub mod metrics;
+pub mod placement;
 pub mod prealloc;
 pub mod rebalance;
 pub mod route;

@@ -67,6 +67,8 @@ impl Spares {
         let thread = std::thread::Builder::new()
             .name(format!("molly-spare-{shard}"))
             .spawn(move || {
+                // Off its shard's CPU only (it inherits the shard's pin).
+                let _ = crate::placement::unpin_current_thread();
                 while inbox.recv().is_ok() {
                     let written = write_zeros(&target, bytes, bytes_per_s, &stopping);
                     if outbox.send(written).is_err() {

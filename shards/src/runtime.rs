@@ -1007,6 +1007,8 @@ impl Snapshots {
         let good = core.snapshots_good().to_vec();
         let delete = !core.keep_journal();
         let spawned = std::thread::Builder::new().name(format!("molly-snapshot-{shard}")).spawn(move || {
+            // Off its shard's CPU only (it inherits the shard's pin).
+            let _ = crate::placement::unpin_current_thread();
             let started = Instant::now();
             let storage = crate::snapshot::Paced::new(bytes_per_s);
             let outcome = crate::journal_files::write_snapshot(&storage, job, &good, delete);
