@@ -8,20 +8,25 @@
 //!
 //! Must not: move a shard thread (it stays pinned).
 
-/// The CPUs the process may use: the main thread's affinity (a shard
-/// thread's own mask is its single CPU).
-fn process_cpus() -> std::io::Result<libc::cpu_set_t> {
+/// The CPUs thread `tid` may run on (0: the calling thread).
+fn affinity(tid: libc::pid_t) -> std::io::Result<libc::cpu_set_t> {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity
     // writes at most its size into it.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: pid = the process (its main thread); the pointer and size are the set's.
-    let rc =
-        unsafe { libc::sched_getaffinity(libc::getpid(), std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    // SAFETY: the pointer and size are the set's.
+    let rc = unsafe { libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
     if rc == 0 {
         Ok(set)
     } else {
         Err(std::io::Error::last_os_error())
     }
+}
+
+/// The CPUs the process may use: the main thread's affinity (a shard
+/// thread's own mask is its single CPU).
+fn process_cpus() -> std::io::Result<libc::cpu_set_t> {
+    // SAFETY: getpid has no preconditions.
+    affinity(unsafe { libc::getpid() })
 }
 
 /// Lets the calling thread run on any CPU of the process.
@@ -46,12 +51,7 @@ mod tests {
     }
 
     fn current() -> libc::cpu_set_t {
-        // SAFETY: reading this thread's mask into a zeroed set.
-        unsafe {
-            let mut now: libc::cpu_set_t = std::mem::zeroed();
-            assert_eq!(libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut now), 0);
-            now
-        }
+        affinity(0).unwrap()
     }
 
     #[test]

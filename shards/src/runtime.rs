@@ -776,26 +776,23 @@ async fn run_shard(mut context: ShardContext, ready: SyncSender<Result<RecoveryR
 
     // The doorbell's other end: a task reads it and tells the loop.
     let (woken, wake) = glommio::channels::local_channel::new_bounded::<()>(1);
-    let heard = context.heard.take().map(|ear| {
+    // While the doorbell is heard, the shard parks when quiet; else it polls.
+    let mut listening = false;
+    if let Some(ear) = context.heard.take() {
         use std::os::fd::IntoRawFd;
         // SAFETY: the descriptor is a connected Unix stream socket whose
         // ownership passes from `ear` (consumed) to the glommio stream.
-        unsafe { <glommio::net::UnixStream as std::os::fd::FromRawFd>::from_raw_fd(ear.into_raw_fd()) }
-    });
-    // While the doorbell is heard, the shard parks when quiet; else it polls.
-    let mut listening = heard.is_some();
-    match heard {
-        Some(mut heard) => {
-            glommio::spawn_local(async move {
-                use futures_lite::AsyncReadExt;
-                let mut bytes = [0u8; 64];
-                while let Ok(1..) = heard.read(&mut bytes).await {
-                    let _ = woken.try_send(());
-                }
-            })
-            .detach();
-        }
-        None => drop(woken),
+        let mut heard =
+            unsafe { <glommio::net::UnixStream as std::os::fd::FromRawFd>::from_raw_fd(ear.into_raw_fd()) };
+        glommio::spawn_local(async move {
+            use futures_lite::AsyncReadExt;
+            let mut bytes = [0u8; 64];
+            while let Ok(1..) = heard.read(&mut bytes).await {
+                let _ = woken.try_send(());
+            }
+        })
+        .detach();
+        listening = true;
     }
     let doorbell = &context.router.doorbells[shard];
 
