@@ -52,6 +52,9 @@ pub struct ShardMetrics {
     pub journal_files_preallocated: IntCounter,
     /// Spares that could not be written or renamed (the file was created instead).
     pub journal_spare_errors: IntCounter,
+    /// Journal writes that went to glommio's busy-polled ring (IOPOLL): only
+    /// on a device with poll queues (see `runtime::PROBE_NAME`).
+    pub journal_writes_polled: IntCounter,
 }
 
 impl ShardMetrics {
@@ -126,6 +129,10 @@ impl ShardMetrics {
                 "molly_journal_spare_errors_total",
                 "Spare journal files that could not be written or renamed (the file was created instead).",
             ),
+            journal_writes_polled: counter(
+                "molly_journal_writes_polled_total",
+                "Journal writes sent to the busy-polled io_uring ring (IOPOLL; only on a device with poll queues).",
+            ),
         }
     }
 
@@ -151,6 +158,7 @@ impl ShardMetrics {
         registry.register(Box::new(self.journal_delete_errors.clone()))?;
         registry.register(Box::new(self.journal_files_preallocated.clone()))?;
         registry.register(Box::new(self.journal_spare_errors.clone()))?;
+        registry.register(Box::new(self.journal_writes_polled.clone()))?;
         Ok(())
     }
 
