@@ -226,8 +226,9 @@ impl TransferStore {
     /// are kept for the blocks filled next, as many as the capacity still
     /// has blocks for: a host evicts in bursts (after each snapshot), and a
     /// buffer handed back to the allocator comes back as fresh pages the
-    /// kernel zeroes on first touch, in the middle of a batch (a third of a
-    /// server's batches did, when only `keep` were kept: docs/benchmarks.md).
+    /// kernel zeroes on first touch, in the middle of a batch (7% of a
+    /// one-shard server's CPU samples, under `create_transfers`, when only
+    /// `keep` were kept: docs/benchmarks.md).
     /// Peak memory does not grow: a spare was a block in memory until now,
     /// and the spares are used up before new buffers are allocated. Resident
     /// memory stays at its high-water mark instead of falling after each
