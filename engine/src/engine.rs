@@ -1197,17 +1197,33 @@ impl Engine {
     /// (they never change), the rest (accounts, states, balance history, the
     /// tail block) is copied.
     pub fn snapshot_parts(&self, from_block: usize) -> SnapshotParts {
+        self.snapshot_parts_reusing(from_block, SnapshotParts::default())
+    }
+
+    /// [`Engine::snapshot_parts`] into the buffers of an earlier snapshot's
+    /// parts (emptied first): the copy then goes into memory already faulted
+    /// in, not fresh pages the kernel zeroes while the shard waits.
+    pub fn snapshot_parts_reusing(&self, from_block: usize, mut parts: SnapshotParts) -> SnapshotParts {
         assert!(!self.chain_active);
-        SnapshotParts {
-            accounts: self.accounts.clone(),
-            first_block: from_block,
-            blocks: self.transfers.blocks()[from_block..].to_vec(),
-            tail: self.transfers.tail().to_vec(),
-            transfer_states: self.transfer_states.iter().map(|s| *s as u8).collect(),
-            balances: self.export_balances(),
-            clock_ns: self.clock_ns,
-            timestamp_last: self.timestamp_last,
+        parts.accounts.clear();
+        parts.accounts.extend_from_slice(&self.accounts);
+        parts.first_block = from_block;
+        parts.blocks.clear();
+        parts.blocks.extend_from_slice(&self.transfers.blocks()[from_block..]);
+        parts.tail.clear();
+        parts.tail.extend_from_slice(self.transfers.tail());
+        parts.transfer_states.clear();
+        let states = self.transfer_states.len();
+        if parts.transfer_states.capacity() < states {
+            // Growing the old buffer would copy it first: a new one, with
+            // room for the states the next capture adds.
+            parts.transfer_states = Vec::with_capacity(states + states / 2);
         }
+        parts.transfer_states.extend(self.transfer_states.iter().map(|s| *s as u8));
+        parts.balances = self.export_balances();
+        parts.clock_ns = self.clock_ns;
+        parts.timestamp_last = self.timestamp_last;
+        parts
     }
 
     fn export_balances(&self) -> Vec<(u32, Vec<AccountBalance>)> {
@@ -1326,7 +1342,7 @@ impl Engine {
 }
 
 /// What a snapshot holds, as [`Engine::snapshot_parts`] takes it.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct SnapshotParts {
     /// Every account.
     pub accounts: Vec<Account>,

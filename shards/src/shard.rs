@@ -132,6 +132,10 @@ pub struct ShardCore {
     segments: Vec<SegmentRef>,
     /// A snapshot is being written (by whoever took its job).
     snapshot_running: bool,
+    /// The last snapshot's parts, handed back empty of blocks: the next
+    /// capture copies into them (accounts, the tail, the transfer states:
+    /// a few MiB to a few tens, kept between snapshots).
+    capture: Option<molly_engine::SnapshotParts>,
     /// Snapshots known good, oldest first (their next sequences): loaded at
     /// start or written by this core. Journal files are deleted only behind
     /// snapshots in this list ([`crate::journal_files::prune`]).
@@ -195,6 +199,7 @@ impl ShardCore {
             reads_deferred: VecDeque::new(),
             segments: Vec::new(),
             snapshot_running: false,
+            capture: None,
             snapshots_good: Vec::new(),
             snapshot_sequence: 0,
             keep_journal: false,
@@ -729,7 +734,10 @@ impl ShardCore {
         let job = SnapshotJob {
             dir: dir.to_path_buf(),
             position: self.writer.position(),
-            parts: self.engine.snapshot_parts(crate::snapshot::segment_blocks(&self.segments)),
+            parts: self.engine.snapshot_parts_reusing(
+                crate::snapshot::segment_blocks(&self.segments),
+                self.capture.take().unwrap_or_default(),
+            ),
             intents: self.cross.export(),
             segments: self.segments.clone(),
         };
@@ -760,6 +768,11 @@ impl ShardCore {
         }
         self.engine.evict_transfers(self.blocks_in_memory);
         self.segments = done.segments;
+        assert!(
+            done.reuse.blocks.is_empty(),
+            "a finished snapshot holds no block (else none could be evicted)"
+        );
+        self.capture = Some(done.reuse);
         self.metrics.snapshots.inc();
         self.metrics.snapshot_seconds.set(seconds);
         self.update_block_metrics();

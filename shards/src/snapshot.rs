@@ -583,6 +583,9 @@ pub struct SnapshotDone {
     pub cold: Vec<(usize, Arc<dyn ColdBlock>)>,
     /// Bytes written (segments and snapshot file).
     pub bytes: u64,
+    /// The job's parts, emptied of blocks (it holds no block any more), for
+    /// the next capture to copy into ([`molly_engine::Engine::snapshot_parts_reusing`]).
+    pub reuse: molly_engine::SnapshotParts,
 }
 
 impl std::fmt::Debug for SnapshotDone {
@@ -610,7 +613,7 @@ pub fn write(job: SnapshotJob) -> Result<SnapshotDone, SnapshotError> {
 
 /// [`write()`] on `storage`.
 pub fn write_to<S: Storage>(storage: &S, job: SnapshotJob) -> Result<SnapshotDone, SnapshotError> {
-    let SnapshotJob { dir, position, parts, intents, mut segments } = job;
+    let SnapshotJob { dir, position, mut parts, intents, mut segments } = job;
     assert_eq!(segment_blocks(&segments), parts.first_block, "the segments hold the blocks before the job's");
     // `*.tmp` files are what a crash or a failed write left behind (one
     // snapshot is written at a time per shard): never loaded, removed here.
@@ -631,7 +634,7 @@ pub fn write_to<S: Storage>(storage: &S, job: SnapshotJob) -> Result<SnapshotDon
     }
     let body = SnapshotBody {
         accounts: bytemuck::cast_slice(&parts.accounts).to_vec(),
-        transfer_states: parts.transfer_states,
+        transfer_states: std::mem::take(&mut parts.transfer_states),
         balances: parts
             .balances
             .iter()
@@ -661,7 +664,9 @@ pub fn write_to<S: Storage>(storage: &S, job: SnapshotJob) -> Result<SnapshotDon
     for old in list_in(storage, &dir).into_iter().rev().skip(KEEP) {
         let _ = storage.remove(&old);
     }
-    Ok(SnapshotDone { path, segments, cold, bytes: bytes_written })
+    parts.blocks.clear();
+    parts.transfer_states = body.transfer_states;
+    Ok(SnapshotDone { path, segments, cold, bytes: bytes_written, reuse: parts })
 }
 
 /// Snapshot files in `dir`, oldest first.
