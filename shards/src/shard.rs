@@ -133,8 +133,10 @@ pub struct ShardCore {
     /// A snapshot is being written (by whoever took its job).
     snapshot_running: bool,
     /// The last snapshot's parts, handed back empty of blocks: the next
-    /// capture copies into them (accounts, the tail, the transfer states:
-    /// a few MiB to a few tens, kept between snapshots).
+    /// capture copies into them. Kept between snapshots: a copy of the
+    /// accounts (128 B each), the tail (≤ 8 MiB) and the transfer states
+    /// (1 B each, with room to grow); the peak is unchanged (a capture held
+    /// as much while it was written).
     capture: Option<molly_engine::SnapshotParts>,
     /// Snapshots known good, oldest first (their next sequences): loaded at
     /// start or written by this core. Journal files are deleted only behind
@@ -766,13 +768,13 @@ impl ShardCore {
         for (block, cold) in done.cold {
             self.engine.attach_cold(block, cold);
         }
-        self.engine.evict_transfers(self.blocks_in_memory);
-        self.segments = done.segments;
         assert!(
             done.reuse.blocks.is_empty(),
             "a finished snapshot holds no block (else none could be evicted)"
         );
         self.capture = Some(done.reuse);
+        self.engine.evict_transfers(self.blocks_in_memory);
+        self.segments = done.segments;
         self.metrics.snapshots.inc();
         self.metrics.snapshot_seconds.set(seconds);
         self.update_block_metrics();
