@@ -754,10 +754,15 @@ async fn run_shard(mut context: ShardContext, ready: SyncSender<Result<RecoveryR
     if context.prefault {
         core.prefault();
     }
-    if let Err(reason) = probe_direct_io(&context.dir).await {
-        let _ = ready.send(Err(StartError::Executor { shard, reason }));
-        return;
-    }
+    // glommio's choice of ring holds for every file this shard opens in its
+    // directory (one device, one thread): learned once, here.
+    let journal_polled = match probe_direct_io(&context.dir).await {
+        Ok(polled) => polled,
+        Err(reason) => {
+            let _ = ready.send(Err(StartError::Executor { shard, reason }));
+            return;
+        }
+    };
     // The file appends continue in, if it exists (else the first group creates it).
     let mut journal = None;
     if recovered.path.exists() {
@@ -905,10 +910,9 @@ async fn run_shard(mut context: ShardContext, ready: SyncSender<Result<RecoveryR
             Err(error) => Err(error.to_string()),
         };
         context.metrics.fsync_seconds.observe(synced.elapsed().as_secs_f64());
-        context
-            .metrics
-            .journal_writes_polled
-            .inc_by(glommio::executor().io_stats().poll_ring.file_writes().0);
+        if journal_polled {
+            context.metrics.journal_writes_polled.inc();
+        }
         match durable {
             Ok(()) => {
                 // Answers to peers first: their callers wait on them.
@@ -952,7 +956,11 @@ pub const PROBE_NAME: &str = "direct-io.probe";
 /// extends the file) waits for that worker, pinned to the shard's CPU, until
 /// the scheduler's next tick: 4 ms a group at HZ=250 instead of 0.1 ms. So a
 /// shard opens a file with a block in it first, and the probe asks the device.
-async fn probe_direct_io(dir: &std::path::Path) -> Result<(), String> {
+/// Returns whether direct I/O there goes to the polled ring: the probe file's
+/// block is rewritten in place (the executor's first file write) and glommio's
+/// I/O counters say which ring took it; every later file on the device and
+/// thread gets the same ring.
+async fn probe_direct_io(dir: &std::path::Path) -> Result<bool, String> {
     const BLOCK: usize = 4096;
     let path = dir.join(PROBE_NAME);
     let described =
@@ -960,8 +968,24 @@ async fn probe_direct_io(dir: &std::path::Path) -> Result<(), String> {
     if std::fs::metadata(&path).map_or(true, |m| m.len() < BLOCK as u64) {
         std::fs::write(&path, [0u8; BLOCK]).map_err(|e| described(&e))?;
     }
-    let file = glommio::io::DmaFile::open(&path).await.map_err(|e| described(&e))?;
-    file.close().await.map_err(|e| described(&e))
+    let file = glommio::io::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .dma_open(&path)
+        .await
+        .map_err(|e| described(&e))?;
+    let mut block = file.alloc_dma_buffer(BLOCK);
+    block.as_bytes_mut().fill(0);
+    let written = file.write_at(block, 0).await;
+    let polled = glommio::executor().io_stats().poll_ring.file_writes().0 > 0;
+    let closed = file.close().await;
+    match written {
+        Ok(n) if n == BLOCK => {}
+        Ok(n) => return Err(described(&format!("short write: {n} of {BLOCK} bytes"))),
+        Err(e) => return Err(described(&e)),
+    }
+    closed.map_err(|e| described(&e))?;
+    Ok(polled)
 }
 
 /// Opens journal file `first` in `dir` for direct I/O: `create` makes it
