@@ -587,15 +587,28 @@ impl Engine {
         }
     }
 
-    /// Near: with the account slots in cache, the account records and the
-    /// chunks their transfer lists append to.
+    /// Near: with the index slots in cache, the account records and the
+    /// chunks their transfer lists append to, and the pending transfer's
+    /// record and state. The slot is the index's candidate (its fingerprint
+    /// matches), not a confirmed lookup: confirming would read the very record
+    /// this prefetches, and wait for it.
     #[inline(always)]
     fn prefetch_transfer_near(&self, t: &Transfer) {
         for id in [t.debit_account_id, t.credit_account_id] {
             if id != 0 {
-                if let Some(slot) = self.account_slot(id) {
-                    crate::prefault::prefetch(&self.accounts[slot as usize]);
-                    self.account_transfers.prefetch_head(slot);
+                if let Some(slot) = self.account_index.candidate(id) {
+                    if let Some(account) = self.accounts.get(slot as usize) {
+                        crate::prefault::prefetch(account);
+                        self.account_transfers.prefetch_head(slot);
+                    }
+                }
+            }
+        }
+        if t.pending_id != 0 {
+            if let Some(slot) = self.transfer_index.candidate(t.pending_id) {
+                if let Some(state) = self.transfer_states.get(slot as usize) {
+                    crate::prefault::prefetch(self.transfers.get(slot));
+                    crate::prefault::prefetch(state);
                 }
             }
         }

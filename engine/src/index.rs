@@ -104,6 +104,27 @@ impl IdIndex {
         crate::prefault::prefetch(&self.slots[self.home(hash(key))]);
     }
 
+    /// The value of the first entry whose fingerprint matches `key`'s,
+    /// without reading any record to confirm it: a hint for prefetching the
+    /// record (almost always `get`'s answer; on a fingerprint collision, some
+    /// other entry's). Reads only the table.
+    #[inline(always)]
+    pub fn candidate(&self, key: u128) -> Option<u32> {
+        let hash = hash(key);
+        let print = fingerprint(hash);
+        let mut index = self.home(hash);
+        loop {
+            let slot = self.slots[index];
+            if slot == 0 {
+                return None;
+            }
+            if slot & 0xffff_ffff == print {
+                return Some(slot_value(slot));
+            }
+            index = (index + 1) & self.mask;
+        }
+    }
+
     /// The value for `key`, if present; `key_of(value)` reads the id of the
     /// record at `value`.
     #[inline]
@@ -190,6 +211,9 @@ mod tests {
             assert_eq!(index.get(key, key_of), Some(i as u32));
         }
         assert_eq!(index.get(101, key_of), None);
+        for (i, &key) in keys.iter().enumerate() {
+            assert_eq!(index.candidate(key), Some(i as u32), "the prefetch hint for a present key");
+        }
         for &key in keys.iter().step_by(2) {
             index.remove(key, key_of);
         }
@@ -204,6 +228,8 @@ mod tests {
         #[test]
         fn agrees_with_hashmap(ops in prop::collection::vec((1u128..64, any::<bool>()), 0..400)) {
             // Values are the keys themselves here, so key_of is the identity.
+            let prints: std::collections::HashSet<u64> = (1u128..64).map(|k| fingerprint(hash(k))).collect();
+            prop_assert_eq!(prints.len(), 63);
             let key_of = |v: u32| u128::from(v);
             let mut index = IdIndex::with_entries_max(40);
             let mut model: HashMap<u128, u32> = HashMap::new();
@@ -220,6 +246,10 @@ mod tests {
             }
             for key in 1u128..64 {
                 prop_assert_eq!(index.get(key, key_of), model.get(&key).copied());
+                // The prefetch hint names a present key's own slot (these
+                // 63 keys' fingerprints are distinct) and nothing for an
+                // absent key.
+                prop_assert_eq!(index.candidate(key), model.get(&key).copied());
             }
         }
     }

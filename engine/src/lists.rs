@@ -100,7 +100,8 @@ impl SlotLists {
     /// Hints the CPU to load the chunk the next append to `list` writes.
     #[inline(always)]
     pub fn prefetch_head(&self, list: u32) {
-        let head = self.heads[list as usize] as usize;
+        let Some(&head) = self.heads.get(list as usize) else { return };
+        let head = head as usize;
         if head < self.chunks.len() {
             crate::prefault::prefetch(&self.chunks[head]);
         }

@@ -616,6 +616,9 @@ impl Cross {
             if let Kind::Cross(peer) = *kind {
                 let t = batch[i];
                 assert!(record.id == t.id && is_debit_leg(record), "the pending leg was just created");
+                // What `settle_leg` names as the leg's accounts.
+                assert!(record.debit_account_id == t.debit_account_id);
+                assert!(record.credit_account_id == bridge_id(self.shard, peer, t.ledger));
                 // Only a balancing transfer's amount can differ from the one sent.
                 let (amount, leg_timestamp) = (record.amount, record.timestamp);
                 let previous = self.intents.insert(t.id, Intent { sent: t, amount, peer, leg_timestamp });
@@ -818,6 +821,10 @@ impl Cross {
         Transfer {
             id: settle_id(self.shard, intent.leg_timestamp),
             pending_id: id,
+            // The pending leg's accounts: the engine checks they match, and
+            // prefetches them ahead of the settle like any transfer's.
+            debit_account_id: intent.sent.debit_account_id,
+            credit_account_id: bridge_id(self.shard, intent.peer, intent.sent.ledger),
             user_data_128: intent.sent.credit_account_id,
             user_data_32: if answer.is_ok() { 0 } else { answer as u32 },
             flags: if answer.is_ok() { TF::POST_PENDING } else { TF::VOID_PENDING },
