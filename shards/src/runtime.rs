@@ -902,10 +902,24 @@ async fn run_shard(mut context: ShardContext, ready: SyncSender<Result<RecoveryR
             update_journal_usage(&context);
         }
         let (_, file) = journal.as_ref().expect("opened above");
-        // One write and one fdatasync for the whole group.
+        // One durable write (O_DSYNC) for the whole group, applied while it
+        // is written: its first poll queues it in glommio's ring, a short
+        // timer lets the executor submit it, and the core applies the group
+        // meanwhile, holding back every answer and message until the write
+        // completes. Nothing is sent to a peer in between.
         let synced = Instant::now();
-        let durable = match file.write_at(buffer, offset).await {
-            Ok(written) if written == bytes => file.fdatasync().await.map_err(|e| e.to_string()),
+        let mut write = std::pin::pin!(file.write_at(buffer, offset));
+        let early = futures_lite::future::poll_once(write.as_mut()).await;
+        // (A yield resumes this task before the executor submits anything; a
+        // timer goes back to the executor's loop, which submits first.)
+        glommio::timer::sleep(SUBMIT_WAIT).await;
+        core.apply_ahead();
+        let written = match early {
+            Some(written) => written,
+            None => write.await,
+        };
+        let durable = match written {
+            Ok(written) if written == bytes => Ok(()),
             Ok(written) => Err(format!("short write: {written} of {bytes} bytes at offset {offset}")),
             Err(error) => Err(error.to_string()),
         };
@@ -915,9 +929,6 @@ async fn run_shard(mut context: ShardContext, ready: SyncSender<Result<RecoveryR
         }
         match durable {
             Ok(()) => {
-                // Answers to peers first: their callers wait on them.
-                core.durable_peers();
-                rings.send(&mut core, &context.rings_out, &context.router.doorbells);
                 core.durable();
                 rings.send(&mut core, &context.rings_out, &context.router.doorbells);
                 bytes_since_snapshot += bytes as u64;
@@ -941,6 +952,11 @@ async fn run_shard(mut context: ShardContext, ready: SyncSender<Result<RecoveryR
         let _ = core.snapshot(&context.dir);
     }
 }
+
+/// How long a shard waits after queueing a group's write, so glommio's loop
+/// submits it before the shard applies the group (any timer does: it is
+/// the trip through the loop that submits).
+const SUBMIT_WAIT: std::time::Duration = std::time::Duration::from_micros(1);
 
 /// The one-block file a shard opens for direct I/O before its journal.
 pub const PROBE_NAME: &str = "direct-io.probe";
@@ -992,7 +1008,10 @@ async fn probe_direct_io(dir: &std::path::Path) -> Result<bool, String> {
 /// (truncated: nothing in it was acknowledged) and syncs the directory, so
 /// its name is durable before a group in it is acknowledged. With `spare`,
 /// the file was just renamed from a preallocated spare (zeros, durable): it
-/// is opened as it is, and the directory synced the same way.
+/// is opened as it is, and the directory synced the same way. Writes are
+/// synchronous (`O_DSYNC`): a write completes once its data, and the file
+/// size it may extend, are durable, as after an fdatasync, in one operation
+/// the shard overlaps with applying the group.
 async fn open_journal(
     dir: &std::path::Path,
     first: u64,
@@ -1001,7 +1020,7 @@ async fn open_journal(
 ) -> Result<glommio::io::DmaFile, String> {
     let path = dir.join(crate::journal_files::file_name(first));
     let mut options = glommio::io::OpenOptions::new();
-    options.read(true).write(true);
+    options.read(true).write(true).custom_flags(libc::O_DSYNC);
     if create && !spare {
         options.create(true).truncate(true);
     }

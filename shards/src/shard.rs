@@ -116,6 +116,16 @@ pub struct ShardCore {
     sealed: bool,
     /// The written group is being applied (between `durable_peers` and `durable`).
     applying: bool,
+    /// The sealed group was applied while it was written
+    /// ([`ShardCore::apply_ahead`]): what it answers waits in here, and what it
+    /// sends waits in the outboxes past `outbox_marks`, until it is durable.
+    held: Option<Vec<HeldAnswer>>,
+    /// Each outbox's length when the group applied ahead began: messages past
+    /// it are the group's, dropped if its write fails.
+    outbox_marks: Vec<usize>,
+    /// A group applied ahead was never made durable: the engine holds what
+    /// the journal does not, so reads are refused until a restart.
+    diverged: bool,
     /// The open group holds settles of writes already answered (see
     /// [`ShardCore::deliver`]): reads wait until it is applied. (Answers
     /// are delivered only while no group is sealed, so the open group is
@@ -149,6 +159,10 @@ pub struct ShardCore {
     /// Full transfer blocks kept in memory once they have a durable copy.
     blocks_in_memory: usize,
 }
+
+/// An answer held until its group is durable: the reply, its outcomes, and
+/// when the write was taken.
+type HeldAnswer = (Reply<WriteReply>, Vec<Outcome>, Instant);
 
 impl std::fmt::Debug for ShardCore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -196,6 +210,9 @@ impl ShardCore {
             message_legs_max,
             sealed: false,
             applying: false,
+            held: None,
+            outbox_marks: Vec::new(),
+            diverged: false,
             answered_unsettled: false,
             recovered_open: HashSet::default(),
             reads_deferred: VecDeque::new(),
@@ -360,9 +377,14 @@ impl ShardCore {
                 self.intents_staged += bound;
                 self.stage(commands, Source::Client { reply, taken: Instant::now(), bound }, now_ns);
             }
-            read if self.reads_wait() => {
-                // A write was answered before its settle was applied: reads
-                // wait for it, so they never see less than was answered.
+            // Dropping the reply refuses the read: the engine holds a group
+            // the journal does not.
+            _ if self.diverged => {}
+            read if self.held.is_some() || self.reads_wait() => {
+                // A group was applied ahead of its write (reads wait until it
+                // is durable, so they never see more than is), or a write
+                // was answered before its settle was applied (reads wait for
+                // it, so they never see less than was answered).
                 self.reads_deferred.push_back(read);
             }
             read => self.read(read),
@@ -417,7 +439,9 @@ impl ShardCore {
 
     /// Answers the deferred reads once they need not wait any more.
     fn answer_deferred_reads(&mut self) {
-        if !self.reads_wait() {
+        if self.diverged {
+            self.reads_deferred.clear();
+        } else if !self.reads_wait() {
             for read in std::mem::take(&mut self.reads_deferred) {
                 self.read(read);
             }
@@ -568,6 +592,7 @@ impl ShardCore {
     /// apply of a whole client batch). The runtime stages peer messages first
     /// in every group. Optional: `durable` alone applies everything.
     pub fn durable_peers(&mut self) {
+        assert!(self.held.is_none(), "a group applied ahead is released by `durable`");
         self.commit_group();
         let peers = self.group.iter().take_while(|p| !matches!(p.source, Source::Client { .. })).count();
         let mut opened = Vec::new();
@@ -587,13 +612,50 @@ impl ShardCore {
         }
         assert!(self.applying, "a group was sealed and made durable");
         self.applying = false;
+        if let Some(held) = self.held.take() {
+            // Applied while it was written: release what it answers (its
+            // messages are in the outboxes already, for the driver to send).
+            assert!(self.group.is_empty(), "a group applied ahead is applied whole");
+            for (reply, outcomes, taken) in held {
+                self.answer(reply, outcomes, taken);
+            }
+        } else {
+            let mut opened = Vec::new();
+            for pending in std::mem::take(&mut self.group) {
+                self.apply_pending(pending, &mut opened);
+            }
+            self.send_credits(&opened);
+        }
+        self.answered_unsettled = false;
+        self.answer_deferred_reads();
+    }
+
+    /// Applies the sealed group while its write is in flight, so the apply
+    /// and the disk's sync take their time together instead of one after
+    /// the other. Nothing leaves the core until [`ShardCore::durable`]: the
+    /// group's answers are held here, and the messages it makes (credit legs,
+    /// answers to peers) wait in the outboxes, which the driver must not send
+    /// from until then. Reads are not taken meanwhile (the driver offers
+    /// requests only between groups), so none sees an undurable state. If the
+    /// write fails ([`ShardCore::write_failed`]) the held answers fail, the
+    /// group's messages are dropped, and the shard refuses reads as well as
+    /// writes until a restart recovers what is durable. Optional: without
+    /// it, `durable` applies the group.
+    pub fn apply_ahead(&mut self) {
+        assert!(self.sealed && self.held.is_none(), "a sealed group, applied once");
+        self.held = Some(Vec::new());
+        self.outbox_marks = self.outbox.iter().map(VecDeque::len).collect();
         let mut opened = Vec::new();
         for pending in std::mem::take(&mut self.group) {
             self.apply_pending(pending, &mut opened);
         }
         self.send_credits(&opened);
-        self.answered_unsettled = false;
-        self.answer_deferred_reads();
+    }
+
+    /// True between [`ShardCore::apply_ahead`] and the group's end (durable
+    /// or failed).
+    pub fn applied_ahead(&self) -> bool {
+        self.held.is_some()
     }
 
     /// Moves the sealed group from written to being applied (once per group).
@@ -692,7 +754,11 @@ impl ShardCore {
         }
     }
 
-    fn answer(&self, reply: Reply<WriteReply>, outcomes: Vec<Outcome>, taken: Instant) {
+    fn answer(&mut self, reply: Reply<WriteReply>, outcomes: Vec<Outcome>, taken: Instant) {
+        if let Some(held) = &mut self.held {
+            held.push((reply, outcomes, taken));
+            return;
+        }
         self.metrics.record(&outcomes);
         self.metrics.batch_seconds.observe(taken.elapsed().as_secs_f64());
         let _ = reply.send(Ok(outcomes));
@@ -710,6 +776,17 @@ impl ShardCore {
             if let Source::Client { reply, .. } = pending.source {
                 let _ = reply.send(failed());
             }
+        }
+        if let Some(held) = self.held.take() {
+            // The group was applied ahead of a write that failed.
+            for (reply, _, _) in held {
+                let _ = reply.send(failed());
+            }
+            for (outbox, &mark) in self.outbox.iter_mut().zip(&self.outbox_marks) {
+                outbox.truncate(mark);
+            }
+            self.applying = false;
+            self.diverged = true;
         }
         for (_, parked) in std::mem::take(&mut self.parked) {
             let _ = parked.reply.send(failed());
@@ -980,5 +1057,90 @@ mod tests {
         .unwrap();
         assert_eq!(replayed.export(), core.engine().export());
         assert_eq!(core.engine().transfers().len(), 2);
+    }
+
+    /// A group applied while it is written ([`ShardCore::apply_ahead`])
+    /// answers nothing and sends nothing before it is durable; if its write
+    /// fails, its answers fail, its messages are dropped, and reads are
+    /// refused (the engine holds what the journal does not).
+    #[test]
+    fn a_group_applied_ahead_releases_nothing_until_durable() {
+        use tokio::sync::oneshot::error::TryRecvError;
+        let config = Config::default();
+        let writer = JournalWriter::new(0, 1, 1 << 20, config.batch_events_max as usize);
+        let mut core = ShardCore::new(
+            0,
+            2,
+            Engine::new(config.clone()).unwrap(),
+            writer,
+            Arc::new(ShardMetrics::new(0)),
+        );
+        let mut disk: Vec<u8> = Vec::new();
+        let mut write_to_disk = |offset: u64, bytes: &[u8]| {
+            let end = offset as usize + bytes.len();
+            disk.resize(disk.len().max(end), 0);
+            disk[offset as usize..end].copy_from_slice(bytes);
+        };
+        let now = 1_000_000_000u64;
+        // Two accounts of shard 0, and one of shard 1 to credit across.
+        let mine: Vec<u128> = (1..).filter(|&id| crate::runtime::shard_for(id, 2) == 0).take(2).collect();
+        let theirs = (1..).find(|&id| crate::runtime::shard_for(id, 2) == 1).unwrap();
+        let accounts =
+            mine.iter().map(|&id| Account { id, ledger: 1, code: 1, ..Account::default() }).collect();
+        let (request, mut created) = write(vec![CommandBuf::CreateAccounts(accounts)]);
+        core.offer(request, now).unwrap();
+        let (offset, bytes) = core.seal(now).unwrap();
+        write_to_disk(offset, bytes);
+        core.apply_ahead();
+        assert_eq!(core.engine().accounts().len(), 2, "applied");
+        assert!(matches!(created.try_recv(), Err(TryRecvError::Empty)), "not answered before durable");
+        // A read meanwhile waits for the group to be durable.
+        let (reply, mut looked_up) = crate::runtime::reply_channel();
+        core.offer(Request::LookupAccounts { ids: mine.clone(), reply }, now).unwrap();
+        assert!(matches!(looked_up.try_recv(), Err(TryRecvError::Empty)));
+        core.durable();
+        assert!(
+            matches!(&created.try_recv().unwrap().unwrap()[..], [Outcome::Accounts(r)] if r.iter().all(|r| r.is_ok()))
+        );
+        assert_eq!(looked_up.try_recv().unwrap().len(), 2, "answered once durable");
+
+        let transfer = |id, credit_account_id| Transfer {
+            id,
+            debit_account_id: mine[0],
+            credit_account_id,
+            amount: 5,
+            ledger: 1,
+            code: 1,
+            ..Transfer::default()
+        };
+        // A local transfer and a cross-shard one, applied ahead: the credit
+        // leg for shard 1 waits in its outbox, the caller waits for it.
+        let (request, mut moved) =
+            write(vec![CommandBuf::CreateTransfers(vec![transfer(10, mine[1]), transfer(11, theirs)])]);
+        core.offer(request, now).unwrap();
+        // (Its bytes never reach the disk: the write fails below.)
+        assert!(core.seal(now).is_some());
+        core.apply_ahead();
+        assert_eq!(core.engine().transfers().len(), 2, "the local transfer and the pending leg");
+        assert_eq!(core.outbox(1).len(), 1, "the credit leg, held until durable");
+        assert!(matches!(moved.try_recv(), Err(TryRecvError::Empty)));
+        // The write fails: the answer fails, the credit leg is never sent.
+        core.write_failed("simulated failed write".into());
+        assert!(matches!(moved.try_recv(), Ok(Err(ShardError::Failed { .. }))));
+        assert!(core.outbox(1).is_empty(), "the failed group's message is dropped");
+        // Reads are refused: what the engine holds is not what is durable.
+        let (reply, mut looked_up) = crate::runtime::reply_channel();
+        core.offer(Request::LookupAccounts { ids: mine.clone(), reply }, now).unwrap();
+        assert!(matches!(looked_up.try_recv(), Err(TryRecvError::Closed)));
+
+        // The disk holds only the accounts: a restart recovers exactly that.
+        let mut replayed = Engine::new(config).unwrap();
+        let mut expired = Vec::new();
+        journal::scan("simulated", &disk[..], 0, 1, 8190 * 128, |_, command| {
+            apply(&mut replayed, &command.as_command(), &mut expired).unwrap();
+        })
+        .unwrap();
+        assert_eq!(replayed.accounts().len(), 2);
+        assert_eq!(replayed.transfers().len(), 0);
     }
 }

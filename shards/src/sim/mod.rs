@@ -845,6 +845,15 @@ impl World {
             fail(check::LIVENESS, format!("shard {n}: a journal write failed without a fault: {e}"))
         })?;
         node.in_flight = Some(InFlight { offset, bytes, clients: std::mem::take(&mut node.open) });
+        // Every third group synced at once is applied while it is written,
+        // as the runtime applies every group: its answers and messages are
+        // held until it is durable. (Only groups synced in the same step:
+        // the checks of a crash or failed write take the live engine as the
+        // acknowledged state, which a group applied ahead is not. The kill -9
+        // tests of `molly serve` crash inside that window.)
+        if sync && self.report.groups_acknowledged % 3 == 1 {
+            node.core.apply_ahead();
+        }
         if sync {
             self.sync_and_acknowledge(n)?;
         }
@@ -861,7 +870,7 @@ impl World {
         // Every other group the way the runtime applies it: the peers' part
         // first (answers queued), then the callers' writes. (Alternating,
         // not drawn: the seeds' random streams stay as they were.)
-        if self.report.groups_acknowledged.is_multiple_of(2) {
+        if self.report.groups_acknowledged.is_multiple_of(2) && !node.core.applied_ahead() {
             node.core.durable_peers();
         }
         node.core.durable();
