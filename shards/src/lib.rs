@@ -10,13 +10,15 @@
 //! the thread-per-core runtime ([`runtime`]: pinned io_uring executors,
 //! per-pair rings).
 //!
-//! **Must not**: change engine state except by applying journaled commands,
-//! acknowledge a command before its journal entry is durable, or drop a
+//! **Must not**: change engine state except by applying journaled commands
+//! (a group may be applied while its write is in flight; nothing it decides
+//! leaves the shard before the write is durable, and a failed write stops the
+//! shard), acknowledge a command before its journal entry is durable, or drop a
 //! journal entry that may have been acknowledged (a corrupt entry with valid
 //! entries after it stops recovery with the file and offset).
 //!
 //! ```text
-//!  commands ─► GroupBuffer (entries, checksummed) ─► write + fdatasync ─► apply ─► outcomes
+//!  commands ─► GroupBuffer (entries, checksummed) ─► durable write (apply meanwhile) ─► outcomes
 //!  open: journal ─► scan (validate, stop at the first bad entry) ─► replay ─► engine
 //!                     └─ torn tail: cut · corrupt middle: refuse
 //! ```

@@ -12,11 +12,14 @@
 //!  deliver(peer, message, now) ─► credit legs / answers staged (Err(message) = group full);
 //!                         an answer also answers the writes it decides (reads then
 //!                         wait until its settle is applied)
-//!  seal(now) ─► Some((offset, bytes)) to write + fdatasync   (None: nothing to do)
-//!  durable() ─► apply the group; reply to writes with no cross-shard transfer
-//!              undecided, park the others; queue messages in outbox(peer);
-//!              answer the reads deferred for it
-//!  write_failed(reason) ─► refuse writes from now on
+//!  seal(now) ─► Some((offset, bytes)) to write durably   (None: nothing to do)
+//!  apply_ahead() ─► (optional, while the write is in flight) apply the group,
+//!              holding its answers, and its messages in the outboxes
+//!  durable() ─► apply the group (unless applied ahead); reply to writes with no
+//!              cross-shard transfer undecided, park the others; queue messages
+//!              in outbox(peer); answer the reads deferred for it
+//!  write_failed(reason) ─► refuse writes from now on (and reads, if the group
+//!              was applied ahead: the engine then holds what the journal does not)
 //! ```
 //!
 //! Ring messages are inputs like requests: the core stays deterministic and
