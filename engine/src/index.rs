@@ -110,25 +110,20 @@ impl IdIndex {
     /// other entry's). Reads only the table.
     #[inline(always)]
     pub fn candidate(&self, key: u128) -> Option<u32> {
-        let hash = hash(key);
-        let print = fingerprint(hash);
-        let mut index = self.home(hash);
-        loop {
-            let slot = self.slots[index];
-            if slot == 0 {
-                return None;
-            }
-            if slot & 0xffff_ffff == print {
-                return Some(slot_value(slot));
-            }
-            index = (index + 1) & self.mask;
-        }
+        self.find(key, |_| true)
     }
 
     /// The value for `key`, if present; `key_of(value)` reads the id of the
     /// record at `value`.
     #[inline]
     pub fn get(&self, key: u128, key_of: impl Fn(u32) -> u128) -> Option<u32> {
+        self.find(key, |value| key_of(value) == key)
+    }
+
+    /// The first value on `key`'s probe path whose slot's fingerprint
+    /// matches and that `accept` takes; `None` at the first empty slot.
+    #[inline(always)]
+    fn find(&self, key: u128, accept: impl Fn(u32) -> bool) -> Option<u32> {
         let hash = hash(key);
         let print = fingerprint(hash);
         let mut index = self.home(hash);
@@ -137,7 +132,7 @@ impl IdIndex {
             if slot == 0 {
                 return None;
             }
-            if slot & 0xffff_ffff == print && key_of(slot_value(slot)) == key {
+            if slot & 0xffff_ffff == print && accept(slot_value(slot)) {
                 return Some(slot_value(slot));
             }
             index = (index + 1) & self.mask;

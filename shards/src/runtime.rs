@@ -15,9 +15,10 @@
 //! A reply to a write always means "durable": the group is applied while its
 //! write is in flight, but its answers and peer messages leave only once the
 //! write completes. While a group is written the inbox fills up, and the
-//! next group takes all of it: that is the group commit. Each shard advances its engine's logical time from the
-//! wall clock with a journaled tick when time has moved and there are
-//! writes, or when a pending transfer is due to expire.
+//! next group takes all of it: that is the group commit. Each shard advances
+//! its engine's logical time from the wall clock with a journaled tick when
+//! time has moved and there are writes, or when a pending transfer is due to
+//! expire.
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -638,8 +638,8 @@ impl ShardCore {
     /// the other. Nothing leaves the core until [`ShardCore::durable`]: the
     /// group's answers are held here, and the messages it makes (credit legs,
     /// answers to peers) wait in the outboxes, which the driver must not send
-    /// from until then. Reads are not taken meanwhile (the driver offers
-    /// requests only between groups), so none sees an undurable state. If the
+    /// from until then. A read offered meanwhile waits until the group is
+    /// durable, so none sees an undurable state. If the
     /// write fails ([`ShardCore::write_failed`]) the held answers fail, the
     /// group's messages are dropped, and the shard refuses reads as well as
     /// writes until a restart recovers what is durable. Optional: without
@@ -990,6 +990,25 @@ mod tests {
     use crate::runtime::{reply_channel, Answer};
     use molly_engine::{Account, Config, Transfer};
 
+    /// Shard 0 of `shards` on an empty journal, and its engine's config.
+    fn core_of(shards: u32) -> (Config, ShardCore) {
+        let config = Config::default();
+        let writer = JournalWriter::new(0, 1, 1 << 20, config.batch_events_max as usize);
+        let engine = Engine::new(config.clone()).unwrap();
+        (config.clone(), ShardCore::new(0, shards, engine, writer, Arc::new(ShardMetrics::new(0))))
+    }
+
+    /// The engine a restart recovers from the simulated journal `disk`.
+    fn replay(config: Config, disk: &[u8]) -> Engine {
+        let mut replayed = Engine::new(config).unwrap();
+        let mut expired = Vec::new();
+        journal::scan("simulated", disk, 0, 1, 8190 * 128, |_, command| {
+            apply(&mut replayed, &command.as_command(), &mut expired).unwrap();
+        })
+        .unwrap();
+        replayed
+    }
+
     fn write(commands: Vec<CommandBuf>) -> (Request, Answer<WriteReply>) {
         let (reply, answer) = reply_channel();
         (Request::Write { commands, reply }, answer)
@@ -999,15 +1018,7 @@ mod tests {
     /// number: what the simulator will do.
     #[test]
     fn the_core_runs_on_a_simulated_disk_and_clock_and_replays_identically() {
-        let config = Config::default();
-        let writer = JournalWriter::new(0, 1, 1 << 20, config.batch_events_max as usize);
-        let mut core = ShardCore::new(
-            0,
-            1,
-            Engine::new(config.clone()).unwrap(),
-            writer,
-            Arc::new(ShardMetrics::new(0)),
-        );
+        let (config, mut core) = core_of(1);
         let mut disk: Vec<u8> = Vec::new();
         let mut now = 1_000_000_000u64;
         let accounts =
@@ -1052,12 +1063,7 @@ mod tests {
         assert!(core.seal(now).is_none());
 
         // Replaying the simulated disk gives the same engine state.
-        let mut replayed = Engine::new(config).unwrap();
-        let mut expired = Vec::new();
-        journal::scan("simulated", &disk[..], 0, 1, 8190 * 128, |_, command| {
-            apply(&mut replayed, &command.as_command(), &mut expired).unwrap();
-        })
-        .unwrap();
+        let replayed = replay(config, &disk);
         assert_eq!(replayed.export(), core.engine().export());
         assert_eq!(core.engine().transfers().len(), 2);
     }
@@ -1069,15 +1075,7 @@ mod tests {
     #[test]
     fn a_group_applied_ahead_releases_nothing_until_durable() {
         use tokio::sync::oneshot::error::TryRecvError;
-        let config = Config::default();
-        let writer = JournalWriter::new(0, 1, 1 << 20, config.batch_events_max as usize);
-        let mut core = ShardCore::new(
-            0,
-            2,
-            Engine::new(config.clone()).unwrap(),
-            writer,
-            Arc::new(ShardMetrics::new(0)),
-        );
+        let (config, mut core) = core_of(2);
         let mut disk: Vec<u8> = Vec::new();
         let mut write_to_disk = |offset: u64, bytes: &[u8]| {
             let end = offset as usize + bytes.len();
@@ -1137,12 +1135,7 @@ mod tests {
         assert!(matches!(looked_up.try_recv(), Err(TryRecvError::Closed)));
 
         // The disk holds only the accounts: a restart recovers exactly that.
-        let mut replayed = Engine::new(config).unwrap();
-        let mut expired = Vec::new();
-        journal::scan("simulated", &disk[..], 0, 1, 8190 * 128, |_, command| {
-            apply(&mut replayed, &command.as_command(), &mut expired).unwrap();
-        })
-        .unwrap();
+        let replayed = replay(config, &disk);
         assert_eq!(replayed.accounts().len(), 2);
         assert_eq!(replayed.transfers().len(), 0);
     }
