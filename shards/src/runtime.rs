@@ -387,7 +387,7 @@ pub struct Backpressure(pub Request);
 /// The running shards.
 #[derive(Debug)]
 pub struct Runtime {
-    inboxes: Vec<Arc<ArrayQueue<Request>>>,
+    /// The shards' inboxes and doorbells (one per shard from the start).
     router: Router,
     threads: Vec<JoinHandle<()>>,
     rebalancer: Option<JoinHandle<()>>,
@@ -491,7 +491,6 @@ impl Runtime {
             }
         }
         let mut runtime = Runtime {
-            inboxes: Vec::new(),
             router: router.clone(),
             threads: Vec::new(),
             rebalancer: None,
@@ -533,7 +532,7 @@ impl Runtime {
                 journal_prealloc_bytes_per_s: config.journal_prealloc_bytes_per_s,
                 keep_journal: config.keep_journal,
                 blocks_in_memory: config.transfers_in_memory.div_ceil(molly_engine::BLOCK_TRANSFERS),
-                inbox: inbox.clone(),
+                inbox,
                 stop: stop.clone(),
                 metrics: metrics.clone(),
                 task: config.task.clone(),
@@ -563,7 +562,6 @@ impl Runtime {
                     }
                 })
                 .map_err(|e| StartError::Executor { shard, reason: e.to_string() })?;
-            runtime.inboxes.push(inbox);
             runtime.threads.push(handle);
             runtime.metrics.push(metrics);
             started.push(ready_rx);
@@ -596,7 +594,7 @@ impl Runtime {
 
     /// Number of shards.
     pub fn shards(&self) -> usize {
-        self.inboxes.len()
+        self.router.shards()
     }
 
     /// What recovery did, per shard.
@@ -621,7 +619,7 @@ impl Runtime {
 
     /// Requests waiting in shard `shard`'s inbox.
     pub fn inbox_len(&self, shard: usize) -> usize {
-        self.inboxes[shard].len()
+        self.router.inboxes[shard].len()
     }
 
     /// Queues a request on `shard`; a full inbox hands it back.
