@@ -2,11 +2,12 @@
 //! CPU, and a thread it starts inherits that pin: its snapshot writer and
 //! its spare journal writer would then compete with their shard for that
 //! CPU alone. [`unpin_current_thread`] lets such a thread run on any CPU of
-//! the process. (The io_uring worker threads that run a shard's
-//! fdatasyncs and file-extending writes inherit the pin as well, and stay
-//! pinned: they get the CPU because the shard's executor sleeps while its
-//! journal write is in flight; `runtime::PROBE_NAME` says why it once did
-//! not; tuning/README.md, "Parking".)
+//! the process. (The io_uring worker threads that run a shard's journal
+//! writes when the kernel cannot complete them inline inherit the pin as
+//! well, and stay pinned: they share the CPU with the shard, which applies
+//! the group while its write is in flight, so a worker preempts that apply
+//! briefly; `runtime::PROBE_NAME` says why one once waited a whole tick;
+//! tuning/README.md, "Parking".)
 //!
 //! Must not: move a shard thread (it stays pinned).
 

@@ -117,8 +117,6 @@ pub struct ShardCore {
     message_legs_max: usize,
     /// A group is sealed and being written: nothing may join it.
     sealed: bool,
-    /// The written group is being applied (between `durable_peers` and `durable`).
-    applying: bool,
     /// The sealed group was applied while it was written
     /// ([`ShardCore::apply_ahead`]): what it answers waits in here, and what it
     /// sends waits in the outboxes past `outbox_marks`, until it is durable.
@@ -212,7 +210,6 @@ impl ShardCore {
             waiters: HashMap::default(),
             message_legs_max,
             sealed: false,
-            applying: false,
             held: None,
             outbox_marks: Vec::new(),
             diverged: false,
@@ -345,7 +342,7 @@ impl ShardCore {
         match request {
             Request::Write { commands, reply } => {
                 // Reads may be answered while a group is written; writes wait for it.
-                assert!(!self.sealed && !self.applying, "nothing joins a group being written");
+                assert!(!self.sealed, "nothing joins a group being written");
                 if let Some(reason) = &self.failed {
                     let _ = reply.send(Err(ShardError::Failed { shard, reason: reason.clone() }));
                     return Ok(());
@@ -461,7 +458,7 @@ impl ShardCore {
     /// legs stage the post or void of each intent still open. Hands the
     /// message back when the open group has no room for it.
     pub fn deliver(&mut self, from: usize, message: Message, now_ns: u64) -> Result<(), Message> {
-        assert!(!self.sealed && !self.applying, "nothing joins a group being written");
+        assert!(!self.sealed, "nothing joins a group being written");
         assert_ne!(from, self.shard);
         assert!(message.len() <= self.message_legs_max, "a message fits one journal entry");
         if self.failed.is_some() {
@@ -587,34 +584,12 @@ impl ShardCore {
         Some(self.writer.seal())
     }
 
-    /// The sealed group is durable: apply its leading peer entries (credit
-    /// legs, settles) and the ticks among them, answering the writes they
-    /// settle and queueing the answers to credit legs, so the driver can send
-    /// those to the peers before [`ShardCore::durable`] applies the callers'
-    /// writes (a cross-shard transfer's answer then does not wait for the
-    /// apply of a whole client batch). The runtime stages peer messages first
-    /// in every group. Optional: `durable` alone applies everything.
-    pub fn durable_peers(&mut self) {
-        assert!(self.held.is_none(), "a group applied ahead is released by `durable`");
-        self.commit_group();
-        let peers = self.group.iter().take_while(|p| !matches!(p.source, Source::Client { .. })).count();
-        let mut opened = Vec::new();
-        for pending in self.group.drain(..peers).collect::<Vec<_>>() {
-            self.apply_pending(pending, &mut opened);
-        }
-        self.send_credits(&opened);
-    }
-
-    /// The sealed group is durable: apply it (what [`ShardCore::durable_peers`]
-    /// has not), answer every write in it whose cross-shard transfers are
-    /// settled, and queue the messages it makes (credit legs for new intents,
-    /// answers to credit legs).
+    /// The sealed group is durable: apply it (unless it was applied ahead),
+    /// answer every write in it whose cross-shard transfers are settled, and
+    /// queue the messages it makes (credit legs for new intents, answers to
+    /// credit legs).
     pub fn durable(&mut self) {
-        if self.sealed {
-            self.commit_group();
-        }
-        assert!(self.applying, "a group was sealed and made durable");
-        self.applying = false;
+        self.commit_group();
         if let Some(held) = self.held.take() {
             // Applied while it was written: release what it answers (its
             // messages are in the outboxes already, for the driver to send).
@@ -661,11 +636,10 @@ impl ShardCore {
         self.held.is_some()
     }
 
-    /// Moves the sealed group from written to being applied (once per group).
+    /// The sealed group is written: the writer moves past it (once per group).
     fn commit_group(&mut self) {
-        assert!(self.sealed, "a group was sealed");
+        assert!(self.sealed, "a group was sealed and made durable");
         self.sealed = false;
-        self.applying = true;
         let bytes = self.writer.seal().1.len() as u64;
         self.writer.committed();
         self.metrics.groups.inc();
@@ -788,7 +762,6 @@ impl ShardCore {
             for (outbox, &mark) in self.outbox.iter_mut().zip(&self.outbox_marks) {
                 outbox.truncate(mark);
             }
-            self.applying = false;
             self.diverged = true;
         }
         for (_, parked) in std::mem::take(&mut self.parked) {

@@ -176,11 +176,13 @@ impl Cluster {
             Step::Sync(shard) => {
                 let node = &mut self.nodes[shard];
                 let (offset, bytes) = node.in_flight.take().expect("a group in flight");
-                write_at(&mut node.durable, offset, &bytes);
-                // Every other group the runtime's way: peers' entries first.
+                // Every other group the runtime's way: applied while it is
+                // written, released once durable (messages leave only after
+                // `durable`: outboxes are flushed between steps).
                 if self.steps.is_multiple_of(2) {
-                    node.core.durable_peers();
+                    node.core.apply_ahead();
                 }
+                write_at(&mut node.durable, offset, &bytes);
                 node.core.durable();
             }
             Step::Deliver(from, to) => {

@@ -847,7 +847,9 @@ impl World {
         node.in_flight = Some(InFlight { offset, bytes, clients: std::mem::take(&mut node.open) });
         // Every third group synced at once is applied while it is written,
         // as the runtime applies every group: its answers and messages are
-        // held until it is durable. (Only groups synced in the same step:
+        // held until it is durable; the others are applied once durable.
+        // (Chosen by count, not drawn: the seeds' random streams stay as
+        // they were. Only groups synced in the same step:
         // the checks of a crash or failed write take the live engine as the
         // acknowledged state, which a group applied ahead is not. The kill -9
         // tests of `molly serve` crash inside that window.)
@@ -867,12 +869,6 @@ impl World {
         node.journal.sync(&node.files).or_else(|e| {
             fail(check::LIVENESS, format!("shard {n}: a journal sync failed without a fault: {e}"))
         })?;
-        // Every other group the way the runtime applies it: the peers' part
-        // first (answers queued), then the callers' writes. (Alternating,
-        // not drawn: the seeds' random streams stay as they were.)
-        if self.report.groups_acknowledged.is_multiple_of(2) && !node.core.applied_ahead() {
-            node.core.durable_peers();
-        }
         node.core.durable();
         node.last_group = node.journal.open_file().map(|file| (file, in_flight.offset));
         self.report.groups_acknowledged += 1;
