@@ -330,6 +330,18 @@ fn sigterm_stops_cleanly_and_metrics_are_served() {
         DurableLedger::open(&dir.0.join("shard-0"), Config::default(), GROUP_BYTES_MAX_DEFAULT).unwrap();
     assert!(!ledger.recovery().scan.torn_tail);
     assert!(!ledger.engine().transfers().is_empty());
+    drop(ledger);
+    // The directory holds two shards for good: another count would look for
+    // accounts on the wrong shards, and is refused at start, naming both.
+    let other = molly()
+        .args(["serve", "--shards", "1", "--listen", "127.0.0.1:0", "--metrics-addr", "off", "--data-dir"])
+        .arg(&dir.0)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(!other.status.success(), "{stderr}");
+    assert!(stderr.contains("holds 2 shard(s)") && stderr.contains("with 1"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(dir.0.join("shards")).unwrap(), "2\n");
 }
 
 #[test]

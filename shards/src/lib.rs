@@ -49,6 +49,7 @@ pub mod cross;
 pub mod durable;
 pub mod journal;
 pub mod journal_files;
+pub mod layout;
 pub mod metrics;
 pub mod placement;
 pub mod prealloc;

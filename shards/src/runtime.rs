@@ -48,7 +48,8 @@ use crate::snapshot::{SnapshotDone, SnapshotError};
 pub struct RuntimeConfig {
     /// Data directory; shard `i` keeps its journal in `DIR/shard-i/`.
     pub data_dir: PathBuf,
-    /// Number of shards (default: the CPUs available).
+    /// Number of shards (default: [`crate::layout::default_shards`]); a data
+    /// directory holds one count for good ([`crate::layout`]).
     pub shards: usize,
     /// Engine limits, per shard.
     pub engine: Config,
@@ -256,7 +257,7 @@ impl RuntimeConfig {
     pub fn new(data_dir: PathBuf) -> Self {
         Self {
             data_dir,
-            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            shards: crate::layout::default_shards(),
             engine: Config::default(),
             group_bytes_max: crate::durable::GROUP_BYTES_MAX_DEFAULT,
             inbox_depth: INBOX_DEPTH_DEFAULT,
@@ -466,6 +467,7 @@ impl Runtime {
                 config.intents_max, config.engine.batch_events_max
             )));
         }
+        crate::layout::check(&config.data_dir, config.shards).map_err(StartError::Config)?;
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let stop = Arc::new(AtomicBool::new(false));
         let inboxes: Vec<Arc<ArrayQueue<Request>>> =

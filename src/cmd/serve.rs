@@ -28,7 +28,8 @@ pub struct Args {
     /// Data directory (default: ./data).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Number of shards (default: the CPUs available).
+    /// Number of shards (default: the data directory's count; for a new one,
+    /// the CPUs available but one, at least one).
     #[arg(long)]
     shards: Option<usize>,
     /// Prometheus metrics listener, e.g. 127.0.0.1:9464; "off" to disable.
@@ -99,7 +100,8 @@ impl Default for NetSection {
 pub struct ServeSection {
     /// Data directory: shard i keeps its journal in `data_dir/shard-i/`.
     pub data_dir: PathBuf,
-    /// Shards; 0 = one per available CPU.
+    /// Shards; 0 = the data directory's count, or for a new one the CPUs
+    /// available but one (at least one): see `molly_shards::layout`.
     pub shards: usize,
     /// Pin shard i to CPU i mod CPUs.
     pub pin: bool,
@@ -301,6 +303,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let _lock = lock_data_dir(data_dir)?;
     let mut runtime_config = config.runtime();
+    if config.serve.shards == 0 {
+        // Not configured: the count the data directory was laid out for, or
+        // the default for a new one (one per CPU but one).
+        runtime_config.shards = molly_shards::layout::recorded(data_dir)
+            .map_err(|e| anyhow::anyhow!(e))?
+            .unwrap_or_else(molly_shards::layout::default_shards);
+    }
     let server = start_server(&config, runtime_config.shards)?;
     if let Some(server) = &server {
         runtime_config.task = Some(server.shard_task());
