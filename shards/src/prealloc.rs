@@ -14,8 +14,10 @@
 //! `fdatasync`. When the journal moves to a new file, the shard renames a
 //! ready spare to the new file's name (then syncs the directory, as for a
 //! created file) and asks for the next spare; with none ready it creates
-//! the file as before. Recovery reads the zeros after the last entry as
-//! unwritten sectors: the end of the journal ([`crate::journal::scan`]).
+//! the file as before, and leaves that growing file for the next spare as
+//! soon as it is ready ([`Spares::ready`]). Recovery reads the zeros after
+//! the last entry as unwritten sectors: the end of the journal
+//! ([`crate::journal::scan`]).
 //!
 //! Must not: touch any file but the spare, or hand out a spare before its
 //! zeros are durable.
@@ -86,6 +88,19 @@ impl Spares {
     /// the last spare could not be written (logged by the caller; the next
     /// is asked for).
     pub fn take_into(&mut self, target: &Path) -> Result<bool, String> {
+        if !self.ready()? {
+            return Ok(false);
+        }
+        self.ready = false;
+        let renamed = std::fs::rename(&self.path, target)
+            .map_err(|e| format!("renaming {} to {}: {e}", self.path.display(), target.display()));
+        self.ask();
+        renamed.map(|()| true)
+    }
+
+    /// True when a spare is ready to be taken; `Err` when the last one
+    /// could not be written (the next is asked for).
+    pub fn ready(&mut self) -> Result<bool, String> {
         match self.done.try_recv() {
             Ok(Ok(())) => self.ready = true,
             Ok(Err(reason)) => {
@@ -94,14 +109,7 @@ impl Spares {
             }
             Err(TryRecvError::Empty | TryRecvError::Disconnected) => {}
         }
-        if !self.ready {
-            return Ok(false);
-        }
-        self.ready = false;
-        let renamed = std::fs::rename(&self.path, target)
-            .map_err(|e| format!("renaming {} to {}: {e}", self.path.display(), target.display()));
-        self.ask();
-        renamed.map(|()| true)
+        Ok(self.ready)
     }
 
     fn ask(&self) {

@@ -768,6 +768,12 @@ async fn run_shard(mut context: ShardContext, ready: SyncSender<Result<RecoveryR
     };
     // The file appends continue in, if it exists (else the first group creates it).
     let mut journal = None;
+    // Whether the current journal file grows with each group (created, not
+    // a spare, or shorter than one): each commit then carries file system
+    // metadata too (its new size and blocks), so the file is left for a
+    // spare as soon as one is ready.
+    let mut appending =
+        std::fs::metadata(&recovered.path).map_or(true, |m| m.len() < context.journal_file_bytes);
     if recovered.path.exists() {
         match open_journal(&context.dir, core.journal_file(), false, false).await {
             Ok(file) => journal = Some((core.journal_file(), file)),
@@ -896,7 +902,12 @@ async fn run_shard(mut context: ShardContext, ready: SyncSender<Result<RecoveryR
                 Some(Ok(false)) | None => false,
             };
             match open_journal(&context.dir, first, offset == 0, spare).await {
-                Ok(file) => journal = Some((first, file)),
+                Ok(file) => {
+                    journal = Some((first, file));
+                    if offset == 0 {
+                        appending = !spare;
+                    }
+                }
                 Err(reason) => {
                     core.write_failed(format!("journal {}: {reason}", path.display()));
                     continue;
@@ -940,6 +951,13 @@ async fn run_shard(mut context: ShardContext, ready: SyncSender<Result<RecoveryR
                     && snapshots.start(&mut core, &context.dir, shard, context.snapshot_write_bytes_per_s)
                 {
                     bytes_since_snapshot = 0;
+                } else if appending {
+                    match spares.as_mut().map(|s| s.ready()) {
+                        // The next group goes to the spare: it overwrites.
+                        Some(Ok(true)) => core.rotate_journal(),
+                        Some(Err(_)) => context.metrics.journal_spare_errors.inc(),
+                        Some(Ok(false)) | None => {}
+                    }
                 }
             }
             Err(reason) => core.write_failed(format!("journal {}: {reason}", path.display())),

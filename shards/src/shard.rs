@@ -268,6 +268,12 @@ impl ShardCore {
         self.writer.file()
     }
 
+    /// Starts a new journal file with the next group (between groups; a
+    /// no-op while the current file is empty).
+    pub fn rotate_journal(&mut self) {
+        self.writer.rotate();
+    }
+
     /// Sets how many full transfer blocks stay in memory once they have a
     /// durable copy in a segment (older ones are read through a mapping).
     pub fn set_blocks_in_memory(&mut self, blocks: usize) {

@@ -387,3 +387,50 @@ fn groups_in_preallocated_journal_files_recover_whole() {
     assert_eq!(stats.transfers, 200 * 20);
     assert_eq!(stats.invariants, Ok(()));
 }
+
+/// A journal file the runtime created itself (no spare was ready) grows with
+/// every group, and each commit then carries file system metadata too: the
+/// runtime leaves it for a spare as soon as one is ready, long before the
+/// file is full, and recovery reads both.
+#[test]
+fn a_growing_journal_file_is_left_for_a_spare_once_one_is_ready() {
+    let dir = TempDir::new("leave-growing");
+    let config = || RuntimeConfig {
+        shards: 1,
+        // No snapshots (they rotate too), and files that never fill here.
+        snapshot_every_bytes: 0,
+        journal_file_bytes: 4 << 20,
+        journal_prealloc_bytes_per_s: 1 << 30,
+        ..RuntimeConfig::new(dir.0.clone())
+    };
+    let shard_dir = dir.0.join("shard-0");
+    let all = commands(100);
+    let preallocated = {
+        let runtime = Runtime::start(config()).unwrap();
+        for (i, command) in all.iter().enumerate() {
+            runtime.write(0, vec![command.clone()]).unwrap();
+            if i == 10 {
+                // The first group went to a file the runtime created; give
+                // the first spare time to be written.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+                while !shard_dir.join(molly_shards::prealloc::SPARE_NAME).exists()
+                    || std::fs::metadata(shard_dir.join(molly_shards::prealloc::SPARE_NAME)).unwrap().len()
+                        < 4 << 20
+                {
+                    assert!(std::time::Instant::now() < deadline, "the spare is written");
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+        runtime.metrics()[0].journal_files_preallocated.get()
+    };
+    let files = journals(&shard_dir);
+    assert!(preallocated >= 1, "no spare was taken: {files:?}");
+    assert!(files.len() >= 2, "the growing file was not left: {files:?}");
+    let sizes: Vec<u64> =
+        files.iter().map(|&f| std::fs::metadata(shard_dir.join(file_name(f))).unwrap().len()).collect();
+    assert!(sizes[0] < 1 << 20, "the first file was left early, not filled: {sizes:?}");
+    assert_eq!(sizes[1], 4 << 20, "the next file is a spare, written over: {sizes:?}");
+    assert_recovers_what_the_runtime_wrote(&shard_dir, false, &all);
+}
