@@ -599,8 +599,31 @@ fn molly_bench_drives_a_server_it_starts_and_verifies_the_ledger() {
     // Again on the same data (recovered from its journal), compared with the first run.
     let first = temp.path().join("first.json");
     std::fs::rename(&json, &first).unwrap();
-    let stdout = run(&["--compare", first.to_str().unwrap(), "--cross-shard", "0"]);
+    let trace = temp.path().join("batches.csv");
+    let stdout = run(&[
+        "--compare",
+        first.to_str().unwrap(),
+        "--cross-shard",
+        "0",
+        "--trace",
+        trace.to_str().unwrap(),
+    ]);
     assert!(stdout.contains("compared with") && stdout.contains("transfers_per_second"), "{stdout}");
+    // Every measured batch, one row each, in reply order.
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    let mut lines = trace.lines();
+    assert_eq!(lines.next(), Some("sent_ms,latency_ms,transfers"));
+    let rows: Vec<(f64, f64, u64)> = lines
+        .map(|line| {
+            let f: Vec<&str> = line.split(',').collect();
+            (f[0].parse().unwrap(), f[1].parse().unwrap(), f[2].parse().unwrap())
+        })
+        .collect();
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(rows.iter().map(|r| r.2).sum::<u64>(), report["report"]["transfers"].as_u64().unwrap());
+    assert_eq!(rows.len(), 40, "40,000 transfers in batches of 1,000");
+    assert_eq!(rows[0].0, 0.0, "times count from the first measured batch");
+    assert!(rows.iter().all(|r| r.0 >= 0.0 && r.1 > 0.0), "{rows:?}");
     assert!(!dir.join("server.addr").exists(), "the server the bench started was stopped");
     // The payment shape: half the transfers with sharded system accounts,
     // verified through their summed parts; none of those cross shards.

@@ -64,6 +64,8 @@ pub struct NetScenario {
     pub seed: u64,
     /// Check afterwards that every acknowledged transfer exists and the ledger balances.
     pub verify: bool,
+    /// Keep every measured batch's send time and latency ([`NetReport::batches`]).
+    pub trace: bool,
 }
 
 impl NetScenario {
@@ -112,6 +114,21 @@ pub struct NetReport {
     pub client_cpu_seconds: f64,
     /// `--verify`: transfers looked up and found.
     pub verified_transfers: Option<u64>,
+    /// With [`NetScenario::trace`]: every measured batch, in the order the
+    /// replies came (not in the JSON report: `molly bench --trace` writes them).
+    #[serde(skip)]
+    pub batches: Vec<BatchSample>,
+}
+
+/// One measured batch: when it was sent and how long its reply took.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchSample {
+    /// Sent this long after the first measured batch, in milliseconds.
+    pub sent_ms: f64,
+    /// From the call to the durable reply, in milliseconds.
+    pub latency_ms: f64,
+    /// Transfers in the batch.
+    pub transfers: u32,
 }
 
 /// Where the server is.
@@ -227,6 +244,15 @@ async fn drive(
         batch_latency: latency,
         client_cpu_seconds,
         verified_transfers: None,
+        batches: measured
+            .batches
+            .iter()
+            .map(|&(sent, replied, transfers)| BatchSample {
+                sent_ms: sent.saturating_duration_since(first).as_secs_f64() * 1e3,
+                latency_ms: replied.duration_since(sent).as_secs_f64() * 1e3,
+                transfers,
+            })
+            .collect(),
     };
     if let Some(before) = before {
         let ids = std::mem::take(&mut *shared.acked_ids.lock().expect("not poisoned"));
@@ -244,6 +270,8 @@ struct Measured {
     cross_shard: u64,
     first_sent: Option<Instant>,
     last_reply: Option<Instant>,
+    /// With `trace`: (sent, replied, transfers) per measured batch.
+    batches: Vec<(Instant, Instant, u32)>,
 }
 
 struct Shared {
@@ -356,6 +384,9 @@ impl Worker {
             measured.cross_shard += cross;
             measured.first_sent = Some(measured.first_sent.map_or(sent, |f| f.min(sent)));
             measured.last_reply = Some(measured.last_reply.map_or(replied, |l| l.max(replied)));
+            if self.scenario.trace {
+                measured.batches.push((sent, replied, batch.len() as u32));
+            }
         }
     }
 }

@@ -77,6 +77,11 @@ pub struct NetArgs {
     /// Print the change against an earlier `--json` report.
     #[arg(long)]
     compare: Option<PathBuf>,
+    /// Write every measured batch as CSV (`sent_ms,latency_ms,transfers`:
+    /// sent this long after the first measured batch; call to durable reply),
+    /// to see latency over the run (snapshots, warm-up of memory).
+    #[arg(long)]
+    trace: Option<PathBuf>,
     /// Shards for a server this command starts (default: the server's default).
     #[arg(long)]
     shards: Option<usize>,
@@ -128,6 +133,7 @@ pub fn run(args: NetArgs) -> anyhow::Result<()> {
         warmup: args.warmup,
         seed: args.seed,
         verify: args.verify,
+        trace: args.trace.is_some(),
     };
     println!(
         "molly bench: {} at {} ({}), {} connection(s) × {} in flight, batch {}, {} accounts, {} pairs, cross-shard {}{}",
@@ -195,6 +201,14 @@ pub fn run(args: NetArgs) -> anyhow::Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
         println!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.trace {
+        let mut csv = String::from("sent_ms,latency_ms,transfers\n");
+        for b in &report.batches {
+            csv.push_str(&format!("{:.3},{:.3},{}\n", b.sent_ms, b.latency_ms, b.transfers));
+        }
+        std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {} ({} batches)", path.display(), report.batches.len());
     }
     if report.rejected > 0 {
         bail!("{} transfers were rejected (none expected)", report.rejected);
