@@ -636,12 +636,6 @@ impl ShardCore {
         self.send_credits(&opened);
     }
 
-    /// True between [`ShardCore::apply_ahead`] and the group's end (durable
-    /// or failed).
-    pub fn applied_ahead(&self) -> bool {
-        self.held.is_some()
-    }
-
     /// The sealed group is written: the writer moves past it (once per group).
     fn commit_group(&mut self) {
         assert!(self.sealed, "a group was sealed and made durable");
