@@ -36,17 +36,53 @@ pub fn default_shards() -> usize {
 /// from before the record) the number of its `shard-N` directories, which
 /// must be `shard-0` to `shard-(N-1)`; `None` for a new directory.
 pub fn recorded(data_dir: &Path) -> Result<Option<usize>, String> {
+    match read_record(data_dir)? {
+        Some(shards) => Ok(Some(shards)),
+        None => count_shard_dirs(data_dir),
+    }
+}
+
+/// Checks that `data_dir` is laid out for `shards`, recording the count if
+/// it has no record yet (durably: written, synced, renamed into place, the
+/// directory synced). An error names both counts.
+pub fn check(data_dir: &Path, shards: usize) -> Result<(), String> {
+    assert!(shards > 0);
+    let record = read_record(data_dir)?;
+    let laid_out = match record {
+        Some(laid_out) => Some(laid_out),
+        None => count_shard_dirs(data_dir)?,
+    };
+    if let Some(laid_out) = laid_out.filter(|&laid_out| laid_out != shards) {
+        return Err(format!(
+            "{} holds {laid_out} shard(s); starting it with {shards} would look for accounts on \
+             the wrong shards (resharding is not built): start it with {laid_out}, or use a new data directory",
+            data_dir.display()
+        ));
+    }
+    if record.is_none() {
+        write_record(data_dir, shards)
+            .map_err(|e| format!("recording the shard count in {}: {e}", data_dir.display()))?;
+    }
+    Ok(())
+}
+
+/// The count in `DATA_DIR/shards`, if the file exists.
+fn read_record(data_dir: &Path) -> Result<Option<usize>, String> {
     let file = data_dir.join(FILE_NAME);
     match std::fs::read_to_string(&file) {
-        Ok(text) => {
-            return match text.trim().parse::<usize>() {
-                Ok(shards) if shards > 0 => Ok(Some(shards)),
-                _ => Err(format!("{}: {:?} is not a shard count", file.display(), text.trim())),
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("reading {}: {e}", file.display())),
+        Ok(text) => match text.trim().parse::<usize>() {
+            Ok(shards) if shards > 0 => Ok(Some(shards)),
+            _ => Err(format!("{}: {:?} is not a shard count", file.display(), text.trim())),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("reading {}: {e}", file.display())),
     }
+}
+
+/// The number of `shard-N` directories in `data_dir` (a directory from
+/// before the record), which must be `shard-0` to `shard-(N-1)`; `None` if
+/// there are none.
+fn count_shard_dirs(data_dir: &Path) -> Result<Option<usize>, String> {
     let entries = match std::fs::read_dir(data_dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -79,27 +115,7 @@ pub fn recorded(data_dir: &Path) -> Result<Option<usize>, String> {
     Ok(Some(shards.len()))
 }
 
-/// Checks that `data_dir` is laid out for `shards`, recording the count if
-/// it has no record yet (durably: written, synced, renamed into place, the
-/// directory synced). An error names both counts.
-pub fn check(data_dir: &Path, shards: usize) -> Result<(), String> {
-    assert!(shards > 0);
-    let has_record = data_dir.join(FILE_NAME).exists();
-    match recorded(data_dir)? {
-        Some(laid_out) if laid_out != shards => {
-            return Err(format!(
-                "{} holds {laid_out} shard(s); starting it with {shards} would look for accounts on \
-                 the wrong shards (resharding is not built): start it with {laid_out}, or use a new data directory",
-                data_dir.display()
-            ))
-        }
-        Some(_) if has_record => return Ok(()),
-        _ => {}
-    }
-    record(data_dir, shards).map_err(|e| format!("recording the shard count in {}: {e}", data_dir.display()))
-}
-
-fn record(data_dir: &Path, shards: usize) -> std::io::Result<()> {
+fn write_record(data_dir: &Path, shards: usize) -> std::io::Result<()> {
     std::fs::create_dir_all(data_dir)?;
     let temporary = data_dir.join(format!("{FILE_NAME}.tmp"));
     let mut file = std::fs::File::create(&temporary)?;
